@@ -1,0 +1,405 @@
+//! Tasks and graphs: a graph maps keys to tasks (op + arguments) or literals,
+//! and travels as the JSON of docs/PROTOCOL.md.
+
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value as Json};
+
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::ops::OpRegistry;
+
+/// Longest key accepted, in bytes; longer ones are refused at submission.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// One argument of a task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    /// A dependency: the chunk stored under this key.
+    Ref(Key),
+    /// Any other JSON value, passed to the op as it is.
+    Literal(Json),
+    /// A list of arguments, passed as a list (e.g. the partials of a reduction).
+    List(Vec<Arg>),
+}
+
+impl Arg {
+    /// Calls `f` on every key this argument references, lists included.
+    pub fn for_each_ref(&self, f: &mut impl FnMut(&Key)) {
+        match self {
+            Arg::Ref(k) => f(k),
+            Arg::Literal(_) => {}
+            Arg::List(items) => items.iter().for_each(|a| a.for_each_ref(f)),
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        match self {
+            Arg::Ref(k) => serde_json::json!({ "key": k.as_str() }),
+            Arg::Literal(v) => v.clone(),
+            Arg::List(items) => Json::Array(items.iter().map(Arg::to_json).collect()),
+        }
+    }
+
+    fn from_json(v: Json) -> std::result::Result<Arg, String> {
+        Ok(match v {
+            Json::Array(items) => {
+                Arg::List(items.into_iter().map(Arg::from_json).collect::<Result<_, _>>()?)
+            }
+            Json::Object(m) if m.len() == 1 && m.contains_key("key") => match &m["key"] {
+                Json::String(s) => Arg::Ref(Key::new(s).ok_or("a {\"key\": …} reference is empty")?),
+                other => return Err(format!("a {{\"key\": …}} reference must be a string, got {other}")),
+            },
+            other => Arg::Literal(other),
+        })
+    }
+}
+
+impl Serialize for Arg {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Arg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Arg::from_json(Json::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! literal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Self { Arg::Literal(Json::from(v)) }
+        }
+    )*};
+}
+literal_from!(i32, i64, u32, u64, usize, f64, bool, &str, String);
+
+impl From<Key> for Arg {
+    fn from(k: Key) -> Self {
+        Arg::Ref(k)
+    }
+}
+
+impl From<&Key> for Arg {
+    fn from(k: &Key) -> Self {
+        Arg::Ref(k.clone())
+    }
+}
+
+impl<T: Into<Arg>> From<Vec<T>> for Arg {
+    fn from(v: Vec<T>) -> Self {
+        Arg::List(v.into_iter().map(Into::into).collect())
+    }
+}
+
+/// A task: an op name with positional and keyword arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// The op's name in the [`OpRegistry`].
+    pub op: String,
+    /// Positional arguments.
+    #[serde(default)]
+    pub args: Vec<Arg>,
+    /// Keyword arguments (literals).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub kwargs: Map<String, Json>,
+}
+
+impl Task {
+    /// A task calling `op` with no arguments yet.
+    pub fn new(op: impl Into<String>) -> Self {
+        Task { op: op.into(), args: Vec::new(), kwargs: Map::new() }
+    }
+
+    /// Adds a positional argument.
+    pub fn arg(mut self, a: impl Into<Arg>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// Adds a keyword argument.
+    pub fn kwarg(mut self, name: &str, v: impl Into<Json>) -> Self {
+        self.kwargs.insert(name.to_string(), v.into());
+        self
+    }
+
+    /// Every key the task reads, in argument order, without repeats.
+    pub fn dependencies(&self) -> Vec<Key> {
+        let mut out: Vec<Key> = Vec::new();
+        let mut seen: FxHashSet<&Key> = FxHashSet::default();
+        for a in &self.args {
+            a.for_each_ref(&mut |k| out.push(k.clone()));
+        }
+        if out.len() > 1 {
+            let all = out.clone();
+            out.clear();
+            out.extend(all.iter().filter(|k| seen.insert(k)).cloned());
+        }
+        out
+    }
+}
+
+/// What a graph holds under a key: a task to run, or a literal value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// Computed by running a task.
+    Task(Arc<Task>),
+    /// A literal: a number (a one-row chunk) or a list of numbers (a float64 chunk).
+    Literal(Json),
+}
+
+impl Node {
+    /// The keys this node depends on.
+    pub fn dependencies(&self) -> Vec<Key> {
+        match self {
+            Node::Task(t) => t.dependencies(),
+            Node::Literal(_) => Vec::new(),
+        }
+    }
+
+    /// The node as a task; a literal becomes the built-in `literal` op.
+    pub fn into_task(self) -> Arc<Task> {
+        match self {
+            Node::Task(t) => t,
+            Node::Literal(v) => Arc::new(Task::new("literal").arg(Arg::Literal(v))),
+        }
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Node::Task(t) => t.serialize(s),
+            Node::Literal(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let v = Json::deserialize(d)?;
+        if v.as_object().is_some_and(|m| m.contains_key("op")) {
+            let t = Task::deserialize(v).map_err(serde::de::Error::custom)?;
+            Ok(Node::Task(Arc::new(t)))
+        } else {
+            Ok(Node::Literal(v))
+        }
+    }
+}
+
+/// A task graph: key → task or literal, as in dask.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Graph {
+    /// The nodes by key.
+    pub nodes: FxHashMap<Key, Node>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a task under `key`.
+    pub fn insert(&mut self, key: impl Into<Key>, task: Task) -> &mut Self {
+        self.nodes.insert(key.into(), Node::Task(Arc::new(task)));
+        self
+    }
+
+    /// Adds (or replaces) a literal under `key`.
+    pub fn insert_literal(&mut self, key: impl Into<Key>, v: impl Into<Json>) -> &mut Self {
+        self.nodes.insert(key.into(), Node::Literal(v.into()));
+        self
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the graph has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Checks the graph before it is accepted: every op known with fitting arguments,
+    /// every dependency present (in the graph or, per `known`, already in the cluster),
+    /// no cycles, every wanted key present. Errors name the key and the problem.
+    pub fn validate(
+        &self,
+        wanted: &[Key],
+        ops: &OpRegistry,
+        known: &dyn Fn(&Key) -> bool,
+    ) -> Result<()> {
+        for (key, node) in &self.nodes {
+            if key.as_str().len() > MAX_KEY_LEN {
+                let head: String = key.as_str().chars().take(40).collect();
+                return Err(Error::invalid(
+                    &Key::from(format!("{head}…").as_str()),
+                    format!("key is {} bytes long; the limit is {MAX_KEY_LEN}", key.as_str().len()),
+                ));
+            }
+            match node {
+                Node::Task(t) => ops.check(key, t)?,
+                Node::Literal(v) => check_literal(key, v)?,
+            }
+            for dep in node.dependencies() {
+                if !self.nodes.contains_key(&dep) && !known(&dep) {
+                    return Err(Error::invalid(key, format!("missing dependency '{dep}'")));
+                }
+            }
+        }
+        for k in wanted {
+            if !self.nodes.contains_key(k) && !known(k) {
+                return Err(Error::invalid(k, "requested key is not in the graph"));
+            }
+        }
+        self.check_acyclic()
+    }
+
+    fn check_acyclic(&self) -> Result<()> {
+        // Iterative three-colour DFS: graphs may be far deeper than the stack.
+        let mut done: FxHashSet<&Key> = FxHashSet::default();
+        let mut on_path: FxHashSet<&Key> = FxHashSet::default();
+        for start in self.nodes.keys() {
+            if done.contains(start) {
+                continue;
+            }
+            let mut stack: Vec<(&Key, Vec<Key>)> = vec![(start, self.nodes[start].dependencies())];
+            on_path.insert(start);
+            while let Some((key, deps)) = stack.last_mut() {
+                let key = *key;
+                match deps.pop() {
+                    Some(dep) => {
+                        let Some((dep_key, node)) = self.nodes.get_key_value(&dep) else {
+                            continue;
+                        };
+                        if on_path.contains(dep_key) {
+                            return Err(Error::invalid(
+                                key,
+                                format!("cycle: '{key}' depends on '{dep}', which depends back on it"),
+                            ));
+                        }
+                        if !done.contains(dep_key) {
+                            on_path.insert(dep_key);
+                            stack.push((dep_key, node.dependencies()));
+                        }
+                    }
+                    None => {
+                        on_path.remove(key);
+                        done.insert(key);
+                        stack.pop();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_literal(key: &Key, v: &Json) -> Result<()> {
+    let ok = match v {
+        Json::Number(_) => true,
+        Json::Array(items) => items.iter().all(Json::is_number),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            key,
+            "a literal must be a number or a list of numbers (a task needs an \"op\")",
+        ))
+    }
+}
+
+/// What a client submits: a graph plus the keys it wants held for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    /// The graph.
+    pub graph: Graph,
+    /// The keys to compute and hold for the client; everything else is an intermediate.
+    pub keys: Vec<Key>,
+}
+
+impl Submission {
+    /// Decodes a submission from its JSON text, with a message that says what is wrong.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        serde_json::from_slice(text).map_err(|e| Error::MalformedGraph(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"{"graph": {
+       "x-0":   {"op": "random", "args": [1000000], "kwargs": {"seed": 0}},
+       "sum-0": {"op": "sum",    "args": [{"key": "x-0"}]},
+       "total": {"op": "sum",    "args": [[{"key": "sum-0"}]]}
+     },
+     "keys": ["total"]}"#;
+
+    #[test]
+    fn design_graph_json_round_trips() {
+        let s = Submission::from_json(SEED.as_bytes()).unwrap();
+        assert_eq!(s.keys, vec![Key::from("total")]);
+        let Node::Task(total) = &s.graph.nodes[&Key::from("total")] else { panic!() };
+        assert_eq!(total.args, vec![Arg::List(vec![Arg::Ref("sum-0".into())])]);
+        let Node::Task(x) = &s.graph.nodes[&Key::from("x-0")] else { panic!() };
+        assert_eq!(x.kwargs["seed"], 0);
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(Submission::from_json(text.as_bytes()).unwrap(), s);
+        s.graph.validate(&s.keys, &OpRegistry::builtin(), &|_| false).unwrap();
+    }
+
+    #[test]
+    fn bad_graphs_name_the_key_and_the_problem() {
+        let ops = OpRegistry::builtin();
+        let check = |json: &str| {
+            let s = Submission::from_json(json.as_bytes())?;
+            s.graph.validate(&s.keys, &ops, &|_| false)
+        };
+        let err = |json: &str| check(json).unwrap_err().to_string();
+        let e = err(r#"{"graph": {"a": {"op": "nope"}}, "keys": ["a"]}"#);
+        assert!(e.contains("'a'") && e.contains("unknown op 'nope'"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "sum", "args": [{"key": "b"}]}}, "keys": ["a"]}"#);
+        assert!(e.contains("'a'") && e.contains("missing dependency 'b'"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "neg", "args": [{"key": "b"}]},
+                                  "b": {"op": "neg", "args": [{"key": "a"}]}}, "keys": ["a"]}"#);
+        assert!(e.contains("cycle"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "random", "args": ["ten"]}}, "keys": ["a"]}"#);
+        assert!(e.contains("'a'") && e.contains("random"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "random", "args": [1, 2, 3]}}, "keys": ["a"]}"#);
+        assert!(e.contains("'a'") && e.contains("argument"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "random", "args": [1e15]}}, "keys": ["a"]}"#);
+        assert!(e.contains("'a'"), "{e}");
+        let e = err(r#"{"graph": {"a": "text"}, "keys": ["a"]}"#);
+        assert!(e.contains("literal"), "{e}");
+        let e = err(r#"{"graph": {}, "keys": ["zz"]}"#);
+        assert!(e.contains("'zz'"), "{e}");
+        let e = err(r#"{"graph": {"": 1}, "keys": []}"#);
+        assert!(e.contains("malformed") && e.contains("non-empty"), "{e}");
+        let e = err(r#"{"graph": {"a": {"op": "sum", "args": [{"key": 3}]}}, "keys": []}"#);
+        assert!(e.contains("must be a string"), "{e}");
+        let e = err("{nope");
+        assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn deep_chains_validate_without_recursion() {
+        let mut g = Graph::new();
+        g.insert("k0", Task::new("random").arg(10));
+        for i in 1..200_000 {
+            g.insert(format!("k{i}").as_str(), Task::new("neg").arg(Key::from(format!("k{}", i - 1).as_str())));
+        }
+        g.validate(&[], &OpRegistry::builtin(), &|_| false).unwrap();
+    }
+}

@@ -1,0 +1,834 @@
+//! The scheduler's task and worker tables and every transition between states.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::{ClientId, Command, Event, SchedulerConfig, WorkerId, WorkerInfo, is_stale};
+use crate::error::{Error, Result};
+use crate::graph::{Node, Submission, Task};
+use crate::key::Key;
+use crate::ops::OpRegistry;
+
+type TaskId = u64;
+/// (submission generation, depth-first position): lower runs first.
+type Priority = (u64, u64);
+type Queue = BinaryHeap<Reverse<(Priority, TaskId)>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Not computed, not being computed; the task is kept as lineage.
+    Released,
+    /// Some inputs are not in memory yet.
+    Waiting,
+    /// All inputs in memory; queued on a worker (`Some`) or for any worker (`None`).
+    Ready(Option<WorkerId>),
+    /// Running on a worker.
+    Processing(WorkerId),
+    /// In the store of one or more workers.
+    Memory,
+    /// Failed, or a dependency failed.
+    Erred,
+}
+
+struct TaskState {
+    key: Key,
+    /// `None` for scattered data, which has no lineage.
+    task: Option<Arc<Task>>,
+    deps: Vec<TaskId>,
+    /// May name forgotten tasks: ids are never reused, so stale ids are just skipped.
+    dependents: Vec<TaskId>,
+    live_dependents: u32,
+    state: State,
+    /// Inputs not yet in memory, while `Waiting`.
+    missing: u32,
+    /// Dependents that still need this key: those `Waiting`, `Ready` or `Processing`.
+    waiters: u32,
+    /// Client holds.
+    holds: u32,
+    who_has: Vec<WorkerId>,
+    nbytes: u64,
+    priority: Priority,
+    error: Option<Arc<str>>,
+}
+
+impl TaskState {
+    fn needed(&self) -> bool {
+        self.holds > 0 || self.waiters > 0
+    }
+
+    fn pending(&self) -> bool {
+        matches!(self.state, State::Waiting | State::Ready(_) | State::Processing(_))
+    }
+}
+
+struct WorkerState {
+    info: WorkerInfo,
+    processing: FxHashSet<TaskId>,
+    has: FxHashSet<TaskId>,
+    nbytes: u64,
+    queue: Queue,
+    last_seen: Instant,
+}
+
+/// What a client can learn about a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Not known (never submitted, or released and forgotten).
+    Unknown,
+    /// Being computed.
+    Pending,
+    /// In memory on these workers.
+    Memory(Vec<WorkerId>),
+    /// Failed with this error.
+    Erred(String),
+}
+
+/// The scheduler state machine. See the module docs.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    ops: Arc<OpRegistry>,
+    tasks: FxHashMap<TaskId, TaskState>,
+    index: FxHashMap<Key, TaskId>,
+    next_id: TaskId,
+    generation: u64,
+    workers: BTreeMap<WorkerId, WorkerState>,
+    root_queue: Queue,
+    clients: FxHashMap<ClientId, FxHashMap<TaskId, u32>>,
+    transitions: u64,
+}
+
+impl Scheduler {
+    /// A scheduler that validates graphs against `ops`.
+    pub fn new(config: SchedulerConfig, ops: Arc<OpRegistry>) -> Self {
+        Scheduler {
+            config,
+            ops,
+            tasks: FxHashMap::default(),
+            index: FxHashMap::default(),
+            next_id: 0,
+            generation: 0,
+            workers: BTreeMap::new(),
+            root_queue: Queue::new(),
+            clients: FxHashMap::default(),
+            transitions: 0,
+        }
+    }
+
+    /// Applies one event at time `now`, appending the resulting commands to `out`.
+    /// Only a refused submission or scatter returns an error; nothing changes then.
+    pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Command>) -> Result<()> {
+        match event {
+            Event::AddWorker { worker, info } => {
+                let w = WorkerState {
+                    info,
+                    processing: FxHashSet::default(),
+                    has: FxHashSet::default(),
+                    nbytes: 0,
+                    queue: Queue::new(),
+                    last_seen: now,
+                };
+                self.workers.insert(worker, w);
+                self.fill(worker, out);
+            }
+            Event::RemoveWorker { worker } => self.remove_worker(worker, out),
+            Event::Heartbeat { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.last_seen = now;
+                }
+            }
+            Event::Tick => {
+                let timeout = self.config.heartbeat_timeout;
+                let dead: Vec<WorkerId> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| is_stale(w.last_seen, now, timeout))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for w in dead {
+                    tracing::warn!(worker = w, "no heartbeat for {timeout:?}: removing worker");
+                    self.remove_worker(w, out);
+                }
+            }
+            Event::Submit { client, submission } => self.submit(client, submission, out)?,
+            Event::Scatter { client, key, worker, nbytes } => {
+                self.scatter(client, key, worker, nbytes, out)?
+            }
+            Event::Release { client, keys } => {
+                for k in keys {
+                    self.release(client, &k, out);
+                }
+            }
+            Event::ClientGone { client } => {
+                for (id, n) in self.clients.remove(&client).unwrap_or_default() {
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        t.holds -= n;
+                        self.maybe_release(id, out);
+                    }
+                }
+            }
+            Event::TaskFinished { worker, key, nbytes } => self.finished(worker, key, nbytes, out),
+            Event::TaskFailed { worker, key, error } => {
+                let Some(&id) = self.index.get(&key) else { return Ok(()) };
+                if self.tasks[&id].state == State::Processing(worker) {
+                    self.unassign(id, worker);
+                    self.err(id, Arc::from(error), out);
+                    self.fill(worker, out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `key` stands.
+    pub fn status(&self, key: &Key) -> KeyStatus {
+        let Some(t) = self.index.get(key).map(|id| &self.tasks[id]) else {
+            return KeyStatus::Unknown;
+        };
+        match t.state {
+            State::Memory => KeyStatus::Memory(t.who_has.clone()),
+            State::Erred => KeyStatus::Erred(t.error.as_deref().unwrap_or("failed").to_string()),
+            State::Released if !t.needed() => KeyStatus::Unknown,
+            _ => KeyStatus::Pending,
+        }
+    }
+
+    /// The worker `key` is running on, if it is running.
+    pub fn processing_on(&self, key: &Key) -> Option<WorkerId> {
+        match self.tasks[self.index.get(key)?].state {
+            State::Processing(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Size in bytes of a key in memory.
+    pub fn nbytes(&self, key: &Key) -> Option<u64> {
+        let t = &self.tasks[self.index.get(key)?];
+        (t.state == State::Memory).then_some(t.nbytes)
+    }
+
+    /// Every key in memory with its size and holders.
+    pub fn keys_in_memory(&self) -> Vec<(Key, u64, Vec<WorkerId>)> {
+        let mut v: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == State::Memory)
+            .map(|t| (t.key.clone(), t.nbytes, t.who_has.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Tasks known (including lineage kept for recompute).
+    pub fn num_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// State transitions made so far (for throughput figures).
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// The workers and their descriptions.
+    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
+        self.workers.iter().map(|(id, w)| (*id, &w.info))
+    }
+
+    /// Tasks running or queued on each worker.
+    pub fn worker_load(&self, worker: WorkerId) -> Option<(usize, usize)> {
+        self.workers.get(&worker).map(|w| (w.processing.len(), w.queue.len()))
+    }
+
+    /// The op registry graphs are checked against.
+    pub fn ops(&self) -> &Arc<OpRegistry> {
+        &self.ops
+    }
+
+    fn set(&mut self, id: TaskId, s: State) {
+        self.transitions += 1;
+        self.tasks.get_mut(&id).expect("live task").state = s;
+    }
+
+    fn submit(&mut self, client: ClientId, sub: Submission, out: &mut Vec<Command>) -> Result<()> {
+        let Submission { mut graph, keys } = sub;
+        let known = |k: &Key| self.index.contains_key(k);
+        graph.validate(&keys, &self.ops, &known)?;
+        self.generation += 1;
+        let generation = self.generation;
+        // Depth-first post-order from the wanted keys over the new nodes: it is the
+        // priority, and it culls nodes nobody asked for.
+        let mut order: Vec<(Key, Node)> = Vec::new();
+        let mut seen: FxHashSet<Key> = FxHashSet::default();
+        for root in keys.iter().rev() {
+            if self.index.contains_key(root) || !seen.insert(root.clone()) {
+                continue;
+            }
+            let node = graph.nodes.remove(root).expect("validated");
+            let mut deps = node.dependencies();
+            deps.reverse();
+            let mut stack = vec![(root.clone(), deps, node)];
+            while let Some((_, deps, _)) = stack.last_mut() {
+                match deps.pop() {
+                    Some(d) => {
+                        if !self.index.contains_key(&d) && seen.insert(d.clone()) {
+                            let n = graph.nodes.remove(&d).expect("validated");
+                            let mut dd = n.dependencies();
+                            dd.reverse();
+                            stack.push((d, dd, n));
+                        }
+                    }
+                    None => {
+                        let (k, _, n) = stack.pop().expect("non-empty");
+                        order.push((k, n));
+                    }
+                }
+            }
+        }
+        for (pos, (key, node)) in order.into_iter().enumerate() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let task = node.into_task();
+            let deps: Vec<TaskId> = task.dependencies().iter().map(|d| self.index[d]).collect();
+            for d in &deps {
+                let dt = self.tasks.get_mut(d).expect("dependency is live");
+                dt.dependents.push(id);
+                dt.live_dependents += 1;
+            }
+            self.index.insert(key.clone(), id);
+            self.tasks.insert(
+                id,
+                TaskState {
+                    key,
+                    task: Some(task),
+                    deps,
+                    dependents: Vec::new(),
+                    live_dependents: 0,
+                    state: State::Released,
+                    missing: 0,
+                    waiters: 0,
+                    holds: 0,
+                    who_has: Vec::new(),
+                    nbytes: 0,
+                    priority: (generation, pos as u64),
+                    error: None,
+                },
+            );
+        }
+        for k in &keys {
+            let id = self.index[k];
+            self.hold(client, id);
+            self.need(id, out);
+            let t = &self.tasks[&id];
+            match t.state {
+                State::Memory => out.push(Command::Done { key: k.clone() }),
+                State::Erred => out.push(Command::Failed {
+                    key: k.clone(),
+                    error: t.error.as_deref().unwrap_or("failed").to_string(),
+                }),
+                _ => {}
+            }
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for w in ids {
+            self.fill(w, out);
+        }
+        Ok(())
+    }
+
+    fn scatter(
+        &mut self,
+        client: ClientId,
+        key: Key,
+        worker: WorkerId,
+        nbytes: u64,
+        out: &mut Vec<Command>,
+    ) -> Result<()> {
+        if self.index.contains_key(&key) {
+            return Err(Error::invalid(&key, "key already exists; release it first"));
+        }
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return Err(Error::Unavailable(format!("worker {worker} is not in the cluster")));
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        w.has.insert(id);
+        w.nbytes += nbytes;
+        self.generation += 1;
+        self.index.insert(key.clone(), id);
+        self.tasks.insert(
+            id,
+            TaskState {
+                key: key.clone(),
+                task: None,
+                deps: vec![],
+                dependents: vec![],
+                live_dependents: 0,
+                state: State::Memory,
+                missing: 0,
+                waiters: 0,
+                holds: 0,
+                who_has: vec![worker],
+                nbytes,
+                priority: (self.generation, 0),
+                error: None,
+            },
+        );
+        self.transitions += 1;
+        self.hold(client, id);
+        out.push(Command::Done { key });
+        Ok(())
+    }
+
+    fn hold(&mut self, client: ClientId, id: TaskId) {
+        *self.clients.entry(client).or_default().entry(id).or_default() += 1;
+        self.tasks.get_mut(&id).expect("live task").holds += 1;
+    }
+
+    fn release(&mut self, client: ClientId, key: &Key, out: &mut Vec<Command>) {
+        let Some(&id) = self.index.get(key) else { return };
+        let Some(held) = self.clients.get_mut(&client) else { return };
+        let Some(n) = held.get_mut(&id) else { return };
+        *n -= 1;
+        if *n == 0 {
+            held.remove(&id);
+        }
+        self.tasks.get_mut(&id).expect("held task").holds -= 1;
+        self.maybe_release(id, out);
+    }
+
+    /// `id` gained a consumer: if it is only lineage, start computing it (and,
+    /// transitively, whatever lineage it needs).
+    fn need(&mut self, id: TaskId, out: &mut Vec<Command>) {
+        let mut work = vec![id];
+        let mut to_ready = Vec::new();
+        while let Some(id) = work.pop() {
+            let t = &self.tasks[&id];
+            if t.state != State::Released {
+                continue;
+            }
+            if t.task.is_none() {
+                let key = t.key.clone();
+                self.err(id, Arc::from(format!("scattered data '{key}' was lost")), out);
+                continue;
+            }
+            let deps = t.deps.clone();
+            let mut missing = 0;
+            let mut failed = None;
+            for d in &deps {
+                let dt = self.tasks.get_mut(d).expect("dependency is live");
+                dt.waiters += 1;
+                match dt.state {
+                    State::Memory => {}
+                    State::Erred => failed = Some(dt.key.clone()),
+                    State::Released => {
+                        missing += 1;
+                        work.push(*d);
+                    }
+                    _ => missing += 1,
+                }
+            }
+            self.set(id, State::Waiting);
+            self.tasks.get_mut(&id).expect("live").missing = missing;
+            if let Some(d) = failed {
+                let e = self.tasks[&self.index[&d]].error.clone().unwrap_or_else(|| "failed".into());
+                self.err(id, Arc::from(format!("dependency '{d}' failed: {e}")), out);
+            } else if missing == 0 {
+                to_ready.push(id);
+            }
+        }
+        to_ready.sort_unstable_by_key(|id| self.tasks[id].priority);
+        for id in to_ready {
+            if self.tasks.get(&id).is_some_and(|t| t.state == State::Waiting && t.missing == 0) {
+                self.make_ready(id, out);
+            }
+        }
+    }
+
+    /// Queues a task whose inputs are all in memory: on the worker holding the
+    /// most bytes of them (ties to the least loaded), or for any worker if it has none.
+    fn make_ready(&mut self, id: TaskId, out: &mut Vec<Command>) {
+        let mut best: Option<(u64, usize, WorkerId)> = None;
+        let t = &self.tasks[&id];
+        if !t.deps.is_empty() {
+            let mut bytes: Vec<(WorkerId, u64)> = Vec::new();
+            for d in &t.deps {
+                let dt = &self.tasks[d];
+                for w in &dt.who_has {
+                    match bytes.iter_mut().find(|(x, _)| x == w) {
+                        Some((_, b)) => *b += dt.nbytes,
+                        None => bytes.push((*w, dt.nbytes)),
+                    }
+                }
+            }
+            for (w, b) in bytes {
+                let ws = &self.workers[&w];
+                let load = ws.processing.len() + ws.queue.len();
+                if best.is_none_or(|(bb, bl, _)| b > bb || (b == bb && load < bl)) {
+                    best = Some((b, load, w));
+                }
+            }
+        }
+        let prio = t.priority;
+        match best {
+            Some((_, _, w)) => {
+                self.set(id, State::Ready(Some(w)));
+                self.workers.get_mut(&w).expect("holder is live").queue.push(Reverse((prio, id)));
+                self.fill(w, out);
+            }
+            None => {
+                self.set(id, State::Ready(None));
+                self.root_queue.push(Reverse((prio, id)));
+                if let Some(w) = self.least_loaded_with_room() {
+                    self.fill(w, out);
+                }
+            }
+        }
+    }
+
+    fn capacity(&self, w: &WorkerState) -> usize {
+        w.info.nthreads.max(1) + self.config.extra_slots
+    }
+
+    fn least_loaded_with_room(&self) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.processing.len() < self.capacity(w))
+            .min_by_key(|(_, w)| w.processing.len() + w.queue.len())
+            .map(|(id, _)| *id)
+    }
+
+    /// Starts tasks on `worker` while it has free slots, best priority first
+    /// between its own queue and the shared queue of tasks without inputs.
+    fn fill(&mut self, worker: WorkerId, out: &mut Vec<Command>) {
+        loop {
+            let Some(w) = self.workers.get(&worker) else { return };
+            if w.processing.len() >= self.capacity(w) {
+                return;
+            }
+            let valid = |tasks: &FxHashMap<TaskId, TaskState>, id: &TaskId, on: Option<WorkerId>| {
+                tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
+            };
+            let w = self.workers.get_mut(&worker).expect("checked");
+            while let Some(Reverse((_, id))) = w.queue.peek() {
+                if valid(&self.tasks, id, Some(worker)) {
+                    break;
+                }
+                w.queue.pop();
+            }
+            while let Some(Reverse((_, id))) = self.root_queue.peek() {
+                if valid(&self.tasks, id, None) {
+                    break;
+                }
+                self.root_queue.pop();
+            }
+            let own = w.queue.peek().map(|r| r.0);
+            let shared = self.root_queue.peek().map(|r| r.0);
+            let id = match (own, shared) {
+                (Some(a), Some(b)) if b < a => self.root_queue.pop(),
+                (Some(_), _) => w.queue.pop(),
+                (None, Some(_)) => self.root_queue.pop(),
+                (None, None) => return,
+            }
+            .expect("peeked")
+            .0
+            .1;
+            self.run(id, worker, out);
+        }
+    }
+
+    fn run(&mut self, id: TaskId, worker: WorkerId, out: &mut Vec<Command>) {
+        self.set(id, State::Processing(worker));
+        self.workers.get_mut(&worker).expect("live worker").processing.insert(id);
+        let t = &self.tasks[&id];
+        let inputs = t
+            .deps
+            .iter()
+            .map(|d| {
+                let dt = &self.tasks[d];
+                (dt.key.clone(), dt.who_has.clone())
+            })
+            .collect();
+        out.push(Command::Run {
+            worker,
+            key: t.key.clone(),
+            task: t.task.clone().expect("only tasks with lineage run"),
+            inputs,
+        });
+    }
+
+    fn unassign(&mut self, id: TaskId, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.processing.remove(&id);
+        }
+    }
+
+    fn finished(&mut self, worker: WorkerId, key: Key, nbytes: u64, out: &mut Vec<Command>) {
+        let Some(&id) = self.index.get(&key) else {
+            out.push(Command::Free { worker, keys: vec![key] });
+            return;
+        };
+        if !self.workers.contains_key(&worker) {
+            return; // a worker already removed: its data is gone with it
+        }
+        let state = self.tasks[&id].state;
+        match state {
+            State::Memory => {
+                let t = self.tasks.get_mut(&id).expect("live");
+                if !t.who_has.contains(&worker) {
+                    t.who_has.push(worker);
+                    let w = self.workers.get_mut(&worker).expect("checked");
+                    w.has.insert(id);
+                    w.nbytes += nbytes;
+                }
+                return;
+            }
+            State::Released | State::Erred => {
+                // Cancelled or failed meanwhile: the result is not wanted.
+                out.push(Command::Free { worker, keys: vec![key] });
+                return;
+            }
+            State::Processing(w) => self.unassign(id, w),
+            State::Waiting | State::Ready(_) => {} // recomputation raced an old run: take it
+        }
+        self.set(id, State::Memory);
+        let w = self.workers.get_mut(&worker).expect("checked");
+        w.has.insert(id);
+        w.nbytes += nbytes;
+        let t = self.tasks.get_mut(&id).expect("live");
+        t.who_has = vec![worker];
+        t.nbytes = nbytes;
+        t.missing = 0;
+        let (deps, dependents, holds) = (t.deps.clone(), t.dependents.clone(), t.holds);
+        if holds > 0 {
+            out.push(Command::Done { key });
+        }
+        for d in deps {
+            self.tasks.get_mut(&d).expect("dependency is live").waiters -= 1;
+            self.maybe_release(d, out);
+        }
+        for u in dependents {
+            let Some(ut) = self.tasks.get_mut(&u) else { continue };
+            if ut.state == State::Waiting {
+                ut.missing -= 1;
+                if ut.missing == 0 {
+                    self.make_ready(u, out);
+                }
+            }
+        }
+        self.maybe_release(id, out);
+        self.fill(worker, out);
+    }
+
+    /// Marks `id` and every pending task downstream of it as failed.
+    fn err(&mut self, id: TaskId, error: Arc<str>, out: &mut Vec<Command>) {
+        let mut work = vec![(id, error)];
+        while let Some((id, error)) = work.pop() {
+            let t = &self.tasks[&id];
+            if t.state == State::Erred || t.state == State::Memory {
+                continue;
+            }
+            let holding_deps = t.pending();
+            if let State::Processing(w) = t.state {
+                self.unassign(id, w);
+            }
+            self.set(id, State::Erred);
+            let t = self.tasks.get_mut(&id).expect("live");
+            t.error = Some(error.clone());
+            let key = t.key.clone();
+            if t.holds > 0 {
+                out.push(Command::Failed { key: key.clone(), error: error.to_string() });
+            }
+            let (deps, dependents) = (t.deps.clone(), t.dependents.clone());
+            if holding_deps {
+                for d in deps {
+                    self.tasks.get_mut(&d).expect("dependency is live").waiters -= 1;
+                    self.maybe_release(d, out);
+                }
+            }
+            let downstream: Arc<str> = Arc::from(format!("dependency '{key}' failed: {error}"));
+            for u in dependents {
+                if self.tasks.get(&u).is_some_and(TaskState::pending) {
+                    work.push((u, downstream.clone()));
+                }
+            }
+            self.maybe_release(id, out);
+        }
+    }
+
+    /// Frees `id` if nothing needs it any more, cancelling it if it was pending.
+    fn maybe_release(&mut self, id: TaskId, out: &mut Vec<Command>) {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(t) = self.tasks.get(&id) else { continue };
+            if t.needed() {
+                continue;
+            }
+            match t.state {
+                State::Memory => {
+                    let (key, holders, nbytes) = (t.key.clone(), t.who_has.clone(), t.nbytes);
+                    for w in holders {
+                        if let Some(ws) = self.workers.get_mut(&w) {
+                            ws.has.remove(&id);
+                            ws.nbytes -= nbytes;
+                        }
+                        out.push(Command::Free { worker: w, keys: vec![key.clone()] });
+                    }
+                    self.tasks.get_mut(&id).expect("live").who_has.clear();
+                    self.set(id, State::Released);
+                }
+                state @ (State::Waiting | State::Ready(_) | State::Processing(_)) => {
+                    let deps = t.deps.clone();
+                    if let State::Processing(w) = state {
+                        self.unassign(id, w);
+                    }
+                    self.set(id, State::Released);
+                    for d in deps {
+                        self.tasks.get_mut(&d).expect("dependency is live").waiters -= 1;
+                        work.push(d);
+                    }
+                }
+                State::Released | State::Erred => {}
+            }
+            self.maybe_forget(id);
+        }
+    }
+
+    /// Drops the lineage of `id` once it is released and nothing could need it again.
+    fn maybe_forget(&mut self, id: TaskId) {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(t) = self.tasks.get(&id) else { continue };
+            let done = matches!(t.state, State::Released | State::Erred);
+            if !done || t.needed() || t.live_dependents > 0 {
+                continue;
+            }
+            let t = self.tasks.remove(&id).expect("checked");
+            self.index.remove(&t.key);
+            for d in t.deps {
+                if let Some(dt) = self.tasks.get_mut(&d) {
+                    dt.live_dependents -= 1;
+                    work.push(d);
+                }
+            }
+        }
+    }
+
+    fn remove_worker(&mut self, worker: WorkerId, out: &mut Vec<Command>) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        // Data that lived only there is gone.
+        let mut lost = Vec::new();
+        for id in w.has {
+            let t = self.tasks.get_mut(&id).expect("live");
+            t.who_has.retain(|x| *x != worker);
+            if t.who_has.is_empty() {
+                self.set(id, State::Released);
+                lost.push(id);
+            }
+        }
+        // Tasks that ran or queued there, or read lost data, wait again.
+        let mut redo: Vec<TaskId> = w.processing.into_iter().collect();
+        redo.extend(w.queue.into_iter().map(|Reverse((_, id))| id));
+        for id in &lost {
+            redo.extend(self.tasks[id].dependents.iter().copied());
+        }
+        redo.sort_unstable();
+        redo.dedup();
+        redo.retain(|id| self.tasks.get(id).is_some_and(|t| match t.state {
+            State::Ready(on) => on.is_some(),
+            State::Processing(_) | State::Waiting => true,
+            _ => false,
+        }));
+        for &id in &redo {
+            if let State::Processing(other) = self.tasks[&id].state {
+                self.unassign(id, other);
+            }
+            let missing =
+                self.tasks[&id].deps.iter().filter(|d| self.tasks[d].state != State::Memory).count();
+            self.tasks.get_mut(&id).expect("live").missing = missing as u32;
+            self.set(id, State::Waiting);
+        }
+        // What is still needed is recomputed from lineage.
+        for id in lost {
+            if self.tasks[&id].needed() {
+                self.need(id, out);
+            } else {
+                self.maybe_forget(id);
+            }
+        }
+        for id in redo {
+            if self.tasks.get(&id).is_some_and(|t| t.state == State::Waiting && t.missing == 0) {
+                self.make_ready(id, out);
+            }
+        }
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for w in ids {
+            self.fill(w, out);
+        }
+    }
+
+    /// Checks every invariant of the tables; panics with the first broken one.
+    /// Tests call it after every event.
+    pub fn sanity_check(&self) {
+        for (key, id) in &self.index {
+            assert_eq!(&self.tasks[id].key, key, "index points at the wrong task");
+        }
+        assert_eq!(self.index.len(), self.tasks.len(), "index and tasks differ");
+        for (id, t) in &self.tasks {
+            let k = &t.key;
+            let waiting_dependents = t
+                .dependents
+                .iter()
+                .filter_map(|u| self.tasks.get(u))
+                .filter(|u| u.pending())
+                .count() as u32;
+            assert_eq!(t.waiters, waiting_dependents, "{k}: waiters");
+            let live = t.dependents.iter().filter(|u| self.tasks.contains_key(u)).count() as u32;
+            assert_eq!(t.live_dependents, live, "{k}: live dependents");
+            let held: u32 = self.clients.values().filter_map(|c| c.get(id)).sum();
+            assert_eq!(t.holds, held, "{k}: holds");
+            let in_memory = |d: &TaskId| self.tasks[d].state == State::Memory;
+            match t.state {
+                State::Memory => {
+                    assert!(!t.who_has.is_empty(), "{k}: in memory nowhere");
+                    assert!(t.needed(), "{k}: in memory but not needed (leak)");
+                    for w in &t.who_has {
+                        assert!(self.workers[w].has.contains(id), "{k}: worker {w} lacks it");
+                    }
+                }
+                _ => assert!(t.who_has.is_empty(), "{k}: holders while {:?}", t.state),
+            }
+            match t.state {
+                State::Waiting => {
+                    let missing = t.deps.iter().filter(|d| !in_memory(d)).count() as u32;
+                    assert_eq!(t.missing, missing, "{k}: missing");
+                    assert!(missing > 0, "{k}: waiting on nothing");
+                }
+                State::Ready(on) => {
+                    assert!(t.deps.iter().all(in_memory), "{k}: ready without inputs");
+                    if let Some(w) = on {
+                        assert!(self.workers.contains_key(&w), "{k}: queued on a dead worker");
+                    }
+                }
+                State::Processing(w) => {
+                    assert!(t.deps.iter().all(in_memory), "{k}: running without inputs");
+                    assert!(self.workers[&w].processing.contains(id), "{k}: not in processing");
+                }
+                State::Released | State::Erred => {
+                    assert!(t.needed() || t.live_dependents > 0, "{k}: should be forgotten");
+                }
+                State::Memory => {}
+            }
+        }
+        for (wid, w) in &self.workers {
+            for id in &w.processing {
+                assert_eq!(self.tasks[id].state, State::Processing(*wid));
+            }
+            assert!(w.processing.len() <= self.capacity(w), "worker {wid} over capacity");
+            let bytes: u64 = w.has.iter().map(|id| self.tasks[id].nbytes).sum();
+            assert_eq!(w.nbytes, bytes, "worker {wid}: bytes");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Scheduler tests: a recording fake of the workers, an invariant check after
+//! every step, and property tests over random graphs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rustc_hash::FxHashMap;
+
+use super::*;
+use crate::graph::{Arg, Graph, Submission, Task};
+use crate::ops::OpRegistry;
+
+/// Simulated workers: each store maps key → value; tasks are `literal` or `sum`.
+struct Env {
+    s: Scheduler,
+    now: Instant,
+    stores: BTreeMap<WorkerId, FxHashMap<Key, f64>>,
+    running: Vec<(WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>)>,
+    done: Vec<Key>,
+    failed: Vec<(Key, String)>,
+    runs: Vec<(WorkerId, Key)>,
+    next_worker: WorkerId,
+}
+
+impl Env {
+    fn new(workers: usize, nthreads: usize) -> Env {
+        let ops = Arc::new(OpRegistry::builtin());
+        let mut env = Env {
+            s: Scheduler::new(SchedulerConfig::default(), ops),
+            now: Instant::now(),
+            stores: BTreeMap::new(),
+            running: vec![],
+            done: vec![],
+            failed: vec![],
+            runs: vec![],
+            next_worker: 0,
+        };
+        for _ in 0..workers {
+            env.add_worker(nthreads);
+        }
+        env
+    }
+
+    fn add_worker(&mut self, nthreads: usize) -> WorkerId {
+        let worker = self.next_worker;
+        self.next_worker += 1;
+        self.stores.insert(worker, FxHashMap::default());
+        let info = WorkerInfo { name: format!("w{worker}"), nthreads, ..Default::default() };
+        self.event(Event::AddWorker { worker, info }).unwrap();
+        worker
+    }
+
+    fn event(&mut self, e: Event) -> crate::Result<()> {
+        let mut out = Vec::new();
+        let r = self.s.handle(e, self.now, &mut out);
+        self.s.sanity_check();
+        for c in out {
+            // Every command survives its wire encoding.
+            let wire = serde_json::to_string(&c).unwrap();
+            let c: Command = serde_json::from_str(&wire).unwrap();
+            match c {
+                Command::Run { worker, key, task, inputs } => {
+                    assert!(self.stores.contains_key(&worker), "run on unknown worker");
+                    self.runs.push((worker, key.clone()));
+                    self.running.push((worker, key, task, inputs));
+                }
+                Command::Free { worker, keys } => {
+                    for k in keys {
+                        let store = self.stores.get_mut(&worker).expect("free on unknown worker");
+                        assert!(store.remove(&k).is_some(), "{k} freed on {worker} twice or never stored");
+                    }
+                }
+                Command::Done { key } => self.done.push(key),
+                Command::Failed { key, error } => self.failed.push((key, error)),
+            }
+        }
+        r
+    }
+
+    fn submit(&mut self, client: ClientId, g: Graph, keys: &[&str]) -> crate::Result<()> {
+        let keys = keys.iter().map(|k| Key::from(*k)).collect();
+        self.event(Event::Submit { client, submission: Submission { graph: g, keys } })
+    }
+
+    /// Finishes the `i`-th running task, computing its value from its inputs.
+    fn finish(&mut self, i: usize) {
+        let (worker, key, task, inputs) = self.running.remove(i);
+        if !self.stores.contains_key(&worker) {
+            return;
+        }
+        let value = |k: &Key, holders: &[WorkerId], stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>| {
+            holders.iter().find_map(|w| stores.get(w)?.get(k).copied())
+        };
+        let v = match task.op.as_str() {
+            "literal" => match &task.args[0] {
+                Arg::Literal(v) => v.as_f64().unwrap(),
+                _ => unreachable!(),
+            },
+            "fail" => {
+                let error = "boom".to_string();
+                self.event(Event::TaskFailed { worker, key, error }).unwrap();
+                return;
+            }
+            _ => {
+                let mut total = 0.0;
+                for (k, holders) in &inputs {
+                    let Some(v) = value(k, holders, &self.stores) else {
+                        // A run made stale by a worker's death may find its inputs gone;
+                        // a current one never does.
+                        assert_ne!(self.s.processing_on(&key), Some(worker), "{key}: {k} not where the scheduler said");
+                        return;
+                    };
+                    total += v;
+                }
+                total + 1.0
+            }
+        };
+        self.stores.get_mut(&worker).unwrap().insert(key.clone(), v);
+        self.event(Event::TaskFinished { worker, key, nbytes: 8 }).unwrap();
+    }
+
+    fn run_all(&mut self) {
+        while !self.running.is_empty() {
+            self.finish(0);
+        }
+    }
+
+    fn value(&self, k: &str) -> f64 {
+        let KeyStatus::Memory(ws) = self.s.status(&k.into()) else { panic!("{k} not in memory") };
+        self.stores[&ws[0]][&Key::from(k)]
+    }
+
+    fn in_memory(&self) -> usize {
+        self.stores.values().map(|s| s.len()).sum()
+    }
+}
+
+fn sum_of(deps: &[String]) -> Task {
+    Task::new("sum").arg(Arg::List(deps.iter().map(|d| Arg::Ref(d.as_str().into())).collect()))
+}
+
+fn seed_graph(n: usize) -> Graph {
+    let mut g = Graph::new();
+    let mut sums = vec![];
+    for i in 0..n {
+        g.insert_literal(format!("x-{i}").as_str(), i as f64);
+        g.insert(format!("sum-{i}").as_str(), sum_of(&[format!("x-{i}")]));
+        sums.push(format!("sum-{i}"));
+    }
+    g.insert("total", sum_of(&sums));
+    g
+}
+
+#[test]
+fn seed_graph_runs_depth_first_and_frees_every_intermediate() {
+    let mut env = Env::new(1, 1);
+    env.submit(1, seed_graph(50), &["total"]).unwrap();
+    let mut peak = 0;
+    while !env.running.is_empty() {
+        env.finish(0);
+        peak = peak.max(env.in_memory());
+    }
+    // x-0, sum-0, x-1, sum-1, … : at most an array and a few partial sums live at once.
+    let order: Vec<String> = env.runs.iter().take(4).map(|(_, k)| k.to_string()).collect();
+    assert_eq!(order, ["x-0", "sum-0", "x-1", "sum-1"]);
+    assert!(peak <= 52, "peak {peak}");
+    assert_eq!(env.value("total"), (0..50).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0);
+    assert_eq!(env.in_memory(), 1, "only the held key stays");
+    assert_eq!(env.done, vec![Key::from("total")]);
+    env.event(Event::Release { client: 1, keys: vec!["total".into()] }).unwrap();
+    assert_eq!(env.in_memory(), 0);
+    assert_eq!(env.s.num_tasks(), 0, "lineage forgotten once nothing can need it");
+}
+
+#[test]
+fn tasks_go_where_their_input_bytes_are() {
+    let mut env = Env::new(3, 1);
+    env.stores.get_mut(&2).unwrap().insert("big".into(), 5.0);
+    env.event(Event::Scatter { client: 1, key: "big".into(), worker: 2, nbytes: 1 << 20 }).unwrap();
+    env.stores.get_mut(&0).unwrap().insert("small".into(), 1.0);
+    env.event(Event::Scatter { client: 1, key: "small".into(), worker: 0, nbytes: 10 }).unwrap();
+    let mut g = Graph::new();
+    g.insert("s", Task::new("add").arg(Key::from("big")).arg(Key::from("small")));
+    env.submit(1, g, &["s"]).unwrap();
+    assert_eq!(env.running[0].0, 2, "runs on the worker with the most input bytes");
+    env.run_all();
+    assert_eq!(env.value("s"), 7.0);
+}
+
+#[test]
+fn ties_go_to_the_least_loaded_and_roots_spread() {
+    let mut env = Env::new(4, 1);
+    let mut g = Graph::new();
+    for i in 0..4 {
+        g.insert_literal(format!("r{i}").as_str(), 1.0);
+    }
+    env.submit(1, g, &["r0", "r1", "r2", "r3"]).unwrap();
+    let mut ws: Vec<WorkerId> = env.running.iter().map(|r| r.0).collect();
+    ws.sort();
+    assert_eq!(ws, [0, 1, 2, 3], "one root task per worker");
+}
+
+#[test]
+fn failures_reach_every_held_dependent_with_the_task_error() {
+    let mut env = Env::new(2, 2);
+    let mut g = Graph::new();
+    g.insert("a", Task::new("noop").arg("x"));
+    g.insert("bad", Task::new("noop").arg(Key::from("a")));
+    let bad = Arc::make_mut(match g.nodes.get_mut(&Key::from("bad")).unwrap() {
+        crate::graph::Node::Task(t) => t,
+        _ => unreachable!(),
+    });
+    bad.op = "fail".into();
+    let mut ops = OpRegistry::builtin();
+    ops.register("fail", crate::ops::Signature::any(), |_, _| unreachable!());
+    env.s = Scheduler::new(SchedulerConfig::default(), Arc::new(ops));
+    env.event(Event::AddWorker { worker: 0, info: WorkerInfo { nthreads: 2, ..Default::default() } }).unwrap();
+    g.insert("after", sum_of(&["bad".into()]));
+    env.submit(7, g, &["after", "a"]).unwrap();
+    env.run_all();
+    assert_eq!(env.failed.len(), 1);
+    assert_eq!(env.failed[0].0, Key::from("after"));
+    assert!(env.failed[0].1.contains("dependency 'bad' failed: boom"), "{:?}", env.failed);
+    assert!(matches!(env.s.status(&"after".into()), KeyStatus::Erred(_)));
+    env.event(Event::ClientGone { client: 7 }).unwrap();
+    assert_eq!(env.s.num_tasks(), 0);
+    assert_eq!(env.in_memory(), 0);
+}
+
+#[test]
+fn lost_workers_are_recomputed_from_lineage() {
+    let mut env = Env::new(2, 1);
+    env.submit(1, seed_graph(6), &["total"]).unwrap();
+    for _ in 0..5 {
+        env.finish(0);
+    }
+    env.event(Event::RemoveWorker { worker: 0 }).unwrap();
+    env.stores.remove(&0);
+    env.add_worker(1);
+    env.run_all();
+    assert_eq!(env.value("total"), (0..6).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0);
+}
+
+#[test]
+fn silent_workers_are_removed_at_the_next_tick() {
+    let mut env = Env::new(2, 1);
+    env.now += Duration::from_secs(20);
+    env.event(Event::Heartbeat { worker: 1 }).unwrap();
+    env.now += Duration::from_secs(20);
+    env.event(Event::Tick).unwrap();
+    let ids: Vec<WorkerId> = env.s.workers().map(|(id, _)| id).collect();
+    assert_eq!(ids, [1]);
+}
+
+#[test]
+fn scattered_data_lost_with_its_worker_is_an_error_for_its_holder() {
+    let mut env = Env::new(2, 1);
+    env.stores.get_mut(&0).unwrap().insert("s".into(), 1.0);
+    env.event(Event::Scatter { client: 1, key: "s".into(), worker: 0, nbytes: 8 }).unwrap();
+    env.event(Event::RemoveWorker { worker: 0 }).unwrap();
+    assert!(matches!(env.s.status(&"s".into()), KeyStatus::Erred(e) if e.contains("lost")));
+    assert_eq!(env.failed[0].0, Key::from("s"));
+}
+
+#[test]
+fn resubmitting_a_held_key_reuses_it() {
+    let mut env = Env::new(1, 1);
+    env.submit(1, seed_graph(2), &["total"]).unwrap();
+    env.run_all();
+    let runs = env.runs.len();
+    env.submit(2, seed_graph(2), &["total"]).unwrap();
+    assert_eq!(env.runs.len(), runs, "nothing recomputed");
+    assert_eq!(env.done.len(), 2);
+    env.event(Event::ClientGone { client: 1 }).unwrap();
+    assert_eq!(env.in_memory(), 1);
+    env.event(Event::ClientGone { client: 2 }).unwrap();
+    assert_eq!(env.in_memory(), 0);
+}
+
+/// A random DAG: node i depends on up to three earlier nodes.
+fn dag() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<usize>)> {
+    (1usize..40).prop_flat_map(|n| {
+        let deps = (0..n)
+            .map(|i| if i == 0 { Just(vec![]).boxed() } else { prop::collection::vec(0..i, 0..4).boxed() })
+            .collect::<Vec<_>>();
+        (deps, prop::collection::vec(0..n, 1..4))
+    })
+}
+
+fn sequential(deps: &[Vec<usize>], i: usize, memo: &mut FxHashMap<usize, f64>) -> f64 {
+    if let Some(v) = memo.get(&i) {
+        return *v;
+    }
+    let mut d = deps[i].clone();
+    d.sort();
+    d.dedup();
+    let v = if d.is_empty() { i as f64 } else { d.iter().map(|j| sequential(deps, *j, memo)).sum::<f64>() + 1.0 };
+    memo.insert(i, v);
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn random_graphs_match_sequential_evaluation_and_free_everything(
+        (deps, wanted) in dag(),
+        workers in 1usize..4,
+        picks in prop::collection::vec(0usize..1000, 0..200),
+        kill_at in prop::option::of(0usize..30),
+    ) {
+        let mut env = Env::new(workers, 2);
+        let mut g = Graph::new();
+        for (i, d) in deps.iter().enumerate() {
+            if d.is_empty() {
+                g.insert_literal(format!("k{i}").as_str(), i as f64);
+            } else {
+                let names: Vec<String> = d.iter().map(|j| format!("k{j}")).collect();
+                g.insert(format!("k{i}").as_str(), sum_of(&names));
+            }
+        }
+        let keys: Vec<String> = wanted.iter().map(|w| format!("k{w}")).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        env.submit(1, g, &key_refs).unwrap();
+        let mut step = 0;
+        let mut picks = picks.into_iter();
+        while !env.running.is_empty() {
+            if Some(step) == kill_at && env.stores.len() > 1 {
+                let victim = *env.stores.keys().next().unwrap();
+                env.stores.remove(&victim);
+                env.event(Event::RemoveWorker { worker: victim }).unwrap();
+                env.add_worker(2);
+            }
+            let i = picks.next().unwrap_or(0) % env.running.len().max(1);
+            if !env.running.is_empty() {
+                env.finish(i);
+            }
+            step += 1;
+        }
+        let mut memo = FxHashMap::default();
+        for w in &wanted {
+            prop_assert_eq!(env.value(&format!("k{w}")), sequential(&deps, *w, &mut memo));
+        }
+        let mut distinct = wanted.clone();
+        distinct.sort();
+        distinct.dedup();
+        prop_assert_eq!(env.in_memory(), distinct.len());
+        env.event(Event::Release { client: 1, keys: keys.iter().map(|k| k.as_str().into()).collect() }).unwrap();
+        prop_assert_eq!(env.in_memory(), 0);
+        prop_assert_eq!(env.s.num_tasks(), 0);
+    }
+}
