@@ -16,7 +16,11 @@ pub const VALUE_COLUMN: &str = "value";
 
 /// Wraps one array as a one-column chunk. No copy.
 pub fn from_array(array: ArrayRef) -> Chunk {
-    let schema = Schema::new(vec![Field::new(VALUE_COLUMN, array.data_type().clone(), true)]);
+    let schema = Schema::new(vec![Field::new(
+        VALUE_COLUMN,
+        array.data_type().clone(),
+        true,
+    )]);
     RecordBatch::try_new(Arc::new(schema), vec![array]).expect("one column always matches")
 }
 
@@ -29,7 +33,10 @@ pub fn scalar(v: f64) -> Chunk {
 pub fn column(chunk: &Chunk) -> Result<&ArrayRef> {
     match chunk.num_columns() {
         1 => Ok(chunk.column(0)),
-        n => Err(Error::op("chunk", format!("expected a one-column chunk, got {n} columns"))),
+        n => Err(Error::op(
+            "chunk",
+            format!("expected a one-column chunk, got {n} columns"),
+        )),
     }
 }
 
@@ -37,10 +44,16 @@ pub fn column(chunk: &Chunk) -> Result<&ArrayRef> {
 pub fn to_f64(chunk: &Chunk) -> Result<f64> {
     let col = column(chunk)?;
     if col.len() != 1 {
-        return Err(Error::op("chunk", format!("expected a scalar (1 row), got {} rows", col.len())));
+        return Err(Error::op(
+            "chunk",
+            format!("expected a scalar (1 row), got {} rows", col.len()),
+        ));
     }
     let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Float64)?;
-    let col = col.as_any().downcast_ref::<Float64Array>().expect("cast to f64");
+    let col = col
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("cast to f64");
     if col.is_null(0) {
         return Err(Error::op("chunk", "scalar is null"));
     }

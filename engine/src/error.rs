@@ -86,11 +86,17 @@ pub enum Error {
 impl Error {
     /// Shorthand for an [`Error::Op`].
     pub fn op(op: &str, reason: impl Into<String>) -> Self {
-        Error::Op { op: op.to_string(), reason: reason.into() }
+        Error::Op {
+            op: op.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// Shorthand for an [`Error::InvalidGraph`].
     pub fn invalid(key: &Key, reason: impl Into<String>) -> Self {
-        Error::InvalidGraph { key: key.clone(), reason: reason.into() }
+        Error::InvalidGraph {
+            key: key.clone(),
+            reason: reason.into(),
+        }
     }
 }

@@ -45,12 +45,21 @@ impl Arg {
 
     fn from_json(v: Json) -> std::result::Result<Arg, String> {
         Ok(match v {
-            Json::Array(items) => {
-                Arg::List(items.into_iter().map(Arg::from_json).collect::<Result<_, _>>()?)
-            }
+            Json::Array(items) => Arg::List(
+                items
+                    .into_iter()
+                    .map(Arg::from_json)
+                    .collect::<Result<_, _>>()?,
+            ),
             Json::Object(m) if m.len() == 1 && m.contains_key("key") => match &m["key"] {
-                Json::String(s) => Arg::Ref(Key::new(s).ok_or("a {\"key\": …} reference is empty")?),
-                other => return Err(format!("a {{\"key\": …}} reference must be a string, got {other}")),
+                Json::String(s) => {
+                    Arg::Ref(Key::new(s).ok_or("a {\"key\": …} reference is empty")?)
+                }
+                other => {
+                    return Err(format!(
+                        "a {{\"key\": …}} reference must be a string, got {other}"
+                    ));
+                }
             },
             other => Arg::Literal(other),
         })
@@ -113,7 +122,11 @@ pub struct Task {
 impl Task {
     /// A task calling `op` with no arguments yet.
     pub fn new(op: impl Into<String>) -> Self {
-        Task { op: op.into(), args: Vec::new(), kwargs: Map::new() }
+        Task {
+            op: op.into(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+        }
     }
 
     /// Adds a positional argument.
@@ -242,7 +255,10 @@ impl Graph {
                 let head: String = key.as_str().chars().take(40).collect();
                 return Err(Error::invalid(
                     &Key::from(format!("{head}…").as_str()),
-                    format!("key is {} bytes long; the limit is {MAX_KEY_LEN}", key.as_str().len()),
+                    format!(
+                        "key is {} bytes long; the limit is {MAX_KEY_LEN}",
+                        key.as_str().len()
+                    ),
                 ));
             }
             match node {
@@ -283,7 +299,9 @@ impl Graph {
                         if on_path.contains(dep_key) {
                             return Err(Error::invalid(
                                 key,
-                                format!("cycle: '{key}' depends on '{dep}', which depends back on it"),
+                                format!(
+                                    "cycle: '{key}' depends on '{dep}', which depends back on it"
+                                ),
                             ));
                         }
                         if !done.contains(dep_key) {
@@ -351,13 +369,19 @@ mod tests {
     fn design_graph_json_round_trips() {
         let s = Submission::from_json(SEED.as_bytes()).unwrap();
         assert_eq!(s.keys, vec![Key::from("total")]);
-        let Node::Task(total) = &s.graph.nodes[&Key::from("total")] else { panic!() };
+        let Node::Task(total) = &s.graph.nodes[&Key::from("total")] else {
+            panic!()
+        };
         assert_eq!(total.args, vec![Arg::List(vec![Arg::Ref("sum-0".into())])]);
-        let Node::Task(x) = &s.graph.nodes[&Key::from("x-0")] else { panic!() };
+        let Node::Task(x) = &s.graph.nodes[&Key::from("x-0")] else {
+            panic!()
+        };
         assert_eq!(x.kwargs["seed"], 0);
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(Submission::from_json(text.as_bytes()).unwrap(), s);
-        s.graph.validate(&s.keys, &OpRegistry::builtin(), &|_| false).unwrap();
+        s.graph
+            .validate(&s.keys, &OpRegistry::builtin(), &|_| false)
+            .unwrap();
     }
 
     #[test]
@@ -371,7 +395,10 @@ mod tests {
         let e = err(r#"{"graph": {"a": {"op": "nope"}}, "keys": ["a"]}"#);
         assert!(e.contains("'a'") && e.contains("unknown op 'nope'"), "{e}");
         let e = err(r#"{"graph": {"a": {"op": "sum", "args": [{"key": "b"}]}}, "keys": ["a"]}"#);
-        assert!(e.contains("'a'") && e.contains("missing dependency 'b'"), "{e}");
+        assert!(
+            e.contains("'a'") && e.contains("missing dependency 'b'"),
+            "{e}"
+        );
         let e = err(r#"{"graph": {"a": {"op": "neg", "args": [{"key": "b"}]},
                                   "b": {"op": "neg", "args": [{"key": "a"}]}}, "keys": ["a"]}"#);
         assert!(e.contains("cycle"), "{e}");
@@ -398,7 +425,10 @@ mod tests {
         let mut g = Graph::new();
         g.insert("k0", Task::new("random").arg(10));
         for i in 1..200_000 {
-            g.insert(format!("k{i}").as_str(), Task::new("neg").arg(Key::from(format!("k{}", i - 1).as_str())));
+            g.insert(
+                format!("k{i}").as_str(),
+                Task::new("neg").arg(Key::from(format!("k{}", i - 1).as_str())),
+            );
         }
         g.validate(&[], &OpRegistry::builtin(), &|_| false).unwrap();
     }

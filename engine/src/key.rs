@@ -106,6 +106,9 @@ mod tests {
     fn empty_keys_are_refused() {
         assert!(Key::new("").is_none());
         assert!(serde_json::from_str::<Key>("\"\"").is_err());
-        assert_eq!(serde_json::from_str::<Key>("\"a\"").unwrap(), Key::from("a"));
+        assert_eq!(
+            serde_json::from_str::<Key>("\"a\"").unwrap(),
+            Key::from("a")
+        );
     }
 }

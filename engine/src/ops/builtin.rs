@@ -20,7 +20,9 @@ fn kw_f64(kw: &Kw, name: &str, default: f64) -> f64 {
 }
 
 fn kw_u64(kw: &Kw, name: &str, default: u64) -> u64 {
-    kw.get(name).and_then(|v| v.as_u64().or_else(|| v.as_i64().map(|i| i as u64))).unwrap_or(default)
+    kw.get(name)
+        .and_then(|v| v.as_u64().or_else(|| v.as_i64().map(|i| i as u64)))
+        .unwrap_or(default)
 }
 
 fn f64_chunk(values: Vec<f64>) -> Chunk {
@@ -70,7 +72,9 @@ fn compare(
 fn unary(f: fn(f64) -> f64) -> impl Fn(&[Value], &Kw) -> Result<Chunk> {
     move |a, _| {
         let x = floats(a[0].chunk()?)?;
-        Ok(chunk::from_array(Arc::new(arity::unary::<_, _, Float64Type>(&x, f))))
+        Ok(chunk::from_array(Arc::new(
+            arity::unary::<_, _, Float64Type>(&x, f),
+        )))
     }
 }
 
@@ -98,10 +102,19 @@ impl Moments {
 
     /// A chunk's moments: read from a partial, or computed from values.
     fn of_chunk(c: &Chunk) -> Result<Moments> {
-        let names: Vec<&str> = c.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> = c
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         if names == MOMENT_COLUMNS && c.num_rows() == 1 {
             let get = |i: usize| c.column(i).as_primitive::<Float64Type>().value(0);
-            return Ok(Moments { n: get(0), mean: get(1), m2: get(2) });
+            return Ok(Moments {
+                n: get(0),
+                mean: get(1),
+                m2: get(2),
+            });
         }
         Ok(Moments::of_values(&floats(c)?))
     }
@@ -120,12 +133,19 @@ impl Moments {
     }
 
     fn of_all(args: &[Value]) -> Result<Moments> {
-        args[0].chunks()?.into_iter().try_fold(Moments::default(), |acc, c| Ok(acc.merge(Moments::of_chunk(c)?)))
+        args[0]
+            .chunks()?
+            .into_iter()
+            .try_fold(Moments::default(), |acc, c| {
+                Ok(acc.merge(Moments::of_chunk(c)?))
+            })
     }
 
     fn to_chunk(self) -> Chunk {
-        let fields: Vec<Field> =
-            MOMENT_COLUMNS.iter().map(|n| Field::new(*n, DataType::Float64, false)).collect();
+        let fields: Vec<Field> = MOMENT_COLUMNS
+            .iter()
+            .map(|n| Field::new(*n, DataType::Float64, false))
+            .collect();
         let cols: Vec<ArrayRef> = [self.n, self.mean, self.m2]
             .into_iter()
             .map(|v| Arc::new(Float64Array::from(vec![v])) as ArrayRef)
@@ -135,7 +155,10 @@ impl Moments {
 
     fn var(self, ddof: f64) -> Result<f64> {
         if self.n - ddof <= 0.0 {
-            return Err(Error::op("args", format!("variance of {} values with ddof {ddof}", self.n)));
+            return Err(Error::op(
+                "args",
+                format!("variance of {} values with ddof {ddof}", self.n),
+            ));
         }
         Ok(self.m2 / (self.n - ddof))
     }
@@ -154,16 +177,23 @@ fn fold(
             acc = Some(acc.map_or(v, |a| combine(a, v)));
         }
     }
-    acc.map(chunk::scalar).ok_or_else(|| Error::op(name, "reduction of no values"))
+    acc.map(chunk::scalar)
+        .ok_or_else(|| Error::op(name, "reduction of no values"))
 }
 
 fn size_of_range(start: f64, stop: f64, step: f64) -> Result<usize> {
     if step == 0.0 || !step.is_finite() || !start.is_finite() || !stop.is_finite() {
-        return Err(Error::op("args", "arange needs finite bounds and a non-zero step"));
+        return Err(Error::op(
+            "args",
+            "arange needs finite bounds and a non-zero step",
+        ));
     }
     let n = ((stop - start) / step).ceil().max(0.0);
     if n > super::MAX_ELEMENTS as f64 {
-        return Err(Error::op("args", format!("arange of {n} elements exceeds the limit")));
+        return Err(Error::op(
+            "args",
+            format!("arange of {n} elements exceeds the limit"),
+        ));
     }
     Ok(n as usize)
 }
@@ -177,40 +207,71 @@ pub(super) fn register_all(r: &mut OpRegistry) {
     });
     r.register(
         "normal",
-        seeded(Signature::new(&[Size])).kwarg("loc", Number).kwarg("scale", Number),
+        seeded(Signature::new(&[Size]))
+            .kwarg("loc", Number)
+            .kwarg("scale", Number),
         |a, kw| {
             let (loc, scale) = (kw_f64(kw, "loc", 0.0), kw_f64(kw, "scale", 1.0));
-            Ok(f64_chunk(normal_vec(a[0].usize()?, kw_u64(kw, "seed", 0), loc, scale)))
+            Ok(f64_chunk(normal_vec(
+                a[0].usize()?,
+                kw_u64(kw, "seed", 0),
+                loc,
+                scale,
+            )))
         },
     );
-    r.register("arange", Signature::new(&[Number, Number, Number]).optional_from(1), |a, _| {
-        let (start, stop, step) = match a {
-            [stop] => (0.0, stop.f64()?, 1.0),
-            [start, stop] => (start.f64()?, stop.f64()?, 1.0),
-            [start, stop, step] => (start.f64()?, stop.f64()?, step.f64()?),
-            _ => unreachable!("signature checked"),
-        };
-        let n = size_of_range(start, stop, step)?;
-        Ok(f64_chunk((0..n).map(|i| start + i as f64 * step).collect()))
-    });
+    r.register(
+        "arange",
+        Signature::new(&[Number, Number, Number]).optional_from(1),
+        |a, _| {
+            let (start, stop, step) = match a {
+                [stop] => (0.0, stop.f64()?, 1.0),
+                [start, stop] => (start.f64()?, stop.f64()?, 1.0),
+                [start, stop, step] => (start.f64()?, stop.f64()?, step.f64()?),
+                _ => unreachable!("signature checked"),
+            };
+            let n = size_of_range(start, stop, step)?;
+            Ok(f64_chunk((0..n).map(|i| start + i as f64 * step).collect()))
+        },
+    );
     r.register("full", Signature::new(&[Size, Number]), |a, _| {
         Ok(f64_chunk(vec![a[1].f64()?; a[0].usize()?]))
     });
     r.register("literal", Signature::new(&[Any]), |a, _| match &a[0] {
-        Value::Literal(Json::Array(items)) => {
-            Ok(f64_chunk(items.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect()))
-        }
+        Value::Literal(Json::Array(items)) => Ok(f64_chunk(
+            items
+                .iter()
+                .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                .collect(),
+        )),
         v => Ok(chunk::scalar(v.f64()?)),
     });
     r.register("noop", Signature::any(), |_, _| Ok(chunk::scalar(0.0)));
 
     let reduce = || Signature::new(&[Chunks]);
-    r.register("sum", reduce(), |a, _| fold("sum", a, |x| Some(compute::sum(x).unwrap_or(0.0)), |p, q| p + q));
-    r.register("min", reduce(), |a, _| fold("min", a, compute::min, f64::min));
-    r.register("max", reduce(), |a, _| fold("max", a, compute::max, f64::max));
+    r.register("sum", reduce(), |a, _| {
+        fold(
+            "sum",
+            a,
+            |x| Some(compute::sum(x).unwrap_or(0.0)),
+            |p, q| p + q,
+        )
+    });
+    r.register("min", reduce(), |a, _| {
+        fold("min", a, compute::min, f64::min)
+    });
+    r.register("max", reduce(), |a, _| {
+        fold("max", a, compute::max, f64::max)
+    });
     r.register("count", reduce(), |a, _| {
-        let n: usize = a[0].chunks()?.iter().map(|c| c.num_rows() - c.column(0).null_count()).sum();
-        Ok(chunk::from_array(Arc::new(Int64Array::from(vec![n as i64]))))
+        let n: usize = a[0]
+            .chunks()?
+            .iter()
+            .map(|c| c.num_rows() - c.column(0).null_count())
+            .sum();
+        Ok(chunk::from_array(Arc::new(Int64Array::from(vec![
+            n as i64,
+        ]))))
     });
     r.register("mean", reduce(), |a, _| {
         let m = Moments::of_all(a)?;
@@ -219,12 +280,18 @@ pub(super) fn register_all(r: &mut OpRegistry) {
         }
         Ok(chunk::scalar(m.mean))
     });
-    r.register("moments", reduce(), |a, _| Ok(Moments::of_all(a)?.to_chunk()));
+    r.register("moments", reduce(), |a, _| {
+        Ok(Moments::of_all(a)?.to_chunk())
+    });
     r.register("var", reduce().kwarg("ddof", Number), |a, kw| {
-        Ok(chunk::scalar(Moments::of_all(a)?.var(kw_f64(kw, "ddof", 0.0))?))
+        Ok(chunk::scalar(
+            Moments::of_all(a)?.var(kw_f64(kw, "ddof", 0.0))?,
+        ))
     });
     r.register("std", reduce().kwarg("ddof", Number), |a, kw| {
-        Ok(chunk::scalar(Moments::of_all(a)?.var(kw_f64(kw, "ddof", 0.0))?.sqrt()))
+        Ok(chunk::scalar(
+            Moments::of_all(a)?.var(kw_f64(kw, "ddof", 0.0))?.sqrt(),
+        ))
     });
 
     let elementwise = || Signature::new(&[ChunkOrNumber, ChunkOrNumber]);
@@ -238,7 +305,9 @@ pub(super) fn register_all(r: &mut OpRegistry) {
     r.register("le", elementwise(), compare(cmp::lt_eq));
     r.register("eq", elementwise(), compare(cmp::eq));
     r.register("neg", Signature::new(&[Chunk]), |a, _| {
-        Ok(chunk::from_array(numeric::neg(chunk::column(a[0].chunk()?)?)?))
+        Ok(chunk::from_array(numeric::neg(chunk::column(
+            a[0].chunk()?,
+        )?)?))
     });
     r.register("abs", Signature::new(&[Chunk]), unary(f64::abs));
     r.register("sqrt", Signature::new(&[Chunk]), unary(f64::sqrt));
@@ -247,8 +316,13 @@ pub(super) fn register_all(r: &mut OpRegistry) {
 
     r.register("concat", Signature::new(&[Chunks]), |a, _| {
         let chunks = a[0].chunks()?;
-        let first = chunks.first().ok_or_else(|| Error::op("concat", "nothing to concatenate"))?;
-        Ok(compute::concat_batches(first.schema_ref(), chunks.iter().copied())?)
+        let first = chunks
+            .first()
+            .ok_or_else(|| Error::op("concat", "nothing to concatenate"))?;
+        Ok(compute::concat_batches(
+            first.schema_ref(),
+            chunks.iter().copied(),
+        )?)
     });
     r.register("slice", Signature::new(&[Chunk, Size, Size]), |a, _| {
         let c = a[0].chunk()?;
@@ -256,23 +330,43 @@ pub(super) fn register_all(r: &mut OpRegistry) {
         if offset.saturating_add(len) > c.num_rows() {
             return Err(Error::op(
                 "slice",
-                format!("rows {offset}..{} out of a chunk of {}", offset + len, c.num_rows()),
+                format!(
+                    "rows {offset}..{} out of a chunk of {}",
+                    offset + len,
+                    c.num_rows()
+                ),
             ));
         }
         Ok(c.slice(offset, len))
     });
     r.register("filter", Signature::new(&[Chunk, Chunk]), |a, _| {
         let mask = chunk::column(a[1].chunk()?)?;
-        let mask = mask
-            .as_boolean_opt()
-            .ok_or_else(|| Error::op("filter", format!("mask must be boolean, got {}", mask.data_type())))?;
+        let mask = mask.as_boolean_opt().ok_or_else(|| {
+            Error::op(
+                "filter",
+                format!("mask must be boolean, got {}", mask.data_type()),
+            )
+        })?;
         Ok(compute::filter_record_batch(a[0].chunk()?, mask)?)
     });
-    r.register("sort", Signature::new(&[Chunk]).kwarg("descending", Bool), |a, kw| {
-        let descending = kw.get("descending").and_then(Json::as_bool).unwrap_or(false);
-        let opts = SortOptions { descending, nulls_first: false };
-        Ok(chunk::from_array(compute::sort(chunk::column(a[0].chunk()?)?, Some(opts))?))
-    });
+    r.register(
+        "sort",
+        Signature::new(&[Chunk]).kwarg("descending", Bool),
+        |a, kw| {
+            let descending = kw
+                .get("descending")
+                .and_then(Json::as_bool)
+                .unwrap_or(false);
+            let opts = SortOptions {
+                descending,
+                nulls_first: false,
+            };
+            Ok(chunk::from_array(compute::sort(
+                chunk::column(a[0].chunk()?)?,
+                Some(opts),
+            )?))
+        },
+    );
 }
 
 #[cfg(test)]
@@ -301,11 +395,26 @@ mod tests {
         let a = arr(&[1.0, 2.0, 3.0]);
         let b = arr(&[4.0, 5.0]);
         let both = Value::List(vec![a.clone(), b.clone()]);
-        assert_eq!(to_f64(&call("sum", vec![both.clone()]).unwrap()).unwrap(), 15.0);
-        assert_eq!(to_f64(&call("min", vec![both.clone()]).unwrap()).unwrap(), 1.0);
-        assert_eq!(to_f64(&call("max", vec![both.clone()]).unwrap()).unwrap(), 5.0);
-        assert_eq!(to_f64(&call("count", vec![both.clone()]).unwrap()).unwrap(), 5.0);
-        assert_eq!(to_f64(&call("mean", vec![both.clone()]).unwrap()).unwrap(), 3.0);
+        assert_eq!(
+            to_f64(&call("sum", vec![both.clone()]).unwrap()).unwrap(),
+            15.0
+        );
+        assert_eq!(
+            to_f64(&call("min", vec![both.clone()]).unwrap()).unwrap(),
+            1.0
+        );
+        assert_eq!(
+            to_f64(&call("max", vec![both.clone()]).unwrap()).unwrap(),
+            5.0
+        );
+        assert_eq!(
+            to_f64(&call("count", vec![both.clone()]).unwrap()).unwrap(),
+            5.0
+        );
+        assert_eq!(
+            to_f64(&call("mean", vec![both.clone()]).unwrap()).unwrap(),
+            3.0
+        );
         let var = to_f64(&call("var", vec![both.clone()]).unwrap()).unwrap();
         assert!((var - 2.0).abs() < 1e-12);
         // Partials of a tree give the same variance as the flat list.
@@ -319,34 +428,72 @@ mod tests {
     #[test]
     fn elementwise_with_chunks_and_scalars() {
         let a = arr(&[1.0, 4.0]);
-        assert_eq!(values(&call("add", vec![a.clone(), lit(1)]).unwrap()), [2.0, 5.0]);
-        assert_eq!(values(&call("sub", vec![lit(1), a.clone()]).unwrap()), [0.0, -3.0]);
-        assert_eq!(values(&call("mul", vec![a.clone(), a.clone()]).unwrap()), [1.0, 16.0]);
-        assert_eq!(values(&call("div", vec![a.clone(), lit(2.0)]).unwrap()), [0.5, 2.0]);
+        assert_eq!(
+            values(&call("add", vec![a.clone(), lit(1)]).unwrap()),
+            [2.0, 5.0]
+        );
+        assert_eq!(
+            values(&call("sub", vec![lit(1), a.clone()]).unwrap()),
+            [0.0, -3.0]
+        );
+        assert_eq!(
+            values(&call("mul", vec![a.clone(), a.clone()]).unwrap()),
+            [1.0, 16.0]
+        );
+        assert_eq!(
+            values(&call("div", vec![a.clone(), lit(2.0)]).unwrap()),
+            [0.5, 2.0]
+        );
         assert_eq!(values(&call("sqrt", vec![a.clone()]).unwrap()), [1.0, 2.0]);
         assert_eq!(values(&call("neg", vec![a.clone()]).unwrap()), [-1.0, -4.0]);
         assert_eq!(values(&call("abs", vec![arr(&[-2.0])]).unwrap()), [2.0]);
-        let e = call("add", vec![a.clone(), arr(&[1.0])]).unwrap_err().to_string();
+        let e = call("add", vec![a.clone(), arr(&[1.0])])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("add"), "{e}");
         let e = call("add", vec![lit("x"), a]).unwrap_err().to_string();
-        assert!(e.contains("op 'add'") && e.contains("expected a number"), "{e}");
+        assert!(
+            e.contains("op 'add'") && e.contains("expected a number"),
+            "{e}"
+        );
     }
 
     #[test]
     fn constructors_and_reshaping() {
-        assert_eq!(values(&call("arange", vec![lit(3)]).unwrap()), [0.0, 1.0, 2.0]);
-        assert_eq!(values(&call("arange", vec![lit(1), lit(2), lit(0.5)]).unwrap()), [1.0, 1.5]);
-        assert_eq!(values(&call("full", vec![lit(2), lit(7)]).unwrap()), [7.0, 7.0]);
+        assert_eq!(
+            values(&call("arange", vec![lit(3)]).unwrap()),
+            [0.0, 1.0, 2.0]
+        );
+        assert_eq!(
+            values(&call("arange", vec![lit(1), lit(2), lit(0.5)]).unwrap()),
+            [1.0, 1.5]
+        );
+        assert_eq!(
+            values(&call("full", vec![lit(2), lit(7)]).unwrap()),
+            [7.0, 7.0]
+        );
         let x = arr(&[3.0, 1.0, 2.0]);
-        assert_eq!(values(&call("sort", vec![x.clone()]).unwrap()), [1.0, 2.0, 3.0]);
-        assert_eq!(values(&call("slice", vec![x.clone(), lit(1), lit(2)]).unwrap()), [1.0, 2.0]);
+        assert_eq!(
+            values(&call("sort", vec![x.clone()]).unwrap()),
+            [1.0, 2.0, 3.0]
+        );
+        assert_eq!(
+            values(&call("slice", vec![x.clone(), lit(1), lit(2)]).unwrap()),
+            [1.0, 2.0]
+        );
         assert!(call("slice", vec![x.clone(), lit(2), lit(2)]).is_err());
         let mask = Value::Chunk(call("gt", vec![x.clone(), lit(1.5)]).unwrap());
-        assert_eq!(values(&call("filter", vec![x.clone(), mask]).unwrap()), [3.0, 2.0]);
+        assert_eq!(
+            values(&call("filter", vec![x.clone(), mask]).unwrap()),
+            [3.0, 2.0]
+        );
         let both = Value::List(vec![x.clone(), x]);
         assert_eq!(call("concat", vec![both]).unwrap().num_rows(), 6);
         let r = call("random", vec![lit(10)]).unwrap();
         assert_eq!(r.num_rows(), 10);
-        assert_eq!(values(&call("literal", vec![lit(vec![1.0, 2.0])]).unwrap()), [1.0, 2.0]);
+        assert_eq!(
+            values(&call("literal", vec![lit(vec![1.0, 2.0])]).unwrap()),
+            [1.0, 2.0]
+        );
     }
 }

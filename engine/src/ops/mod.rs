@@ -35,7 +35,10 @@ impl Value {
     pub fn chunk(&self) -> Result<&Chunk> {
         match self {
             Value::Chunk(c) => Ok(c),
-            other => Err(Error::op("args", format!("expected a chunk, got {}", other.describe()))),
+            other => Err(Error::op(
+                "args",
+                format!("expected a chunk, got {}", other.describe()),
+            )),
         }
     }
 
@@ -44,7 +47,10 @@ impl Value {
         match self {
             Value::Chunk(c) => Ok(vec![c]),
             Value::List(items) => items.iter().map(Value::chunk).collect(),
-            other => Err(Error::op("args", format!("expected chunks, got {}", other.describe()))),
+            other => Err(Error::op(
+                "args",
+                format!("expected chunks, got {}", other.describe()),
+            )),
         }
     }
 
@@ -52,14 +58,19 @@ impl Value {
     pub fn f64(&self) -> Result<f64> {
         match self {
             Value::Literal(Json::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN)),
-            other => Err(Error::op("args", format!("expected a number, got {}", other.describe()))),
+            other => Err(Error::op(
+                "args",
+                format!("expected a number, got {}", other.describe()),
+            )),
         }
     }
 
     /// A non-negative integer literal.
     pub fn usize(&self) -> Result<usize> {
         match self {
-            Value::Literal(Json::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64().unwrap() as usize),
+            Value::Literal(Json::Number(n)) if n.as_u64().is_some() => {
+                Ok(n.as_u64().unwrap() as usize)
+            }
             other => Err(Error::op(
                 "args",
                 format!("expected a non-negative integer, got {}", other.describe()),
@@ -148,7 +159,12 @@ pub struct Signature {
 impl Signature {
     /// A signature with all `params` required and no keywords.
     pub fn new(params: &[Kind]) -> Self {
-        Signature { params: params.to_vec(), required: params.len(), kwargs: vec![], variadic: false }
+        Signature {
+            params: params.to_vec(),
+            required: params.len(),
+            kwargs: vec![],
+            variadic: false,
+        }
     }
 
     /// Makes the positional parameters from index `n` on optional.
@@ -165,7 +181,12 @@ impl Signature {
 
     /// A signature that accepts any arguments (for user ops that check their own).
     pub fn any() -> Self {
-        Signature { params: vec![], required: 0, kwargs: vec![], variadic: true }
+        Signature {
+            params: vec![],
+            required: 0,
+            kwargs: vec![],
+            variadic: true,
+        }
     }
 }
 
@@ -205,7 +226,13 @@ impl OpRegistry {
     where
         F: Fn(&[Value], &Map<String, Json>) -> Result<Chunk> + Send + Sync + 'static,
     {
-        self.ops.insert(name.to_string(), OpDef { signature, func: Arc::new(func) });
+        self.ops.insert(
+            name.to_string(),
+            OpDef {
+                signature,
+                func: Arc::new(func),
+            },
+        );
     }
 
     /// The names of every registered op, sorted.
@@ -237,7 +264,12 @@ impl OpRegistry {
             if !kind.accepts(arg) {
                 return Err(Error::invalid(
                     key,
-                    format!("op '{}' argument {i} must be {}, got {}", task.op, kind.name(), arg_text(arg)),
+                    format!(
+                        "op '{}' argument {i} must be {}, got {}",
+                        task.op,
+                        kind.name(),
+                        arg_text(arg)
+                    ),
                 ));
             }
         }
@@ -246,12 +278,19 @@ impl OpRegistry {
                 if sig.variadic {
                     continue;
                 }
-                return Err(Error::invalid(key, format!("op '{}' has no keyword '{name}'", task.op)));
+                return Err(Error::invalid(
+                    key,
+                    format!("op '{}' has no keyword '{name}'", task.op),
+                ));
             };
             if !kind.accepts(&Arg::Literal(v.clone())) {
                 return Err(Error::invalid(
                     key,
-                    format!("op '{}' keyword '{name}' must be {}, got {v}", task.op, kind.name()),
+                    format!(
+                        "op '{}' keyword '{name}' must be {}, got {v}",
+                        task.op,
+                        kind.name()
+                    ),
                 ));
             }
         }
@@ -260,7 +299,10 @@ impl OpRegistry {
 
     /// Runs `op` on resolved arguments.
     pub fn call(&self, op: &str, args: &[Value], kwargs: &Map<String, Json>) -> Result<Chunk> {
-        let def = self.ops.get(op).ok_or_else(|| Error::UnknownOp { op: op.to_string() })?;
+        let def = self
+            .ops
+            .get(op)
+            .ok_or_else(|| Error::UnknownOp { op: op.to_string() })?;
         (def.func)(args, kwargs).map_err(|e| match e {
             Error::Op { op: o, reason } if o == "args" || o == "chunk" => Error::op(op, reason),
             Error::Arrow(e) => Error::op(op, e.to_string()),
@@ -271,5 +313,9 @@ impl OpRegistry {
 
 fn arg_text(a: &Arg) -> String {
     let s = serde_json::to_string(a).unwrap_or_default();
-    if s.len() > 60 { format!("{}…", &s[..s.floor_char_boundary(60)]) } else { s }
+    if s.len() > 60 {
+        format!("{}…", &s[..s.floor_char_boundary(60)])
+    } else {
+        s
+    }
 }

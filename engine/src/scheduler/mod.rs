@@ -52,7 +52,10 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig { extra_slots: 0, heartbeat_timeout: Duration::from_secs(30) }
+        SchedulerConfig {
+            extra_slots: 0,
+            heartbeat_timeout: Duration::from_secs(30),
+        }
     }
 }
 

@@ -14,8 +14,10 @@ use crate::key::Key;
 use crate::ops::OpRegistry;
 
 type TaskId = u64;
-/// (submission generation, depth-first position): lower runs first.
-type Priority = (u64, u64);
+/// (has no inputs, submission generation, depth-first position): lower runs first.
+/// Tasks that consume data go before tasks that only make it, across submissions
+/// too, so memory is freed before more is allocated.
+type Priority = (bool, u64, u64);
 type Queue = BinaryHeap<Reverse<(Priority, TaskId)>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +63,10 @@ impl TaskState {
     }
 
     fn pending(&self) -> bool {
-        matches!(self.state, State::Waiting | State::Ready(_) | State::Processing(_))
+        matches!(
+            self.state,
+            State::Waiting | State::Ready(_) | State::Processing(_)
+        )
     }
 }
 
@@ -154,9 +159,12 @@ impl Scheduler {
                 }
             }
             Event::Submit { client, submission } => self.submit(client, submission, out)?,
-            Event::Scatter { client, key, worker, nbytes } => {
-                self.scatter(client, key, worker, nbytes, out)?
-            }
+            Event::Scatter {
+                client,
+                key,
+                worker,
+                nbytes,
+            } => self.scatter(client, key, worker, nbytes, out)?,
             Event::Release { client, keys } => {
                 for k in keys {
                     self.release(client, &k, out);
@@ -170,9 +178,15 @@ impl Scheduler {
                     }
                 }
             }
-            Event::TaskFinished { worker, key, nbytes } => self.finished(worker, key, nbytes, out),
+            Event::TaskFinished {
+                worker,
+                key,
+                nbytes,
+            } => self.finished(worker, key, nbytes, out),
             Event::TaskFailed { worker, key, error } => {
-                let Some(&id) = self.index.get(&key) else { return Ok(()) };
+                let Some(&id) = self.index.get(&key) else {
+                    return Ok(());
+                };
                 if self.tasks[&id].state == State::Processing(worker) {
                     self.unassign(id, worker);
                     self.err(id, Arc::from(error), out);
@@ -239,7 +253,9 @@ impl Scheduler {
 
     /// Tasks running or queued on each worker.
     pub fn worker_load(&self, worker: WorkerId) -> Option<(usize, usize)> {
-        self.workers.get(&worker).map(|w| (w.processing.len(), w.queue.len()))
+        self.workers
+            .get(&worker)
+            .map(|w| (w.processing.len(), w.queue.len()))
     }
 
     /// The op registry graphs are checked against.
@@ -292,6 +308,7 @@ impl Scheduler {
             self.next_id += 1;
             let task = node.into_task();
             let deps: Vec<TaskId> = task.dependencies().iter().map(|d| self.index[d]).collect();
+            let root = deps.is_empty();
             for d in &deps {
                 let dt = self.tasks.get_mut(d).expect("dependency is live");
                 dt.dependents.push(id);
@@ -312,7 +329,7 @@ impl Scheduler {
                     holds: 0,
                     who_has: Vec::new(),
                     nbytes: 0,
-                    priority: (generation, pos as u64),
+                    priority: (root, generation, pos as u64),
                     error: None,
                 },
             );
@@ -350,7 +367,9 @@ impl Scheduler {
             return Err(Error::invalid(&key, "key already exists; release it first"));
         }
         let Some(w) = self.workers.get_mut(&worker) else {
-            return Err(Error::Unavailable(format!("worker {worker} is not in the cluster")));
+            return Err(Error::Unavailable(format!(
+                "worker {worker} is not in the cluster"
+            )));
         };
         let id = self.next_id;
         self.next_id += 1;
@@ -372,7 +391,7 @@ impl Scheduler {
                 holds: 0,
                 who_has: vec![worker],
                 nbytes,
-                priority: (self.generation, 0),
+                priority: (true, self.generation, 0),
                 error: None,
             },
         );
@@ -383,13 +402,22 @@ impl Scheduler {
     }
 
     fn hold(&mut self, client: ClientId, id: TaskId) {
-        *self.clients.entry(client).or_default().entry(id).or_default() += 1;
+        *self
+            .clients
+            .entry(client)
+            .or_default()
+            .entry(id)
+            .or_default() += 1;
         self.tasks.get_mut(&id).expect("live task").holds += 1;
     }
 
     fn release(&mut self, client: ClientId, key: &Key, out: &mut Vec<Command>) {
-        let Some(&id) = self.index.get(key) else { return };
-        let Some(held) = self.clients.get_mut(&client) else { return };
+        let Some(&id) = self.index.get(key) else {
+            return;
+        };
+        let Some(held) = self.clients.get_mut(&client) else {
+            return;
+        };
         let Some(n) = held.get_mut(&id) else { return };
         *n -= 1;
         if *n == 0 {
@@ -411,7 +439,11 @@ impl Scheduler {
             }
             if t.task.is_none() {
                 let key = t.key.clone();
-                self.err(id, Arc::from(format!("scattered data '{key}' was lost")), out);
+                self.err(
+                    id,
+                    Arc::from(format!("scattered data '{key}' was lost")),
+                    out,
+                );
                 continue;
             }
             let deps = t.deps.clone();
@@ -433,7 +465,10 @@ impl Scheduler {
             self.set(id, State::Waiting);
             self.tasks.get_mut(&id).expect("live").missing = missing;
             if let Some(d) = failed {
-                let e = self.tasks[&self.index[&d]].error.clone().unwrap_or_else(|| "failed".into());
+                let e = self.tasks[&self.index[&d]]
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "failed".into());
                 self.err(id, Arc::from(format!("dependency '{d}' failed: {e}")), out);
             } else if missing == 0 {
                 to_ready.push(id);
@@ -441,7 +476,11 @@ impl Scheduler {
         }
         to_ready.sort_unstable_by_key(|id| self.tasks[id].priority);
         for id in to_ready {
-            if self.tasks.get(&id).is_some_and(|t| t.state == State::Waiting && t.missing == 0) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == State::Waiting && t.missing == 0)
+            {
                 self.make_ready(id, out);
             }
         }
@@ -475,7 +514,11 @@ impl Scheduler {
         match best {
             Some((_, _, w)) => {
                 self.set(id, State::Ready(Some(w)));
-                self.workers.get_mut(&w).expect("holder is live").queue.push(Reverse((prio, id)));
+                self.workers
+                    .get_mut(&w)
+                    .expect("holder is live")
+                    .queue
+                    .push(Reverse((prio, id)));
                 self.fill(w, out);
             }
             None => {
@@ -504,13 +547,16 @@ impl Scheduler {
     /// between its own queue and the shared queue of tasks without inputs.
     fn fill(&mut self, worker: WorkerId, out: &mut Vec<Command>) {
         loop {
-            let Some(w) = self.workers.get(&worker) else { return };
+            let Some(w) = self.workers.get(&worker) else {
+                return;
+            };
             if w.processing.len() >= self.capacity(w) {
                 return;
             }
-            let valid = |tasks: &FxHashMap<TaskId, TaskState>, id: &TaskId, on: Option<WorkerId>| {
-                tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
-            };
+            let valid =
+                |tasks: &FxHashMap<TaskId, TaskState>, id: &TaskId, on: Option<WorkerId>| {
+                    tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
+                };
             let w = self.workers.get_mut(&worker).expect("checked");
             while let Some(Reverse((_, id))) = w.queue.peek() {
                 if valid(&self.tasks, id, Some(worker)) {
@@ -541,7 +587,11 @@ impl Scheduler {
 
     fn run(&mut self, id: TaskId, worker: WorkerId, out: &mut Vec<Command>) {
         self.set(id, State::Processing(worker));
-        self.workers.get_mut(&worker).expect("live worker").processing.insert(id);
+        self.workers
+            .get_mut(&worker)
+            .expect("live worker")
+            .processing
+            .insert(id);
         let t = &self.tasks[&id];
         let inputs = t
             .deps
@@ -567,7 +617,10 @@ impl Scheduler {
 
     fn finished(&mut self, worker: WorkerId, key: Key, nbytes: u64, out: &mut Vec<Command>) {
         let Some(&id) = self.index.get(&key) else {
-            out.push(Command::Free { worker, keys: vec![key] });
+            out.push(Command::Free {
+                worker,
+                keys: vec![key],
+            });
             return;
         };
         if !self.workers.contains_key(&worker) {
@@ -587,7 +640,10 @@ impl Scheduler {
             }
             State::Released | State::Erred => {
                 // Cancelled or failed meanwhile: the result is not wanted.
-                out.push(Command::Free { worker, keys: vec![key] });
+                out.push(Command::Free {
+                    worker,
+                    keys: vec![key],
+                });
                 return;
             }
             State::Processing(w) => self.unassign(id, w),
@@ -610,7 +666,9 @@ impl Scheduler {
             self.maybe_release(d, out);
         }
         for u in dependents {
-            let Some(ut) = self.tasks.get_mut(&u) else { continue };
+            let Some(ut) = self.tasks.get_mut(&u) else {
+                continue;
+            };
             if ut.state == State::Waiting {
                 ut.missing -= 1;
                 if ut.missing == 0 {
@@ -639,7 +697,10 @@ impl Scheduler {
             t.error = Some(error.clone());
             let key = t.key.clone();
             if t.holds > 0 {
-                out.push(Command::Failed { key: key.clone(), error: error.to_string() });
+                out.push(Command::Failed {
+                    key: key.clone(),
+                    error: error.to_string(),
+                });
             }
             let (deps, dependents) = (t.deps.clone(), t.dependents.clone());
             if holding_deps {
@@ -662,7 +723,9 @@ impl Scheduler {
     fn maybe_release(&mut self, id: TaskId, out: &mut Vec<Command>) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            let Some(t) = self.tasks.get(&id) else { continue };
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
             if t.needed() {
                 continue;
             }
@@ -674,7 +737,10 @@ impl Scheduler {
                             ws.has.remove(&id);
                             ws.nbytes -= nbytes;
                         }
-                        out.push(Command::Free { worker: w, keys: vec![key.clone()] });
+                        out.push(Command::Free {
+                            worker: w,
+                            keys: vec![key.clone()],
+                        });
                     }
                     self.tasks.get_mut(&id).expect("live").who_has.clear();
                     self.set(id, State::Released);
@@ -700,7 +766,9 @@ impl Scheduler {
     fn maybe_forget(&mut self, id: TaskId) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            let Some(t) = self.tasks.get(&id) else { continue };
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
             let done = matches!(t.state, State::Released | State::Erred);
             if !done || t.needed() || t.live_dependents > 0 {
                 continue;
@@ -717,7 +785,9 @@ impl Scheduler {
     }
 
     fn remove_worker(&mut self, worker: WorkerId, out: &mut Vec<Command>) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         // Data that lived only there is gone.
         let mut lost = Vec::new();
         for id in w.has {
@@ -736,17 +806,22 @@ impl Scheduler {
         }
         redo.sort_unstable();
         redo.dedup();
-        redo.retain(|id| self.tasks.get(id).is_some_and(|t| match t.state {
-            State::Ready(on) => on.is_some(),
-            State::Processing(_) | State::Waiting => true,
-            _ => false,
-        }));
+        redo.retain(|id| {
+            self.tasks.get(id).is_some_and(|t| match t.state {
+                State::Ready(on) => on.is_some(),
+                State::Processing(_) | State::Waiting => true,
+                _ => false,
+            })
+        });
         for &id in &redo {
             if let State::Processing(other) = self.tasks[&id].state {
                 self.unassign(id, other);
             }
-            let missing =
-                self.tasks[&id].deps.iter().filter(|d| self.tasks[d].state != State::Memory).count();
+            let missing = self.tasks[&id]
+                .deps
+                .iter()
+                .filter(|d| self.tasks[d].state != State::Memory)
+                .count();
             self.tasks.get_mut(&id).expect("live").missing = missing as u32;
             self.set(id, State::Waiting);
         }
@@ -759,7 +834,11 @@ impl Scheduler {
             }
         }
         for id in redo {
-            if self.tasks.get(&id).is_some_and(|t| t.state == State::Waiting && t.missing == 0) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == State::Waiting && t.missing == 0)
+            {
                 self.make_ready(id, out);
             }
         }
@@ -785,7 +864,11 @@ impl Scheduler {
                 .filter(|u| u.pending())
                 .count() as u32;
             assert_eq!(t.waiters, waiting_dependents, "{k}: waiters");
-            let live = t.dependents.iter().filter(|u| self.tasks.contains_key(u)).count() as u32;
+            let live = t
+                .dependents
+                .iter()
+                .filter(|u| self.tasks.contains_key(u))
+                .count() as u32;
             assert_eq!(t.live_dependents, live, "{k}: live dependents");
             let held: u32 = self.clients.values().filter_map(|c| c.get(id)).sum();
             assert_eq!(t.holds, held, "{k}: holds");
@@ -809,15 +892,24 @@ impl Scheduler {
                 State::Ready(on) => {
                     assert!(t.deps.iter().all(in_memory), "{k}: ready without inputs");
                     if let Some(w) = on {
-                        assert!(self.workers.contains_key(&w), "{k}: queued on a dead worker");
+                        assert!(
+                            self.workers.contains_key(&w),
+                            "{k}: queued on a dead worker"
+                        );
                     }
                 }
                 State::Processing(w) => {
                     assert!(t.deps.iter().all(in_memory), "{k}: running without inputs");
-                    assert!(self.workers[&w].processing.contains(id), "{k}: not in processing");
+                    assert!(
+                        self.workers[&w].processing.contains(id),
+                        "{k}: not in processing"
+                    );
                 }
                 State::Released | State::Erred => {
-                    assert!(t.needed() || t.live_dependents > 0, "{k}: should be forgotten");
+                    assert!(
+                        t.needed() || t.live_dependents > 0,
+                        "{k}: should be forgotten"
+                    );
                 }
                 State::Memory => {}
             }
@@ -826,7 +918,10 @@ impl Scheduler {
             for id in &w.processing {
                 assert_eq!(self.tasks[id].state, State::Processing(*wid));
             }
-            assert!(w.processing.len() <= self.capacity(w), "worker {wid} over capacity");
+            assert!(
+                w.processing.len() <= self.capacity(w),
+                "worker {wid} over capacity"
+            );
             let bytes: u64 = w.has.iter().map(|id| self.tasks[id].nbytes).sum();
             assert_eq!(w.nbytes, bytes, "worker {wid}: bytes");
         }

@@ -12,12 +12,15 @@ use super::*;
 use crate::graph::{Arg, Graph, Submission, Task};
 use crate::ops::OpRegistry;
 
+/// A run the fake driver has been told to carry out.
+type Run = (WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>);
+
 /// Simulated workers: each store maps key → value; tasks are `literal` or `sum`.
 struct Env {
     s: Scheduler,
     now: Instant,
     stores: BTreeMap<WorkerId, FxHashMap<Key, f64>>,
-    running: Vec<(WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>)>,
+    running: Vec<Run>,
     done: Vec<Key>,
     failed: Vec<(Key, String)>,
     runs: Vec<(WorkerId, Key)>,
@@ -47,7 +50,11 @@ impl Env {
         let worker = self.next_worker;
         self.next_worker += 1;
         self.stores.insert(worker, FxHashMap::default());
-        let info = WorkerInfo { name: format!("w{worker}"), nthreads, ..Default::default() };
+        let info = WorkerInfo {
+            name: format!("w{worker}"),
+            nthreads,
+            ..Default::default()
+        };
         self.event(Event::AddWorker { worker, info }).unwrap();
         worker
     }
@@ -61,15 +68,26 @@ impl Env {
             let wire = serde_json::to_string(&c).unwrap();
             let c: Command = serde_json::from_str(&wire).unwrap();
             match c {
-                Command::Run { worker, key, task, inputs } => {
+                Command::Run {
+                    worker,
+                    key,
+                    task,
+                    inputs,
+                } => {
                     assert!(self.stores.contains_key(&worker), "run on unknown worker");
                     self.runs.push((worker, key.clone()));
                     self.running.push((worker, key, task, inputs));
                 }
                 Command::Free { worker, keys } => {
                     for k in keys {
-                        let store = self.stores.get_mut(&worker).expect("free on unknown worker");
-                        assert!(store.remove(&k).is_some(), "{k} freed on {worker} twice or never stored");
+                        let store = self
+                            .stores
+                            .get_mut(&worker)
+                            .expect("free on unknown worker");
+                        assert!(
+                            store.remove(&k).is_some(),
+                            "{k} freed on {worker} twice or never stored"
+                        );
                     }
                 }
                 Command::Done { key } => self.done.push(key),
@@ -81,7 +99,10 @@ impl Env {
 
     fn submit(&mut self, client: ClientId, g: Graph, keys: &[&str]) -> crate::Result<()> {
         let keys = keys.iter().map(|k| Key::from(*k)).collect();
-        self.event(Event::Submit { client, submission: Submission { graph: g, keys } })
+        self.event(Event::Submit {
+            client,
+            submission: Submission { graph: g, keys },
+        })
     }
 
     /// Finishes the `i`-th running task, computing its value from its inputs.
@@ -90,9 +111,10 @@ impl Env {
         if !self.stores.contains_key(&worker) {
             return;
         }
-        let value = |k: &Key, holders: &[WorkerId], stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>| {
-            holders.iter().find_map(|w| stores.get(w)?.get(k).copied())
-        };
+        let value =
+            |k: &Key, holders: &[WorkerId], stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>| {
+                holders.iter().find_map(|w| stores.get(w)?.get(k).copied())
+            };
         let v = match task.op.as_str() {
             "literal" => match &task.args[0] {
                 Arg::Literal(v) => v.as_f64().unwrap(),
@@ -100,7 +122,8 @@ impl Env {
             },
             "fail" => {
                 let error = "boom".to_string();
-                self.event(Event::TaskFailed { worker, key, error }).unwrap();
+                self.event(Event::TaskFailed { worker, key, error })
+                    .unwrap();
                 return;
             }
             _ => {
@@ -109,7 +132,11 @@ impl Env {
                     let Some(v) = value(k, holders, &self.stores) else {
                         // A run made stale by a worker's death may find its inputs gone;
                         // a current one never does.
-                        assert_ne!(self.s.processing_on(&key), Some(worker), "{key}: {k} not where the scheduler said");
+                        assert_ne!(
+                            self.s.processing_on(&key),
+                            Some(worker),
+                            "{key}: {k} not where the scheduler said"
+                        );
                         return;
                     };
                     total += v;
@@ -118,7 +145,12 @@ impl Env {
             }
         };
         self.stores.get_mut(&worker).unwrap().insert(key.clone(), v);
-        self.event(Event::TaskFinished { worker, key, nbytes: 8 }).unwrap();
+        self.event(Event::TaskFinished {
+            worker,
+            key,
+            nbytes: 8,
+        })
+        .unwrap();
     }
 
     fn run_all(&mut self) {
@@ -128,7 +160,9 @@ impl Env {
     }
 
     fn value(&self, k: &str) -> f64 {
-        let KeyStatus::Memory(ws) = self.s.status(&k.into()) else { panic!("{k} not in memory") };
+        let KeyStatus::Memory(ws) = self.s.status(&k.into()) else {
+            panic!("{k} not in memory")
+        };
         self.stores[&ws[0]][&Key::from(k)]
     }
 
@@ -138,7 +172,9 @@ impl Env {
 }
 
 fn sum_of(deps: &[String]) -> Task {
-    Task::new("sum").arg(Arg::List(deps.iter().map(|d| Arg::Ref(d.as_str().into())).collect()))
+    Task::new("sum").arg(Arg::List(
+        deps.iter().map(|d| Arg::Ref(d.as_str().into())).collect(),
+    ))
 }
 
 fn seed_graph(n: usize) -> Graph {
@@ -163,28 +199,64 @@ fn seed_graph_runs_depth_first_and_frees_every_intermediate() {
         peak = peak.max(env.in_memory());
     }
     // x-0, sum-0, x-1, sum-1, … : at most an array and a few partial sums live at once.
-    let order: Vec<String> = env.runs.iter().take(4).map(|(_, k)| k.to_string()).collect();
+    let order: Vec<String> = env
+        .runs
+        .iter()
+        .take(4)
+        .map(|(_, k)| k.to_string())
+        .collect();
     assert_eq!(order, ["x-0", "sum-0", "x-1", "sum-1"]);
     assert!(peak <= 52, "peak {peak}");
-    assert_eq!(env.value("total"), (0..50).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0);
+    assert_eq!(
+        env.value("total"),
+        (0..50).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0
+    );
     assert_eq!(env.in_memory(), 1, "only the held key stays");
     assert_eq!(env.done, vec![Key::from("total")]);
-    env.event(Event::Release { client: 1, keys: vec!["total".into()] }).unwrap();
+    env.event(Event::Release {
+        client: 1,
+        keys: vec!["total".into()],
+    })
+    .unwrap();
     assert_eq!(env.in_memory(), 0);
-    assert_eq!(env.s.num_tasks(), 0, "lineage forgotten once nothing can need it");
+    assert_eq!(
+        env.s.num_tasks(),
+        0,
+        "lineage forgotten once nothing can need it"
+    );
 }
 
 #[test]
 fn tasks_go_where_their_input_bytes_are() {
     let mut env = Env::new(3, 1);
     env.stores.get_mut(&2).unwrap().insert("big".into(), 5.0);
-    env.event(Event::Scatter { client: 1, key: "big".into(), worker: 2, nbytes: 1 << 20 }).unwrap();
+    env.event(Event::Scatter {
+        client: 1,
+        key: "big".into(),
+        worker: 2,
+        nbytes: 1 << 20,
+    })
+    .unwrap();
     env.stores.get_mut(&0).unwrap().insert("small".into(), 1.0);
-    env.event(Event::Scatter { client: 1, key: "small".into(), worker: 0, nbytes: 10 }).unwrap();
+    env.event(Event::Scatter {
+        client: 1,
+        key: "small".into(),
+        worker: 0,
+        nbytes: 10,
+    })
+    .unwrap();
     let mut g = Graph::new();
-    g.insert("s", Task::new("add").arg(Key::from("big")).arg(Key::from("small")));
+    g.insert(
+        "s",
+        Task::new("add")
+            .arg(Key::from("big"))
+            .arg(Key::from("small")),
+    );
     env.submit(1, g, &["s"]).unwrap();
-    assert_eq!(env.running[0].0, 2, "runs on the worker with the most input bytes");
+    assert_eq!(
+        env.running[0].0, 2,
+        "runs on the worker with the most input bytes"
+    );
     env.run_all();
     assert_eq!(env.value("s"), 7.0);
 }
@@ -216,13 +288,24 @@ fn failures_reach_every_held_dependent_with_the_task_error() {
     let mut ops = OpRegistry::builtin();
     ops.register("fail", crate::ops::Signature::any(), |_, _| unreachable!());
     env.s = Scheduler::new(SchedulerConfig::default(), Arc::new(ops));
-    env.event(Event::AddWorker { worker: 0, info: WorkerInfo { nthreads: 2, ..Default::default() } }).unwrap();
+    env.event(Event::AddWorker {
+        worker: 0,
+        info: WorkerInfo {
+            nthreads: 2,
+            ..Default::default()
+        },
+    })
+    .unwrap();
     g.insert("after", sum_of(&["bad".into()]));
     env.submit(7, g, &["after", "a"]).unwrap();
     env.run_all();
     assert_eq!(env.failed.len(), 1);
     assert_eq!(env.failed[0].0, Key::from("after"));
-    assert!(env.failed[0].1.contains("dependency 'bad' failed: boom"), "{:?}", env.failed);
+    assert!(
+        env.failed[0].1.contains("dependency 'bad' failed: boom"),
+        "{:?}",
+        env.failed
+    );
     assert!(matches!(env.s.status(&"after".into()), KeyStatus::Erred(_)));
     env.event(Event::ClientGone { client: 7 }).unwrap();
     assert_eq!(env.s.num_tasks(), 0);
@@ -240,7 +323,10 @@ fn lost_workers_are_recomputed_from_lineage() {
     env.stores.remove(&0);
     env.add_worker(1);
     env.run_all();
-    assert_eq!(env.value("total"), (0..6).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0);
+    assert_eq!(
+        env.value("total"),
+        (0..6).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0
+    );
 }
 
 #[test]
@@ -258,7 +344,13 @@ fn silent_workers_are_removed_at_the_next_tick() {
 fn scattered_data_lost_with_its_worker_is_an_error_for_its_holder() {
     let mut env = Env::new(2, 1);
     env.stores.get_mut(&0).unwrap().insert("s".into(), 1.0);
-    env.event(Event::Scatter { client: 1, key: "s".into(), worker: 0, nbytes: 8 }).unwrap();
+    env.event(Event::Scatter {
+        client: 1,
+        key: "s".into(),
+        worker: 0,
+        nbytes: 8,
+    })
+    .unwrap();
     env.event(Event::RemoveWorker { worker: 0 }).unwrap();
     assert!(matches!(env.s.status(&"s".into()), KeyStatus::Erred(e) if e.contains("lost")));
     assert_eq!(env.failed[0].0, Key::from("s"));
@@ -283,7 +375,13 @@ fn resubmitting_a_held_key_reuses_it() {
 fn dag() -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<usize>)> {
     (1usize..40).prop_flat_map(|n| {
         let deps = (0..n)
-            .map(|i| if i == 0 { Just(vec![]).boxed() } else { prop::collection::vec(0..i, 0..4).boxed() })
+            .map(|i| {
+                if i == 0 {
+                    Just(vec![]).boxed()
+                } else {
+                    prop::collection::vec(0..i, 0..4).boxed()
+                }
+            })
             .collect::<Vec<_>>();
         (deps, prop::collection::vec(0..n, 1..4))
     })
@@ -296,7 +394,11 @@ fn sequential(deps: &[Vec<usize>], i: usize, memo: &mut FxHashMap<usize, f64>) -
     let mut d = deps[i].clone();
     d.sort();
     d.dedup();
-    let v = if d.is_empty() { i as f64 } else { d.iter().map(|j| sequential(deps, *j, memo)).sum::<f64>() + 1.0 };
+    let v = if d.is_empty() {
+        i as f64
+    } else {
+        d.iter().map(|j| sequential(deps, *j, memo)).sum::<f64>() + 1.0
+    };
     memo.insert(i, v);
     v
 }

@@ -19,7 +19,10 @@ use crate::chunk::Chunk;
 use crate::error::{Error, Result};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Spill { path: path.to_path_buf(), source }
+    move |source| Error::Spill {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `chunk` as an IPC file whose buffers are 64-byte aligned; returns its size.
@@ -29,10 +32,14 @@ pub fn write(path: &Path, chunk: &Chunk) -> Result<u64> {
     let result = (|| {
         let file = File::create(path).map_err(io_err(path))?;
         let opts = IpcWriteOptions::try_new(64, false, MetadataVersion::V5)?;
-        let mut w = FileWriter::try_new_with_options(BufWriter::new(file), chunk.schema_ref(), opts)?;
+        let mut w =
+            FileWriter::try_new_with_options(BufWriter::new(file), chunk.schema_ref(), opts)?;
         w.write(chunk)?;
         w.finish()?;
-        let file = w.into_inner()?.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+        let file = w
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| io_err(path)(e.into_error()))?;
         Ok(file.metadata().map_err(io_err(path))?.len())
     })();
     if result.is_err() {
@@ -72,7 +79,9 @@ pub fn decode(buf: Buffer) -> Result<Chunk> {
     }
     let trailer: [u8; 10] = buf[buf.len() - 10..].try_into().expect("10 bytes");
     let footer_len = read_footer_length(trailer)?;
-    let footer_start = (buf.len() - 10).checked_sub(footer_len).ok_or_else(|| corrupt("footer length"))?;
+    let footer_start = (buf.len() - 10)
+        .checked_sub(footer_len)
+        .ok_or_else(|| corrupt("footer length"))?;
     let footer = root_as_footer(&buf[footer_start..buf.len() - 10])
         .map_err(|e| corrupt(&format!("bad footer: {e}")))?;
     let schema = try_fb_to_schema(footer.schema().ok_or_else(|| corrupt("no schema"))?)?;
@@ -89,12 +98,19 @@ pub fn decode(buf: Buffer) -> Result<Chunk> {
     for b in footer.dictionaries().iter().flatten() {
         decoder.read_dictionary(b, &block_data(b)?)?;
     }
-    let blocks = footer.recordBatches().ok_or_else(|| corrupt("no record batches"))?;
+    let blocks = footer
+        .recordBatches()
+        .ok_or_else(|| corrupt("no record batches"))?;
     if blocks.len() != 1 {
-        return Err(corrupt(&format!("expected one record batch, found {}", blocks.len())));
+        return Err(corrupt(&format!(
+            "expected one record batch, found {}",
+            blocks.len()
+        )));
     }
     let b = blocks.get(0);
-    decoder.read_record_batch(b, &block_data(b)?)?.ok_or_else(|| corrupt("empty batch block"))
+    decoder
+        .read_record_batch(b, &block_data(b)?)?
+        .ok_or_else(|| corrupt("empty batch block"))
 }
 
 /// An IPC file that deletes itself when the last holder drops it.

