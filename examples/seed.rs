@@ -24,8 +24,9 @@ struct Args {
     /// Workers in the embedded cluster.
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Approaches to run (default: all).
-    #[arg(long = "approach", value_parser = ["pool", "graph", "delayed", "array", "mix"])]
+    /// Approaches to run (default: all five). `floor` runs the same kernels in a
+    /// plain loop on W threads without the engine, for comparison.
+    #[arg(long = "approach", value_parser = ["pool", "graph", "delayed", "array", "mix", "floor"])]
     approaches: Vec<String>,
     /// One JSON object per line instead of a table.
     #[arg(long)]
@@ -50,7 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ok = true;
     for name in &approaches {
         let start = Instant::now();
-        let total = seed::run(name, &client, n, m)?;
+        let total = match name.as_str() {
+            "floor" => seed::floor(w, n, m),
+            _ => seed::run(name, &client, n, m)?,
+        };
         let seconds = start.elapsed().as_secs_f64();
         if args.json {
             println!(

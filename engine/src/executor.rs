@@ -1,8 +1,12 @@
 //! The executor: runs ops on a CPU pool sized by the worker's thread count,
 //! never on an async runtime, and turns a panicking op into a task error.
+//!
+//! The pool is plain threads blocking on a channel: idle threads sleep rather
+//! than spin, which matters when several workers share a small machine.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
 
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
@@ -10,22 +14,39 @@ use crate::graph::{Arg, Task};
 use crate::key::Key;
 use crate::ops::{OpRegistry, Value};
 
-/// A pool of `nthreads` threads running tasks for one worker.
+type Job = Box<dyn FnOnce(&OpRegistry) + Send>;
+
+/// A pool of `nthreads` threads running tasks for one worker. Dropping it lets
+/// queued jobs finish, then the threads exit.
 pub struct Executor {
-    pool: rayon::ThreadPool,
+    jobs: Mutex<Sender<Job>>,
     ops: Arc<OpRegistry>,
 }
 
 impl Executor {
     /// A pool of `nthreads` threads named after `name`.
     pub fn new(name: &str, nthreads: usize, ops: Arc<OpRegistry>) -> Result<Self> {
-        let name = name.to_string();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(nthreads.max(1))
-            .thread_name(move |i| format!("{name}-cpu-{i}"))
-            .build()
-            .map_err(|e| Error::Unavailable(format!("cannot start executor threads: {e}")))?;
-        Ok(Executor { pool, ops })
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..nthreads.max(1) {
+            let (rx, ops) = (rx.clone(), ops.clone());
+            std::thread::Builder::new()
+                .name(format!("{name}-cpu-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(&ops),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Unavailable(format!("cannot start executor threads: {e}")))?;
+        }
+        Ok(Executor {
+            jobs: Mutex::new(tx),
+            ops,
+        })
     }
 
     /// The ops this executor runs.
@@ -35,8 +56,9 @@ impl Executor {
 
     /// Runs `job` on the pool.
     pub fn spawn(&self, job: impl FnOnce(&OpRegistry) + Send + 'static) {
-        let ops = self.ops.clone();
-        self.pool.spawn(move || job(&ops));
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        // The threads only stop once this sender is dropped, so the send cannot fail.
+        let _ = jobs.send(Box::new(job));
     }
 }
 

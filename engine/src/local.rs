@@ -1,15 +1,18 @@
 //! The embedded cluster: in-process workers, each with its own chunk store and
 //! thread pool, driven by the same scheduler state machine as the networked center.
 //!
-//! One driver thread owns the [`Scheduler`]; workers and clients talk to it over
-//! a channel. A worker reads inputs held by another in-process worker straight
-//! from that worker's store: an `Arc` clone, never a copy.
+//! There is no driver thread: whoever has news (a worker thread that finished a
+//! task, a client that submits) locks the scheduler, feeds it the event and
+//! carries out the commands. A task made ready by its input's completion is
+//! queued on that worker before its thread looks for more work, so chains run
+//! depth first with their data still in cache. A worker reads inputs held by
+//! another in-process worker straight from that worker's store: an `Arc`
+//! clone, never a copy.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
@@ -34,14 +37,6 @@ struct LocalWorker {
 }
 
 type Reply<T> = Sender<Result<T>>;
-
-enum Msg {
-    Event(Event),
-    Submit(ClientId, Submission, Reply<()>),
-    Scatter(ClientId, Key, Chunk, Reply<()>),
-    Wait(Key, Reply<WorkerId>),
-    Stop,
-}
 
 /// Builds an embedded cluster.
 pub struct ClusterBuilder {
@@ -117,8 +112,6 @@ impl ClusterBuilder {
                 }))
             })
             .collect::<Result<_>>()?;
-        let (tx, rx) = channel();
-        let finished = Arc::new(AtomicU64::new(0));
         let config = SchedulerConfig {
             heartbeat_timeout: Duration::MAX,
             ..Default::default()
@@ -142,23 +135,14 @@ impl ClusterBuilder {
                 &mut out,
             )?;
         }
-        let driver = Driver {
-            scheduler,
-            workers: workers.clone(),
-            tx: tx.clone(),
-            waiters: FxHashMap::default(),
-            finished: finished.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("quiver-driver".into())
-            .spawn(move || driver.run(rx))
-            .map_err(|e| Error::Unavailable(format!("cannot start the driver thread: {e}")))?;
         let inner = Arc::new(Embedded {
-            tx: Mutex::new(tx),
+            state: Mutex::new(DriverState {
+                scheduler,
+                waiters: FxHashMap::default(),
+            }),
             workers,
-            finished,
+            finished: AtomicU64::new(0),
             next_client: AtomicU64::new(1),
-            thread: Mutex::new(Some(thread)),
             spill_base: base,
         });
         Ok(Cluster { inner })
@@ -191,7 +175,7 @@ impl Cluster {
     /// A new client of this cluster.
     pub fn client(&self) -> Client {
         let id = self.inner.next_client.fetch_add(1, Ordering::Relaxed);
-        Client::new(self.inner.clone(), id)
+        Client::new(Arc::new(EmbeddedBackend(self.inner.clone())), id)
     }
 
     /// Store figures of each worker.
@@ -205,169 +189,38 @@ impl Cluster {
     }
 }
 
-/// The shared half of an embedded cluster: what clients talk to.
+/// The scheduler and who waits on which key, behind one lock.
+struct DriverState {
+    scheduler: Scheduler,
+    waiters: FxHashMap<Key, Vec<Reply<WorkerId>>>,
+}
+
+/// The shared half of an embedded cluster: what clients and workers talk to.
 struct Embedded {
-    tx: Mutex<Sender<Msg>>,
+    state: Mutex<DriverState>,
     workers: Vec<Arc<LocalWorker>>,
-    finished: Arc<AtomicU64>,
+    finished: AtomicU64,
     next_client: AtomicU64,
-    thread: Mutex<Option<JoinHandle<()>>>,
     spill_base: PathBuf,
 }
 
 impl Embedded {
-    fn send(&self, m: Msg) -> Result<()> {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(m)
-            .map_err(|_| Error::Unavailable("the embedded cluster has stopped".into()))
+    fn lock(&self) -> MutexGuard<'_, DriverState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Msg) -> Result<T> {
-        let (tx, rx) = channel();
-        self.send(make(tx))?;
-        rx.recv()
-            .map_err(|_| Error::Unavailable("the embedded cluster has stopped".into()))?
-    }
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        let _ = self.send(Msg::Stop);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = t.join();
-        }
-        for w in &self.workers {
-            for k in w.store.keys() {
-                w.store.remove(&k);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.spill_base);
-    }
-}
-
-impl Backend for Embedded {
-    fn submit(&self, client: ClientId, submission: Submission) -> Result<()> {
-        self.ask(|r| Msg::Submit(client, submission, r))
-    }
-
-    fn wait(&self, key: &Key, timeout: Option<Duration>) -> Result<()> {
-        let (tx, rx) = channel();
-        self.send(Msg::Wait(key.clone(), tx))?;
-        let gone = || Error::Unavailable("the embedded cluster has stopped".into());
-        match timeout {
-            None => rx.recv().map_err(|_| gone())?.map(drop),
-            Some(t) => match rx.recv_timeout(t) {
-                Ok(r) => r.map(drop),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout {
-                    key: key.clone(),
-                    seconds: t.as_secs_f64(),
-                }),
-                Err(_) => Err(gone()),
-            },
-        }
-    }
-
-    fn fetch(&self, key: &Key) -> Result<Chunk> {
-        let worker = self.ask(|r| Msg::Wait(key.clone(), r))?;
-        self.workers[worker as usize]
-            .store
-            .get(key)
-            .ok_or_else(|| Error::KeyNotFound { key: key.clone() })
-    }
-
-    fn scatter(&self, client: ClientId, key: Key, chunk: Chunk) -> Result<()> {
-        self.ask(|r| Msg::Scatter(client, key, chunk, r))
-    }
-
-    fn release(&self, client: ClientId, keys: Vec<Key>) {
-        let _ = self.send(Msg::Event(Event::Release { client, keys }));
-    }
-
-    fn client_gone(&self, client: ClientId) {
-        let _ = self.send(Msg::Event(Event::ClientGone { client }));
-    }
-
-    fn tasks_finished(&self) -> u64 {
-        self.finished.load(Ordering::Relaxed)
-    }
-}
-
-/// The driver thread: owns the scheduler and carries out its commands.
-struct Driver {
-    scheduler: Scheduler,
-    workers: Vec<Arc<LocalWorker>>,
-    tx: Sender<Msg>,
-    waiters: FxHashMap<Key, Vec<Reply<WorkerId>>>,
-    finished: Arc<AtomicU64>,
-}
-
-impl Driver {
-    fn run(mut self, rx: Receiver<Msg>) {
+    /// Feeds `event` to the scheduler and carries out what it commands.
+    fn handle(self: &Arc<Self>, event: Event) -> Result<()> {
+        let mut st = self.lock();
         let mut out = Vec::new();
-        while let Ok(msg) = rx.recv() {
-            let now = Instant::now();
-            match msg {
-                Msg::Stop => break,
-                Msg::Event(e) => {
-                    if matches!(e, Event::TaskFinished { .. } | Event::TaskFailed { .. }) {
-                        self.finished.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Err(e) = self.scheduler.handle(e, now, &mut out) {
-                        tracing::error!("scheduler refused an internal event: {e}");
-                    }
-                }
-                Msg::Submit(client, sub, reply) => {
-                    let _ = reply.send(self.scheduler.handle(
-                        Event::Submit {
-                            client,
-                            submission: sub,
-                        },
-                        now,
-                        &mut out,
-                    ));
-                }
-                Msg::Scatter(client, key, chunk, reply) => {
-                    let worker = self.least_loaded();
-                    let nbytes = chunk::nbytes(&chunk) as u64;
-                    self.workers[worker as usize].store.put(key.clone(), chunk);
-                    let ev = Event::Scatter {
-                        client,
-                        key: key.clone(),
-                        worker,
-                        nbytes,
-                    };
-                    let r = self.scheduler.handle(ev, now, &mut out);
-                    if r.is_err() {
-                        self.workers[worker as usize].store.remove(&key);
-                    }
-                    let _ = reply.send(r);
-                }
-                Msg::Wait(key, reply) => match self.scheduler.status(&key) {
-                    KeyStatus::Memory(ws) => {
-                        let _ = reply.send(Ok(ws[0]));
-                    }
-                    KeyStatus::Erred(error) => {
-                        let _ = reply.send(Err(Error::TaskFailed { key, error }));
-                    }
-                    KeyStatus::Unknown => {
-                        let _ = reply.send(Err(Error::KeyNotFound { key }));
-                    }
-                    KeyStatus::Pending => self.waiters.entry(key).or_default().push(reply),
-                },
-            }
-            for c in out.drain(..) {
-                self.carry_out(c);
-            }
+        let r = st.scheduler.handle(event, Instant::now(), &mut out);
+        for c in out {
+            self.carry_out(&mut st, c);
         }
+        r
     }
 
-    fn least_loaded(&self) -> WorkerId {
-        (0..self.workers.len())
-            .min_by_key(|i| self.workers[*i].store.stats().memory_bytes)
-            .unwrap_or(0) as WorkerId
-    }
-
-    fn carry_out(&mut self, c: Command) {
+    fn carry_out(self: &Arc<Self>, st: &mut DriverState, c: Command) {
         match c {
             Command::Run {
                 worker,
@@ -384,8 +237,7 @@ impl Driver {
                         Some((k, self.workers[*w as usize].store.clone()))
                     })
                     .collect();
-                let store = self.workers[worker as usize].store.clone();
-                let tx = self.tx.clone();
+                let this = self.clone();
                 self.workers[worker as usize].executor.spawn(move |ops| {
                     let input = |k: &Key| {
                         stores
@@ -396,7 +248,7 @@ impl Driver {
                     let event = match evaluate(ops, &task, &input) {
                         Ok(chunk) => {
                             let nbytes = chunk::nbytes(&chunk) as u64;
-                            store.put(key.clone(), chunk);
+                            this.workers[worker as usize].store.put(key.clone(), chunk);
                             Event::TaskFinished {
                                 worker,
                                 key,
@@ -409,7 +261,11 @@ impl Driver {
                             error: e.to_string(),
                         },
                     };
-                    let _ = tx.send(Msg::Event(event));
+                    drop(stores);
+                    this.finished.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = this.handle(event) {
+                        tracing::error!("scheduler refused a worker event: {e}");
+                    }
                 });
             }
             Command::Free { worker, keys } => {
@@ -418,16 +274,14 @@ impl Driver {
                 }
             }
             Command::Done { key } => {
-                let ws = match self.scheduler.status(&key) {
-                    KeyStatus::Memory(ws) => ws,
-                    _ => return,
-                };
-                for r in self.waiters.remove(&key).unwrap_or_default() {
-                    let _ = r.send(Ok(ws[0]));
+                if let KeyStatus::Memory(ws) = st.scheduler.status(&key) {
+                    for r in st.waiters.remove(&key).unwrap_or_default() {
+                        let _ = r.send(Ok(ws[0]));
+                    }
                 }
             }
             Command::Failed { key, error } => {
-                for r in self.waiters.remove(&key).unwrap_or_default() {
+                for r in st.waiters.remove(&key).unwrap_or_default() {
                     let _ = r.send(Err(Error::TaskFailed {
                         key: key.clone(),
                         error: error.clone(),
@@ -435,5 +289,106 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A channel that yields the worker holding `key` once it is in memory.
+    fn watch(&self, key: &Key) -> std::sync::mpsc::Receiver<Result<WorkerId>> {
+        let (tx, rx) = channel();
+        let mut st = self.lock();
+        let _ = match st.scheduler.status(key) {
+            KeyStatus::Memory(ws) => tx.send(Ok(ws[0])),
+            KeyStatus::Erred(error) => tx.send(Err(Error::TaskFailed {
+                key: key.clone(),
+                error,
+            })),
+            KeyStatus::Unknown => tx.send(Err(Error::KeyNotFound { key: key.clone() })),
+            KeyStatus::Pending => {
+                st.waiters.entry(key.clone()).or_default().push(tx);
+                Ok(())
+            }
+        };
+        rx
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            for k in w.store.keys() {
+                w.store.remove(&k);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.spill_base);
+    }
+}
+
+/// The embedded cluster's [`Backend`]; an `Arc` so worker threads can feed it events.
+struct EmbeddedBackend(Arc<Embedded>);
+
+impl Backend for EmbeddedBackend {
+    fn submit(&self, client: ClientId, submission: Submission) -> Result<()> {
+        self.0.handle(Event::Submit { client, submission })
+    }
+
+    fn wait(&self, key: &Key, timeout: Option<Duration>) -> Result<()> {
+        let rx = self.0.watch(key);
+        let gone = || Error::Unavailable("the embedded cluster has stopped".into());
+        match timeout {
+            None => rx.recv().map_err(|_| gone())?.map(drop),
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(r) => r.map(drop),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                    key: key.clone(),
+                    seconds: t.as_secs_f64(),
+                }),
+                Err(_) => Err(gone()),
+            },
+        }
+    }
+
+    fn fetch(&self, key: &Key) -> Result<Chunk> {
+        let worker = self
+            .0
+            .watch(key)
+            .recv()
+            .map_err(|_| Error::Unavailable("the embedded cluster has stopped".into()))??;
+        self.0.workers[worker as usize]
+            .store
+            .get(key)
+            .ok_or_else(|| Error::KeyNotFound { key: key.clone() })
+    }
+
+    fn scatter(&self, client: ClientId, key: Key, chunk: Chunk) -> Result<()> {
+        let worker = (0..self.0.workers.len())
+            .min_by_key(|i| self.0.workers[*i].store.stats().memory_bytes)
+            .unwrap_or(0);
+        let nbytes = chunk::nbytes(&chunk) as u64;
+        let store = &self.0.workers[worker].store;
+        if store.contains(&key) {
+            return Err(Error::invalid(&key, "key already exists; release it first"));
+        }
+        store.put(key.clone(), chunk);
+        let r = self.0.handle(Event::Scatter {
+            client,
+            key: key.clone(),
+            worker: worker as WorkerId,
+            nbytes,
+        });
+        if r.is_err() {
+            store.remove(&key);
+        }
+        r
+    }
+
+    fn release(&self, client: ClientId, keys: Vec<Key>) {
+        let _ = self.0.handle(Event::Release { client, keys });
+    }
+
+    fn client_gone(&self, client: ClientId) {
+        let _ = self.0.handle(Event::ClientGone { client });
+    }
+
+    fn tasks_finished(&self) -> u64 {
+        self.0.finished.load(Ordering::Relaxed)
     }
 }
