@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use quiver::{Cluster, seed};
+use quiver::{Client, Cluster, Connect, seed};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,6 +31,9 @@ struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run against the center at HOST:PORT instead of an embedded cluster.
+    #[arg(long)]
+    scheduler: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,8 +47,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.approaches.clone()
     };
-    let cluster = Cluster::local(w)?;
-    let client = cluster.client();
+    // The embedded cluster lives as long as its client; a remote one is already up.
+    let (_cluster, client) = match &args.scheduler {
+        Some(address) => (None, Client::connect(address)?),
+        None => {
+            let cluster = Cluster::local(w)?;
+            let client = cluster.client();
+            (Some(cluster), client)
+        }
+    };
     let expected = n as f64 * m as f64 / 2.0;
     let tolerance = seed::tolerance(n, m);
     let mut ok = true;

@@ -33,3 +33,15 @@ pub use quiver_engine::{
     Arg, Array, Call, Chunk, Client, Cluster, ClusterBuilder, Delayed, Error, Graph, Input, Key,
     OpRegistry, Pool, RemoteData, Result, Submission, Task, chunk, delayed,
 };
+
+/// Connects a [`Client`] to a running center: `Client::connect("host:8787")`.
+pub trait Connect: Sized {
+    /// A client of the center at `address` (`host:port`).
+    fn connect(address: &str) -> std::result::Result<Self, quiver_flight::Error>;
+}
+
+impl Connect for Client {
+    fn connect(address: &str) -> std::result::Result<Self, quiver_flight::Error> {
+        quiver_flight::client::connect(address)
+    }
+}

@@ -109,6 +109,6 @@ pub fn mix(client: &Client, n: usize, m: usize) -> Result<f64> {
         .collect();
     g.insert("mix-total", Task::new("sum").arg(sums));
     let handles = client.submit(g, &["mix-total".into()])?;
-    drop(arrays);
+    client.pool().delete(arrays);
     handles[0].get_f64()
 }

@@ -1,12 +1,12 @@
 //! The executor: runs ops on a CPU pool sized by the worker's thread count,
 //! never on an async runtime, and turns a panicking op into a task error.
 //!
-//! The pool is plain threads blocking on a channel: idle threads sleep rather
-//! than spin, which matters when several workers share a small machine.
+//! The pool is plain threads waiting on a condition variable: idle threads
+//! sleep rather than spin, which matters when several workers share a small machine.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
@@ -16,37 +16,46 @@ use crate::ops::{OpRegistry, Value};
 
 type Job = Box<dyn FnOnce(&OpRegistry) + Send>;
 
+/// Queued jobs: those that consume inputs go first, so data made by one task
+/// is used while it is still in cache and freed before more is made.
+#[derive(Default)]
+struct Queues {
+    consumers: VecDeque<Job>,
+    producers: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
 /// A pool of `nthreads` threads running tasks for one worker. Dropping it lets
 /// queued jobs finish, then the threads exit.
 pub struct Executor {
-    jobs: Mutex<Sender<Job>>,
+    shared: Arc<Shared>,
     ops: Arc<OpRegistry>,
 }
 
 impl Executor {
     /// A pool of `nthreads` threads named after `name`.
     pub fn new(name: &str, nthreads: usize, ops: Arc<OpRegistry>) -> Result<Self> {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            queues: Mutex::default(),
+            ready: Condvar::new(),
+        });
         for i in 0..nthreads.max(1) {
-            let (rx, ops) = (rx.clone(), ops.clone());
+            let (shared, ops) = (shared.clone(), ops.clone());
             std::thread::Builder::new()
                 .name(format!("{name}-cpu-{i}"))
                 .spawn(move || {
-                    loop {
-                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(&ops),
-                            Err(_) => return,
-                        }
+                    while let Some(job) = shared.next() {
+                        job(&ops);
                     }
                 })
                 .map_err(|e| Error::Unavailable(format!("cannot start executor threads: {e}")))?;
         }
-        Ok(Executor {
-            jobs: Mutex::new(tx),
-            ops,
-        })
+        Ok(Executor { shared, ops })
     }
 
     /// The ops this executor runs.
@@ -54,11 +63,48 @@ impl Executor {
         &self.ops
     }
 
-    /// Runs `job` on the pool.
+    /// Runs `job` on the pool, after queued jobs of its kind.
     pub fn spawn(&self, job: impl FnOnce(&OpRegistry) + Send + 'static) {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        // The threads only stop once this sender is dropped, so the send cannot fail.
-        let _ = jobs.send(Box::new(job));
+        self.spawn_kind(true, job);
+    }
+
+    /// Runs `job` on the pool; a `consumer` (a task with inputs) jumps ahead of
+    /// queued producers.
+    pub fn spawn_kind(&self, consumer: bool, job: impl FnOnce(&OpRegistry) + Send + 'static) {
+        let mut q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if consumer {
+            q.consumers.push_back(Box::new(job));
+        } else {
+            q.producers.push_back(Box::new(job));
+        }
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+}
+
+impl Shared {
+    fn next(&self) -> Option<Job> {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(j) = q.consumers.pop_front().or_else(|| q.producers.pop_front()) {
+                return Some(j);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.shared
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed = true;
+        self.shared.ready.notify_all();
     }
 }
 

@@ -238,35 +238,38 @@ impl Embedded {
                     })
                     .collect();
                 let this = self.clone();
-                self.workers[worker as usize].executor.spawn(move |ops| {
-                    let input = |k: &Key| {
-                        stores
-                            .iter()
-                            .find(|(x, _)| x == k)
-                            .and_then(|(_, s)| s.get(k))
-                    };
-                    let event = match evaluate(ops, &task, &input) {
-                        Ok(chunk) => {
-                            let nbytes = chunk::nbytes(&chunk) as u64;
-                            this.workers[worker as usize].store.put(key.clone(), chunk);
-                            Event::TaskFinished {
+                let consumer = !stores.is_empty();
+                self.workers[worker as usize]
+                    .executor
+                    .spawn_kind(consumer, move |ops| {
+                        let input = |k: &Key| {
+                            stores
+                                .iter()
+                                .find(|(x, _)| x == k)
+                                .and_then(|(_, s)| s.get(k))
+                        };
+                        let event = match evaluate(ops, &task, &input) {
+                            Ok(chunk) => {
+                                let nbytes = chunk::nbytes(&chunk) as u64;
+                                this.workers[worker as usize].store.put(key.clone(), chunk);
+                                Event::TaskFinished {
+                                    worker,
+                                    key,
+                                    nbytes,
+                                }
+                            }
+                            Err(e) => Event::TaskFailed {
                                 worker,
                                 key,
-                                nbytes,
-                            }
+                                error: e.to_string(),
+                            },
+                        };
+                        drop(stores);
+                        this.finished.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = this.handle(event) {
+                            tracing::error!("scheduler refused a worker event: {e}");
                         }
-                        Err(e) => Event::TaskFailed {
-                            worker,
-                            key,
-                            error: e.to_string(),
-                        },
-                    };
-                    drop(stores);
-                    this.finished.fetch_add(1, Ordering::Relaxed);
-                    if let Err(e) = this.handle(event) {
-                        tracing::error!("scheduler refused a worker event: {e}");
-                    }
-                });
+                    });
             }
             Command::Free { worker, keys } => {
                 for k in keys {

@@ -1,1 +1,18 @@
-//! p
+//! Quiver over Arrow Flight.
+//!
+//! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
+//! - [`codec`]: chunks as Flight messages, without per-value encoding.
+//! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
+//! - [`center`]: the scheduler process, driving the engine's state machine.
+//! - [`worker`]: a worker process: store, executor, Flight service, peer transfer.
+//! - [`client`]: the network [`quiver_engine::Backend`] behind `Client::connect`.
+
+pub mod center;
+pub mod client;
+pub mod codec;
+pub mod error;
+pub mod net;
+pub mod protocol;
+pub mod worker;
+
+pub use error::{Error, Result};

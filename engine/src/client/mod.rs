@@ -135,11 +135,35 @@ impl Client {
 pub struct RemoteData {
     client: Client,
     key: Key,
+    /// False once the key was released in a batch by [`Pool::delete`].
+    armed: bool,
 }
 
 impl RemoteData {
     fn new(client: Client, key: Key) -> Self {
-        RemoteData { client, key }
+        RemoteData {
+            client,
+            key,
+            armed: true,
+        }
+    }
+
+    /// Releases many handles in one request.
+    pub fn release_all(handles: impl IntoIterator<Item = RemoteData>) {
+        let mut by_client: Vec<(Client, Vec<Key>)> = Vec::new();
+        for mut h in handles {
+            h.armed = false;
+            match by_client
+                .iter_mut()
+                .find(|(c, _)| Arc::ptr_eq(&c.inner, &h.client.inner))
+            {
+                Some((_, keys)) => keys.push(h.key.clone()),
+                None => by_client.push((h.client.clone(), vec![h.key.clone()])),
+            }
+        }
+        for (c, keys) in by_client {
+            c.inner.backend.release(c.inner.id, keys);
+        }
     }
 
     /// The key this handle holds.
@@ -171,6 +195,8 @@ impl std::fmt::Debug for RemoteData {
 
 impl Drop for RemoteData {
     fn drop(&mut self) {
-        self.client.release(self.key.clone());
+        if self.armed {
+            self.client.release(self.key.clone());
+        }
     }
 }

@@ -47,8 +47,8 @@ impl Pool {
             .expect("one call, one handle"))
     }
 
-    /// Releases the handles now (dropping them does the same).
+    /// Releases the handles now, in one request (dropping them one by one does the same).
     pub fn delete(&self, handles: impl IntoIterator<Item = RemoteData>) {
-        handles.into_iter().for_each(drop);
+        RemoteData::release_all(handles);
     }
 }

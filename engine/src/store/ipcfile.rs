@@ -52,6 +52,8 @@ pub fn write(path: &Path, chunk: &Chunk) -> Result<u64> {
 pub struct Mapped {
     /// The chunk; its buffers lie inside `range`.
     pub chunk: Chunk,
+    /// The whole file as mapped: sent as it is, without decoding, by the Flight route.
+    pub bytes: bytes::Bytes,
     /// Addresses of the mapping, for zero-copy assertions and accounting.
     pub range: Range<usize>,
 }
@@ -66,9 +68,51 @@ pub fn map(path: &Path) -> Result<Mapped> {
     let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
     let start = mmap.as_ptr() as usize;
     let range = start..start + mmap.len();
-    let chunk = decode(Buffer::from(bytes::Bytes::from_owner(mmap)))
+    let bytes = bytes::Bytes::from_owner(mmap);
+    let chunk = decode(Buffer::from(bytes.clone()))
         .map_err(|e| Error::op("ipc", format!("corrupt IPC file {}: {e}", path.display())))?;
-    Ok(Mapped { chunk, range })
+    Ok(Mapped {
+        chunk,
+        bytes,
+        range,
+    })
+}
+
+/// Where the one record batch of an IPC file lies: its flatbuffer message and its body.
+pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
+    let corrupt = |what: &str| Error::op("ipc", what.to_string());
+    if buf.len() < 10 {
+        return Err(corrupt("file shorter than an IPC footer"));
+    }
+    let trailer: [u8; 10] = buf[buf.len() - 10..].try_into().expect("10 bytes");
+    let footer_len = read_footer_length(trailer)?;
+    let footer_start = (buf.len() - 10)
+        .checked_sub(footer_len)
+        .ok_or_else(|| corrupt("footer length"))?;
+    let footer = root_as_footer(&buf[footer_start..buf.len() - 10])
+        .map_err(|e| corrupt(&format!("bad footer: {e}")))?;
+    let blocks = footer
+        .recordBatches()
+        .ok_or_else(|| corrupt("no record batches"))?;
+    if blocks.len() != 1 {
+        return Err(corrupt(&format!(
+            "expected one record batch, found {}",
+            blocks.len()
+        )));
+    }
+    let b = blocks.get(0);
+    let start = usize::try_from(b.offset()).map_err(|_| corrupt("block offset"))?;
+    let meta = b.metaDataLength() as usize;
+    let body = b.bodyLength() as usize;
+    if meta < 8
+        || start
+            .checked_add(meta + body)
+            .is_none_or(|end| end > footer_start)
+    {
+        return Err(corrupt("block out of bounds"));
+    }
+    // The metadata is prefixed by a continuation marker and its length (8 bytes).
+    Ok((start + 8..start + meta, start + meta..start + meta + body))
 }
 
 /// Decodes the one batch of an IPC file held in `buf`; buffers are slices of `buf`.

@@ -65,7 +65,7 @@ enum Place {
     /// Chosen for spilling; still served from memory until the file is mapped.
     Spilling,
     /// In a mapped file; the chunk's buffers point into the map.
-    Spilled(Arc<TempIpcFile>, std::ops::Range<usize>),
+    Spilled(Arc<TempIpcFile>, bytes::Bytes, std::ops::Range<usize>),
 }
 
 #[derive(Default)]
@@ -162,7 +162,7 @@ impl ChunkStore {
                 inner.memory_bytes -= entry.nbytes;
                 inner.spilled_bytes += file.len();
                 entry.chunk = mapped.chunk;
-                entry.place = Place::Spilled(Arc::new(file), mapped.range);
+                entry.place = Place::Spilled(Arc::new(file), mapped.bytes, mapped.range);
                 self.spill_count.fetch_add(1, Ordering::Relaxed);
             }
             Ok(_) => {} // replaced while spilling: the new value stays, the file goes
@@ -198,9 +198,20 @@ impl ChunkStore {
     /// The spill file backing `key` and the address range of its map, if it is spilled.
     pub fn spill_file(&self, key: &Key) -> Option<(Arc<TempIpcFile>, std::ops::Range<usize>)> {
         match &self.lock().entries.get(key)?.place {
-            Place::Spilled(f, r) => Some((f.clone(), r.clone())),
+            Place::Spilled(f, _, r) => Some((f.clone(), r.clone())),
             _ => None,
         }
+    }
+
+    /// The chunk under `key` and, if it is spilled, the bytes of its mapped IPC
+    /// file, which can be sent as they are.
+    pub fn get_with_file(&self, key: &Key) -> Option<(Chunk, Option<bytes::Bytes>)> {
+        let chunk = self.get(key)?;
+        let file = match &self.lock().entries.get(key)?.place {
+            Place::Spilled(_, b, _) => Some(b.clone()),
+            _ => None,
+        };
+        Some((chunk, file))
     }
 
     /// Drops `key` (its spill file goes with the last reader); true if it was held.
@@ -247,7 +258,7 @@ impl Inner {
                 self.memory_bytes -= e.nbytes;
             }
             Place::Spilling => self.memory_bytes -= e.nbytes,
-            Place::Spilled(f, _) => self.spilled_bytes -= f.len(),
+            Place::Spilled(f, _, _) => self.spilled_bytes -= f.len(),
         }
     }
 

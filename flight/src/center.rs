@@ -1,0 +1,763 @@
+//! The center: the public Flight entry point and the scheduler process. It
+//! drives the engine's scheduler state machine unchanged, holds no chunk data,
+//! and sends each worker its commands in batches over Flight actions.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, TryStreamExt, stream};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+use crate::error::{Error, Result, engine_status};
+use crate::net::{self, FlightClient};
+use crate::protocol::*;
+use crate::worker::{descriptor_key, ticket_key};
+use quiver_engine::scheduler::{
+    ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
+};
+use quiver_engine::{Key, OpRegistry, Submission};
+
+/// How a center is started.
+#[derive(Clone, Debug)]
+pub struct CenterConfig {
+    /// Interface to listen on.
+    pub host: String,
+    /// Port (0 picks one).
+    pub port: u16,
+    /// A worker silent this long is removed.
+    pub heartbeat_timeout: Duration,
+    /// A client session silent this long is closed and its holds released.
+    pub session_timeout: Duration,
+}
+
+impl Default for CenterConfig {
+    fn default() -> Self {
+        CenterConfig {
+            host: "127.0.0.1".into(),
+            port: 8787,
+            heartbeat_timeout: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How long `GetFlightInfo` waits for a key when the client names no timeout.
+const DEFAULT_WAIT: Duration = Duration::from_secs(3600);
+
+enum ToWorker {
+    Run(RunTask),
+    Free(Key),
+}
+
+struct WorkerLink {
+    info: WorkerInfo,
+    tx: mpsc::UnboundedSender<ToWorker>,
+    status: WorkerStatus,
+}
+
+type Waiter = oneshot::Sender<std::result::Result<(), Status>>;
+
+struct State {
+    scheduler: Scheduler,
+    workers: FxHashMap<WorkerId, WorkerLink>,
+    next_worker: WorkerId,
+    waiters: FxHashMap<Key, Vec<Waiter>>,
+    sessions: FxHashMap<String, (ClientId, Instant)>,
+    next_client: ClientId,
+}
+
+/// The center's state, shared by its service and its timers.
+pub struct CenterCore {
+    state: Mutex<State>,
+    finished: AtomicU64,
+    config: CenterConfig,
+}
+
+impl CenterCore {
+    /// A center with no workers yet.
+    pub fn new(config: CenterConfig) -> Arc<Self> {
+        let sched = SchedulerConfig {
+            extra_slots: 2,
+            heartbeat_timeout: config.heartbeat_timeout,
+        };
+        Arc::new(CenterCore {
+            state: Mutex::new(State {
+                scheduler: Scheduler::new(sched, Arc::new(OpRegistry::builtin())),
+                workers: FxHashMap::default(),
+                next_worker: 0,
+                waiters: FxHashMap::default(),
+                sessions: FxHashMap::default(),
+                next_client: 1,
+            }),
+            finished: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds one event to the scheduler and carries out its commands.
+    fn handle(self: &Arc<Self>, st: &mut State, event: Event) -> quiver_engine::Result<()> {
+        let mut out = Vec::new();
+        let r = st.scheduler.handle(event, Instant::now(), &mut out);
+        for c in out {
+            self.carry_out(st, c);
+        }
+        r
+    }
+
+    fn carry_out(self: &Arc<Self>, st: &mut State, c: Command) {
+        match c {
+            Command::Run {
+                worker,
+                key,
+                task,
+                inputs,
+            } => {
+                let inputs = inputs
+                    .into_iter()
+                    .map(|(k, ws)| {
+                        let holders = ws
+                            .iter()
+                            .filter_map(|w| st.workers.get(w))
+                            .map(|l| Holder {
+                                address: l.info.address.clone(),
+                                host_id: l.info.host_id.clone(),
+                            })
+                            .collect();
+                        let n = st.scheduler.nbytes(&k).unwrap_or(0);
+                        (k, holders, n)
+                    })
+                    .collect();
+                if let Some(l) = st.workers.get(&worker) {
+                    let _ = l.tx.send(ToWorker::Run(RunTask {
+                        key,
+                        task: (*task).clone(),
+                        inputs,
+                    }));
+                }
+            }
+            Command::Free { worker, keys } => {
+                if let Some(l) = st.workers.get(&worker) {
+                    for k in keys {
+                        let _ = l.tx.send(ToWorker::Free(k));
+                    }
+                }
+            }
+            Command::Done { key } => {
+                for w in st.waiters.remove(&key).unwrap_or_default() {
+                    let _ = w.send(Ok(()));
+                }
+            }
+            Command::Failed { key, error } => {
+                for w in st.waiters.remove(&key).unwrap_or_default() {
+                    let _ = w.send(Err(Status::failed_precondition(format!(
+                        "task '{key}' failed: {error}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn client_of<T>(&self, st: &mut State, req: &Request<T>) -> ClientId {
+        let Some(session) = req
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return 0; // no session: holds last until released
+        };
+        let next = &mut st.next_client;
+        let entry = st.sessions.entry(session.to_string()).or_insert_with(|| {
+            *next += 1;
+            (*next, Instant::now())
+        });
+        entry.1 = Instant::now();
+        entry.0
+    }
+
+    fn register(self: &Arc<Self>, reg: Register) -> Result<Registered, Status> {
+        if reg.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version mismatch: the worker speaks {}, the center speaks {PROTOCOL_VERSION}",
+                reg.protocol_version
+            )));
+        }
+        let mut st = self.lock();
+        let worker = st.next_worker;
+        st.next_worker += 1;
+        let info = WorkerInfo {
+            name: reg.name,
+            address: reg.address,
+            host_id: reg.host_id,
+            nthreads: reg.nthreads,
+            memory_limit: reg.memory_limit,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().sender(worker, info.address.clone(), rx));
+        st.workers.insert(
+            worker,
+            WorkerLink {
+                info: info.clone(),
+                tx,
+                status: WorkerStatus::default(),
+            },
+        );
+        tracing::info!(worker, address = %info.address, "worker joined");
+        self.handle(&mut st, Event::AddWorker { worker, info })
+            .map_err(|e| engine_status(&e))?;
+        Ok(Registered {
+            worker,
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+
+    fn remove_worker(self: &Arc<Self>, worker: WorkerId, why: &str) {
+        let mut st = self.lock();
+        if st.workers.remove(&worker).is_some() {
+            tracing::warn!(worker, "worker removed: {why}");
+            let _ = self.handle(&mut st, Event::RemoveWorker { worker });
+        }
+    }
+
+    /// Sends a worker its commands, batching whatever has queued up.
+    async fn sender(
+        self: Arc<Self>,
+        worker: WorkerId,
+        address: String,
+        mut rx: mpsc::UnboundedReceiver<ToWorker>,
+    ) {
+        let mut client = match net::connect(&address).await {
+            Ok(c) => c,
+            Err(e) => return self.remove_worker(worker, &format!("unreachable: {e}")),
+        };
+        while let Some(first) = rx.recv().await {
+            let (mut run, mut free) = (Run::default(), Free::default());
+            let mut add = |m: ToWorker| match m {
+                ToWorker::Run(t) => run.tasks.push(t),
+                ToWorker::Free(k) => free.keys.push(k),
+            };
+            add(first);
+            while let Ok(m) = rx.try_recv() {
+                add(m);
+            }
+            for (name, body) in [
+                ("free", serde_json::to_vec(&free)),
+                ("run", serde_json::to_vec(&run)),
+            ] {
+                let empty = if name == "free" {
+                    free.keys.is_empty()
+                } else {
+                    run.tasks.is_empty()
+                };
+                if empty {
+                    continue;
+                }
+                let Ok(body) = body else { continue };
+                if let Err(e) = net::action(&mut client, name, body).await {
+                    return self.remove_worker(worker, &format!("{name} failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Time-driven work: dead workers, silent sessions.
+    fn tick(self: &Arc<Self>) {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        let _ = st.scheduler.handle(Event::Tick, Instant::now(), &mut out);
+        let alive: Vec<WorkerId> = st.scheduler.workers().map(|(id, _)| id).collect();
+        st.workers.retain(|id, _| alive.contains(id));
+        for c in out {
+            self.carry_out(&mut st, c);
+        }
+        let timeout = self.config.session_timeout;
+        let stale: Vec<(String, ClientId)> = st
+            .sessions
+            .iter()
+            .filter(|(_, (_, seen))| seen.elapsed() > timeout)
+            .map(|(s, (c, _))| (s.clone(), *c))
+            .collect();
+        for (s, client) in stale {
+            tracing::info!(session = %s, "session silent for {timeout:?}: releasing its keys");
+            st.sessions.remove(&s);
+            let _ = self.handle(&mut st, Event::ClientGone { client });
+        }
+    }
+
+    /// The cluster's figures.
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let st = self.lock();
+        let mut workers: Vec<WorkerEntry> = st
+            .workers
+            .iter()
+            .map(|(id, l)| WorkerEntry {
+                id: *id,
+                name: l.info.name.clone(),
+                address: l.info.address.clone(),
+                host_id: l.info.host_id.clone(),
+                nthreads: l.info.nthreads,
+                memory_limit: l.info.memory_limit,
+                keys: l.status.store.keys,
+                memory_bytes: l.status.store.memory_bytes,
+                spilled_bytes: l.status.store.spilled_bytes,
+                running: l.status.running,
+                routes: l.status.routes.clone(),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        let mut t = WorkerEntry {
+            name: "total".into(),
+            ..Default::default()
+        };
+        for w in &workers {
+            t.nthreads += w.nthreads;
+            t.memory_limit += w.memory_limit;
+            t.keys += w.keys;
+            t.memory_bytes += w.memory_bytes;
+            t.spilled_bytes += w.spilled_bytes;
+            t.running += w.running;
+            t.routes.flight_sent += w.routes.flight_sent;
+            t.routes.flight_received += w.routes.flight_received;
+            t.routes.flight_realigned += w.routes.flight_realigned;
+            t.routes.shm_sent += w.routes.shm_sent;
+            t.routes.shm_received += w.routes.shm_received;
+        }
+        ClusterStatus {
+            protocol_version: PROTOCOL_VERSION,
+            workers,
+            totals: t,
+            tasks: st.scheduler.num_tasks(),
+            tasks_finished: self.finished.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until `key` is in memory; returns the addresses of its holders.
+    async fn wait_for(
+        self: &Arc<Self>,
+        key: &Key,
+        timeout: Duration,
+    ) -> Result<Vec<String>, Status> {
+        let rx = {
+            let mut st = self.lock();
+            match st.scheduler.status(key) {
+                KeyStatus::Memory(_) => None,
+                KeyStatus::Erred(e) => {
+                    return Err(Status::failed_precondition(format!(
+                        "task '{key}' failed: {e}"
+                    )));
+                }
+                KeyStatus::Unknown => {
+                    return Err(Status::not_found(format!("key '{key}' not found")));
+                }
+                KeyStatus::Pending => {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.entry(key.clone()).or_default().push(tx);
+                    Some(rx)
+                }
+            }
+        };
+        if let Some(rx) = rx {
+            match tokio::time::timeout(timeout, rx).await {
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "timed out after {:.1}s waiting for '{key}'",
+                        timeout.as_secs_f64()
+                    )));
+                }
+                Ok(Err(_)) => return Err(Status::unavailable("the center is shutting down")),
+                Ok(Ok(r)) => r?,
+            }
+        }
+        let st = self.lock();
+        match st.scheduler.status(key) {
+            KeyStatus::Memory(ws) => Ok(ws
+                .iter()
+                .filter_map(|w| st.workers.get(w))
+                .map(|l| l.info.address.clone())
+                .collect()),
+            _ => Err(Status::not_found(format!("key '{key}' was released"))),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The center's Flight service.
+#[derive(Clone)]
+pub struct CenterService(pub Arc<CenterCore>);
+
+fn json_result<T: serde::Serialize>(
+    v: &T,
+) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+    let body = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Box::pin(stream::iter([Ok(
+        arrow_flight::Result { body: body.into() },
+    )]))))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(action: &str, body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("bad JSON body for '{action}': {e}")))
+}
+
+fn timeout_of<T>(req: &Request<T>) -> Result<Duration, Status> {
+    match req.metadata().get(TIMEOUT_HEADER) {
+        None => Ok(DEFAULT_WAIT),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{TIMEOUT_HEADER} must be a number of milliseconds"
+                ))
+            }),
+    }
+}
+
+async fn worker_client(address: &str) -> Result<FlightClient, Status> {
+    net::connect(address).await.map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl FlightService for CenterService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Ok(Response::new(Box::pin(stream::empty())))
+    }
+
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let st = self.0.lock();
+        let infos: Vec<Result<FlightInfo, Status>> = st
+            .scheduler
+            .keys_in_memory()
+            .into_iter()
+            .map(|(k, nbytes, ws)| {
+                let mut info = FlightInfo::new()
+                    .with_descriptor(FlightDescriptor::new_path(vec![k.to_string()]))
+                    .with_total_bytes(nbytes as i64);
+                for w in ws.iter().filter_map(|w| st.workers.get(w)) {
+                    info = info.with_endpoint(
+                        arrow_flight::FlightEndpoint::new()
+                            .with_ticket(Ticket::new(k.to_string()))
+                            .with_location(format!("grpc://{}", w.info.address)),
+                    );
+                }
+                Ok(info)
+            })
+            .collect();
+        Ok(Response::new(Box::pin(stream::iter(infos))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let timeout = timeout_of(&req)?;
+        let key = descriptor_key(req.get_ref())?;
+        let holders = self.0.wait_for(&key, timeout).await?;
+        let first = holders
+            .first()
+            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
+        let mut client = worker_client(first).await?;
+        let mut info = client
+            .get_flight_info(FlightDescriptor::new_path(vec![key.to_string()]))
+            .await?
+            .into_inner();
+        for h in &holders[1..] {
+            info = info.with_endpoint(
+                arrow_flight::FlightEndpoint::new()
+                    .with_ticket(Ticket::new(key.to_string()))
+                    .with_location(format!("grpc://{h}")),
+            );
+        }
+        Ok(Response::new(info))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "poll_flight_info: use get_flight_info with the x-quiver-timeout-ms header",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let key = descriptor_key(req.get_ref())?;
+        let holders = self.0.wait_for(&key, DEFAULT_WAIT).await?;
+        let mut client = worker_client(&holders[0]).await?;
+        Ok(client
+            .get_schema(FlightDescriptor::new_path(vec![key.to_string()]))
+            .await?)
+    }
+
+    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let key = ticket_key(req.get_ref())?;
+        let holders = self.0.wait_for(&key, timeout_of(&req)?).await?;
+        let mut client = worker_client(&holders[0]).await?;
+        let stream = client
+            .do_get(Ticket::new(key.to_string()))
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn do_put(
+        &self,
+        req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let client = {
+            let mut st = self.0.lock();
+            self.0.client_of(&mut st, &req)
+        };
+        let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
+        let key = match msgs.first().and_then(|m| m.flight_descriptor.as_ref()) {
+            Some(d) => descriptor_key(d)?,
+            None => {
+                return Err(Status::invalid_argument(
+                    "the first message of a DoPut must carry a PATH descriptor [key]",
+                ));
+            }
+        };
+        // Check the data before placing it anywhere: a corrupt stream is refused here.
+        let descriptor = msgs[0].flight_descriptor.take();
+        let (chunk, _) = codec::decode_one(msgs, key.as_str())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (worker, address) = {
+            let st = self.0.lock();
+            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) {
+                return Err(Status::already_exists(format!(
+                    "key '{key}' already exists; release it first"
+                )));
+            }
+            st.workers
+                .iter()
+                .min_by_key(|(_, l)| l.status.store.memory_bytes)
+                .map(|(id, l)| (*id, l.info.address.clone()))
+                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?
+        };
+        let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
+        msgs[0].flight_descriptor = descriptor;
+        let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
+        let mut wc = worker_client(&address).await?;
+        wc.do_put(stream::iter(msgs))
+            .await?
+            .into_inner()
+            .try_collect::<Vec<_>>()
+            .await?;
+        let mut st = self.0.lock();
+        self.0
+            .handle(
+                &mut st,
+                Event::Scatter {
+                    client,
+                    key: key.clone(),
+                    worker,
+                    nbytes,
+                },
+            )
+            .map_err(|e| engine_status(&e))?;
+        let body = serde_json::to_vec(&serde_json::json!({ "key": key, "nbytes": nbytes }))
+            .unwrap_or_default();
+        Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
+            app_metadata: body.into(),
+        })]))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "do_exchange is not part of the Quiver protocol",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        req: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let core = &self.0;
+        let client = {
+            let mut st = core.lock();
+            core.client_of(&mut st, &req)
+        };
+        let Action { r#type, body } = req.into_inner();
+        match r#type.as_str() {
+            "submit" => {
+                let submission = Submission::from_json(&body).map_err(|e| engine_status(&e))?;
+                let keys = submission.keys.clone();
+                let mut st = core.lock();
+                core.handle(&mut st, Event::Submit { client, submission })
+                    .map_err(|e| engine_status(&e))?;
+                json_result(&Submitted { keys })
+            }
+            "release" => {
+                let r: Release = parse(&r#type, &body)?;
+                let mut st = core.lock();
+                core.handle(
+                    &mut st,
+                    Event::Release {
+                        client,
+                        keys: r.keys,
+                    },
+                )
+                .map_err(|e| engine_status(&e))?;
+                json_result(&serde_json::json!({}))
+            }
+            "session-close" => {
+                let mut st = core.lock();
+                st.sessions.retain(|_, (c, _)| *c != client);
+                if client != 0 {
+                    core.handle(&mut st, Event::ClientGone { client })
+                        .map_err(|e| engine_status(&e))?;
+                }
+                json_result(&serde_json::json!({}))
+            }
+            "cluster" => json_result(&core.cluster_status()),
+            "ops" => json_result(&core.lock().scheduler.ops().names()),
+            "register" => json_result(&core.register(parse(&r#type, &body)?)?),
+            "heartbeat" => {
+                let status: WorkerStatus = parse(&r#type, &body)?;
+                let mut st = core.lock();
+                let Some(link) = st.workers.get_mut(&status.worker) else {
+                    return Err(Status::not_found(format!(
+                        "worker {} is not in this cluster",
+                        status.worker
+                    )));
+                };
+                link.status = status.clone();
+                core.handle(
+                    &mut st,
+                    Event::Heartbeat {
+                        worker: status.worker,
+                    },
+                )
+                .map_err(|e| engine_status(&e))?;
+                json_result(&serde_json::json!({}))
+            }
+            "report" => {
+                let report: Report = parse(&r#type, &body)?;
+                let mut st = core.lock();
+                let worker = report.worker;
+                let n = (report.finished.len() + report.failed.len()) as u64;
+                for f in report.finished {
+                    let _ = core.handle(
+                        &mut st,
+                        Event::TaskFinished {
+                            worker,
+                            key: f.key,
+                            nbytes: f.nbytes,
+                        },
+                    );
+                }
+                for f in report.failed {
+                    let _ = core.handle(
+                        &mut st,
+                        Event::TaskFailed {
+                            worker,
+                            key: f.key,
+                            error: f.error,
+                        },
+                    );
+                }
+                core.finished.fetch_add(n, Ordering::Relaxed);
+                json_result(&serde_json::json!({}))
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown action '{other}'; the center's actions are: {}",
+                CENTER_ACTIONS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = CENTER_ACTIONS.iter().map(|(n, d)| {
+            Ok(ActionType {
+                r#type: n.to_string(),
+                description: d.to_string(),
+            })
+        });
+        Ok(Response::new(Box::pin(stream::iter(actions))))
+    }
+}
+
+/// A running center: its address and a handle to stop it.
+pub struct CenterHandle {
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+    /// Its state (figures, tests).
+    pub core: Arc<CenterCore>,
+}
+
+/// Binds the center's port, then serves until `shutdown` resolves.
+pub async fn run(
+    config: CenterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(&CenterHandle),
+) -> Result<()> {
+    let (incoming, address) = net::bind(&config.host, config.port).await?;
+    let core = CenterCore::new(config);
+    ready(&CenterHandle {
+        address,
+        core: core.clone(),
+    });
+    let ticker = {
+        let core = core.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                core.tick();
+            }
+        })
+    };
+    let r = net::server()
+        .add_service(net::service(CenterService(core)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Io {
+            context: "center server".into(),
+            source: std::io::Error::other(e),
+        });
+    ticker.abort();
+    r
+}

@@ -1,0 +1,259 @@
+//! The network client: a [`Backend`] that speaks Flight to a center, so the
+//! same `Client`, `Pool`, graphs, delayed values and arrays work on a real
+//! cluster. Results are fetched straight from the worker that holds them.
+//!
+//! The API is blocking, like the seed's; it runs its own small runtime and
+//! must not be called from inside another async runtime.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::FlightDescriptor;
+use futures::{TryStreamExt, stream};
+use rustc_hash::FxHashMap;
+use tonic::Request;
+
+use crate::codec;
+use crate::error::Error;
+use crate::net::{self, FlightClient};
+use crate::protocol::*;
+use quiver_engine::scheduler::ClientId;
+use quiver_engine::{Backend, Chunk, Client, Key, Submission};
+
+/// How often a client tells the center its session is alive.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// A [`Backend`] on a remote center.
+pub struct RemoteBackend {
+    rt: tokio::runtime::Runtime,
+    center: FlightClient,
+    session: String,
+    workers: Mutex<FxHashMap<String, FlightClient>>,
+}
+
+/// Maps a Flight status from the center back to the engine error a caller can act on.
+fn to_engine(e: Error, key: Option<&Key>) -> quiver_engine::Error {
+    use quiver_engine::Error as E;
+    match e {
+        Error::Engine(e) => e,
+        Error::Remote { status, context } => {
+            let msg = status.message().to_string();
+            match (status.code(), key) {
+                (tonic::Code::NotFound, Some(k)) => E::KeyNotFound { key: k.clone() },
+                (tonic::Code::FailedPrecondition, Some(k)) => E::TaskFailed {
+                    key: k.clone(),
+                    error: msg,
+                },
+                (tonic::Code::DeadlineExceeded, Some(k)) => E::Timeout {
+                    key: k.clone(),
+                    seconds: 0.0,
+                },
+                (tonic::Code::InvalidArgument, _) => E::MalformedGraph(msg),
+                (tonic::Code::DataLoss, Some(k)) => E::Lost {
+                    key: k.clone(),
+                    reason: msg,
+                },
+                _ => E::Unavailable(format!("{context}: {msg}")),
+            }
+        }
+        other => E::Unavailable(other.to_string()),
+    }
+}
+
+impl RemoteBackend {
+    /// Connects to the center at `address` (`host:port`).
+    pub fn connect(address: &str) -> Result<Arc<Self>, Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("quiver-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Io {
+                context: "client runtime".into(),
+                source: e,
+            })?;
+        let mut center = rt.block_on(net::connect(address))?;
+        // Check it is a Quiver center of our protocol before going on.
+        let status: ClusterStatus = rt.block_on(net::action_json(&mut center, "cluster", &()))?;
+        if status.protocol_version != PROTOCOL_VERSION {
+            return Err(Error::Protocol(format!(
+                "the center at {address} speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",
+                status.protocol_version
+            )));
+        }
+        let session = uuid::Uuid::new_v4().to_string();
+        let backend = Arc::new(RemoteBackend {
+            rt,
+            center,
+            session,
+            workers: Mutex::default(),
+        });
+        // The keepalive holds no reference to the backend: the runtime (and the
+        // task with it) must be dropped outside its own threads.
+        let (mut c, ping) = (backend.center.clone(), backend.request(()));
+        let header = ping.metadata().clone();
+        backend.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(KEEPALIVE).await;
+                let mut req = Request::new(arrow_flight::Action::new("cluster", ""));
+                *req.metadata_mut() = header.clone();
+                let _ = c.do_action(req).await;
+            }
+        });
+        Ok(backend)
+    }
+
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Ok(v) = self.session.parse() {
+            r.metadata_mut().insert(SESSION_HEADER, v);
+        }
+        r
+    }
+
+    async fn act(&self, name: &str, body: Vec<u8>) -> Result<bytes::Bytes, Error> {
+        let mut c = self.center.clone();
+        let req = self.request(arrow_flight::Action {
+            r#type: name.into(),
+            body: body.into(),
+        });
+        let mut s = c
+            .do_action(req)
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?
+            .into_inner();
+        let first = s
+            .try_next()
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?;
+        Ok(first.map(|r| r.body).unwrap_or_default())
+    }
+
+    async fn worker(&self, address: &str) -> Result<FlightClient, Error> {
+        if let Some(c) = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(address)
+        {
+            return Ok(c.clone());
+        }
+        let c = net::connect(address).await?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The cluster's figures.
+    pub fn cluster(&self) -> Result<ClusterStatus, Error> {
+        let body = self.rt.block_on(self.act("cluster", vec![]))?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    async fn info(
+        &self,
+        key: &Key,
+        timeout: Option<Duration>,
+    ) -> Result<arrow_flight::FlightInfo, Error> {
+        let mut c = self.center.clone();
+        let mut req = self.request(FlightDescriptor::new_path(vec![key.to_string()]));
+        if let Some(v) = timeout.and_then(|t| t.as_millis().to_string().parse().ok()) {
+            req.metadata_mut().insert(TIMEOUT_HEADER, v);
+        }
+        Ok(c.get_flight_info(req)
+            .await
+            .map_err(|s| Error::remote(format!("get '{key}'"), s))?
+            .into_inner())
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn submit(&self, _client: ClientId, submission: Submission) -> quiver_engine::Result<()> {
+        let body = serde_json::to_vec(&submission)?;
+        self.rt
+            .block_on(self.act("submit", body))
+            .map(drop)
+            .map_err(|e| to_engine(e, None))
+    }
+
+    fn wait(&self, key: &Key, timeout: Option<Duration>) -> quiver_engine::Result<()> {
+        self.rt
+            .block_on(self.info(key, timeout))
+            .map(drop)
+            .map_err(|e| match to_engine(e, Some(key)) {
+                quiver_engine::Error::Timeout { key, .. } => quiver_engine::Error::Timeout {
+                    key,
+                    seconds: timeout.unwrap_or_default().as_secs_f64(),
+                },
+                other => other,
+            })
+    }
+
+    fn fetch(&self, key: &Key) -> quiver_engine::Result<Chunk> {
+        self.rt
+            .block_on(async {
+                let info = self.info(key, None).await?;
+                let location = info
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| e.location.iter())
+                    .map(|l| l.uri.clone())
+                    .next()
+                    .ok_or_else(|| Error::Protocol(format!("no endpoint for '{key}'")))?;
+                let mut w = self.worker(net::host_port(&location)).await?;
+                let msgs = net::do_get(&mut w, key.as_str().as_bytes()).await?;
+                Ok(codec::decode_one(msgs, key.as_str())?.0)
+            })
+            .map_err(|e| to_engine(e, Some(key)))
+    }
+
+    fn scatter(&self, _client: ClientId, key: Key, chunk: Chunk) -> quiver_engine::Result<()> {
+        self.rt
+            .block_on(async {
+                let mut msgs = codec::encode(&chunk, None)?;
+                msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key.to_string()]));
+                let mut c = self.center.clone();
+                let r = c.do_put(self.request(stream::iter(msgs))).await;
+                let s = r
+                    .map_err(|s| Error::remote(format!("put '{key}'"), s))?
+                    .into_inner();
+                s.try_collect::<Vec<_>>()
+                    .await
+                    .map_err(|s| Error::remote(format!("put '{key}'"), s))?;
+                Ok(())
+            })
+            .map_err(|e| to_engine(e, Some(&key)))
+    }
+
+    fn release(&self, _client: ClientId, keys: Vec<Key>) {
+        let result = match serde_json::to_vec(&Release { keys }) {
+            Ok(body) => self.rt.block_on(self.act("release", body)).map(drop),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!("release failed: {e}");
+        }
+    }
+
+    fn client_gone(&self, _client: ClientId) {
+        let _ = self.rt.block_on(self.act("session-close", vec![]));
+    }
+
+    fn tasks_finished(&self) -> u64 {
+        self.cluster().map(|c| c.tasks_finished).unwrap_or(0)
+    }
+}
+
+/// A [`Client`] of the center at `address`.
+pub fn connect(address: &str) -> Result<Client, Error> {
+    Ok(Client::new(RemoteBackend::connect(address)?, 1))
+}
+
+/// Gets a key from the worker that holds it, skipping the center (used by benches).
+pub async fn fetch_from(worker: &str, key: &Key) -> Result<(Chunk, codec::Decoder), Error> {
+    let mut c = net::connect(worker).await?;
+    let msgs = net::do_get(&mut c, key.as_str().as_bytes()).await?;
+    codec::decode_one(msgs, key.as_str())
+}

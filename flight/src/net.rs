@@ -1,0 +1,143 @@
+//! gRPC plumbing shared by every Quiver process: servers and channels tuned
+//! for multi-megabyte chunks (no 4 MB message limit, wide HTTP/2 windows,
+//! large frames), address parsing, and small helpers for Flight calls.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{Action, FlightData, Ticket};
+use futures::TryStreamExt;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::error::{Error, Result};
+
+/// Largest message either side accepts: a chunk travels as one message.
+pub const MAX_MESSAGE: usize = 1 << 40;
+/// HTTP/2 stream window: large enough that a chunk streams without stalls.
+const STREAM_WINDOW: u32 = 64 << 20;
+/// HTTP/2 connection window.
+const CONNECTION_WINDOW: u32 = 256 << 20;
+/// HTTP/2 frame size: the protocol's maximum.
+const FRAME: u32 = (1 << 24) - 1;
+
+/// A Flight client on a tuned channel.
+pub type FlightClient = FlightServiceClient<Channel>;
+
+/// A server builder with Quiver's transport settings.
+pub fn server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME)
+        .tcp_nodelay(true)
+}
+
+/// Wraps a Flight service with message limits lifted.
+pub fn service<S: FlightService>(svc: S) -> FlightServiceServer<S> {
+    FlightServiceServer::new(svc)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+/// Binds `host:port` (port 0 picks a free one), with a message naming the address on failure.
+pub async fn bind(host: &str, port: u16) -> Result<(TcpIncoming, SocketAddr)> {
+    let addr = format!("{host}:{port}");
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| Error::Io {
+            context: if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("cannot listen on {addr}: the port is in use")
+            } else {
+                format!("cannot listen on {addr}")
+            },
+            source: e,
+        })?;
+    let local = listener.local_addr().map_err(|e| Error::Io {
+        context: "local address".into(),
+        source: e,
+    })?;
+    Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), local))
+}
+
+/// Strips a `grpc://` or `grpc+tcp://` scheme; keeps `host:port`.
+pub fn host_port(address: &str) -> &str {
+    address
+        .strip_prefix("grpc+tcp://")
+        .or_else(|| address.strip_prefix("grpc://"))
+        .unwrap_or(address)
+}
+
+/// Connects to the Flight service at `address` (`host:port` or `grpc://host:port`).
+pub async fn connect(address: &str) -> Result<FlightClient> {
+    let hp = host_port(address);
+    let fail = |reason: String| Error::Connect {
+        address: hp.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{hp}"))
+        .map_err(|e| fail(format!("not a host:port address ({e})")))?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(FRAME)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        fail(msg)
+    })?;
+    Ok(FlightServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// Calls action `name` with a JSON body and returns the first result's body (empty if none).
+pub async fn action(client: &mut FlightClient, name: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
+    let req = Action {
+        r#type: name.to_string(),
+        body: body.into(),
+    };
+    let mut stream = client
+        .do_action(req)
+        .await
+        .map_err(|s| Error::remote(format!("action {name}"), s))?
+        .into_inner();
+    let first = stream
+        .try_next()
+        .await
+        .map_err(|s| Error::remote(format!("action {name}"), s))?;
+    Ok(first.map(|r| r.body).unwrap_or_default())
+}
+
+/// Calls action `name` with a JSON-encoded body and decodes a JSON reply.
+pub async fn action_json<T: serde::de::DeserializeOwned>(
+    client: &mut FlightClient,
+    name: &str,
+    body: &impl serde::Serialize,
+) -> Result<T> {
+    let reply = action(client, name, serde_json::to_vec(body)?).await?;
+    serde_json::from_slice(&reply).map_err(|e| Error::Protocol(format!("reply to {name}: {e}")))
+}
+
+/// `DoGet` of `ticket`, collected.
+pub async fn do_get(client: &mut FlightClient, ticket: &[u8]) -> Result<Vec<FlightData>> {
+    let what = || format!("get '{}'", String::from_utf8_lossy(ticket));
+    let stream = client
+        .do_get(Ticket {
+            ticket: bytes::Bytes::copy_from_slice(ticket),
+        })
+        .await
+        .map_err(|s| Error::remote(what(), s))?
+        .into_inner();
+    stream
+        .try_collect()
+        .await
+        .map_err(|s| Error::remote(what(), s))
+}

@@ -1,0 +1,246 @@
+//! The wire contract: every DoAction name and JSON body, mirroring docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+
+use quiver_engine::Key;
+use quiver_engine::graph::Task;
+use quiver_engine::store::StoreStats;
+
+/// Version of this contract. Bump it when a message changes shape or meaning;
+/// a worker refuses a center of another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Header naming the client session whose holds a request adds or drops.
+pub const SESSION_HEADER: &str = "x-quiver-session";
+/// Header bounding how long `GetFlightInfo` waits for a key, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-quiver-timeout-ms";
+
+/// Public actions of the center, with their descriptions (for `ListActions`).
+pub const CENTER_ACTIONS: &[(&str, &str)] = &[
+    (
+        "submit",
+        "Submit a graph: {\"graph\": {key: task}, \"keys\": [...]} -> {\"keys\": [...]}",
+    ),
+    (
+        "release",
+        "Release keys held by this client: {\"keys\": [...]}",
+    ),
+    (
+        "cluster",
+        "Cluster status: every worker and totals, as JSON",
+    ),
+    ("ops", "The ops the center accepts"),
+    (
+        "session-close",
+        "Release everything the session in the x-quiver-session header holds",
+    ),
+    ("register", "Internal: a worker joins"),
+    ("heartbeat", "Internal: a worker is alive"),
+    (
+        "report",
+        "Internal: a worker reports finished and failed tasks",
+    ),
+];
+
+/// Actions of a worker (internal, used by the center and peers).
+pub const WORKER_ACTIONS: &[(&str, &str)] = &[
+    ("run", "Run tasks: {\"tasks\": [...]}"),
+    ("free", "Drop keys: {\"keys\": [...]}"),
+    (
+        "publish",
+        "Publish a key in shared memory: {\"key\": k} -> {\"path\": p, \"bytes\": n}",
+    ),
+    ("status", "This worker's figures"),
+];
+
+/// `submit` reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The keys now held for the client.
+    pub keys: Vec<Key>,
+}
+
+/// `release` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Keys to release.
+    pub keys: Vec<Key>,
+}
+
+/// `register` body: a worker joining.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Register {
+    /// Contract version the worker speaks.
+    pub protocol_version: u32,
+    /// Human name.
+    pub name: String,
+    /// `host:port` of its Flight service.
+    pub address: String,
+    /// Workers with the same host id share memory.
+    pub host_id: String,
+    /// Task slots.
+    pub nthreads: usize,
+    /// Memory limit in bytes.
+    pub memory_limit: u64,
+}
+
+/// `register` reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registered {
+    /// The id the center gave the worker.
+    pub worker: u32,
+    /// The center's contract version.
+    pub protocol_version: u32,
+}
+
+/// Bytes a worker moved, per route.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteCounters {
+    /// Bytes sent to peers and clients over Flight.
+    pub flight_sent: u64,
+    /// Bytes received from peers over Flight.
+    pub flight_received: u64,
+    /// Bytes received over Flight that had to be copied to be aligned.
+    pub flight_realigned: u64,
+    /// Bytes published in shared memory for peers.
+    pub shm_sent: u64,
+    /// Bytes mapped from peers' shared memory.
+    pub shm_received: u64,
+}
+
+/// What a worker says about itself (heartbeat body and `status` reply).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The worker's id.
+    pub worker: u32,
+    /// Its store's figures.
+    pub store: StoreStats,
+    /// Tasks running now.
+    pub running: usize,
+    /// Bytes moved per route.
+    pub routes: RouteCounters,
+}
+
+/// One finished task in a `report`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Finished {
+    /// The key.
+    pub key: Key,
+    /// Result size.
+    pub nbytes: u64,
+}
+
+/// One failed task in a `report`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failed {
+    /// The key.
+    pub key: Key,
+    /// The task's error.
+    pub error: String,
+}
+
+/// `report` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// The reporting worker.
+    pub worker: u32,
+    /// Tasks done.
+    #[serde(default)]
+    pub finished: Vec<Finished>,
+    /// Tasks failed.
+    #[serde(default)]
+    pub failed: Vec<Failed>,
+}
+
+/// Where a copy of an input lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Holder {
+    /// `host:port` of the worker.
+    pub address: String,
+    /// Its host id.
+    pub host_id: String,
+}
+
+/// One task in a `run` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunTask {
+    /// The key to produce.
+    pub key: Key,
+    /// What to run.
+    pub task: Task,
+    /// Each input, where it lives, and its size in bytes.
+    pub inputs: Vec<(Key, Vec<Holder>, u64)>,
+}
+
+/// `run` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Run {
+    /// The tasks.
+    pub tasks: Vec<RunTask>,
+}
+
+/// `free` body.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Free {
+    /// Keys to drop.
+    pub keys: Vec<Key>,
+}
+
+/// `publish` body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Publish {
+    /// The key to publish.
+    pub key: Key,
+}
+
+/// `publish` reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Published {
+    /// The IPC file in shared memory.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// One worker in the `cluster` reply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerEntry {
+    /// The worker's id.
+    pub id: u32,
+    /// Its name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// Its host id.
+    pub host_id: String,
+    /// Task slots.
+    pub nthreads: usize,
+    /// Memory limit in bytes.
+    pub memory_limit: u64,
+    /// Keys held.
+    pub keys: usize,
+    /// Bytes in memory.
+    pub memory_bytes: u64,
+    /// Bytes spilled.
+    pub spilled_bytes: u64,
+    /// Tasks running.
+    pub running: usize,
+    /// Bytes moved per route.
+    pub routes: RouteCounters,
+}
+
+/// `cluster` reply.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Contract version.
+    pub protocol_version: u32,
+    /// Every worker.
+    pub workers: Vec<WorkerEntry>,
+    /// Sum of the workers' figures.
+    pub totals: WorkerEntry,
+    /// Tasks known to the scheduler (including lineage).
+    pub tasks: usize,
+    /// Tasks finished since the center started.
+    pub tasks_finished: u64,
+}

@@ -1,0 +1,675 @@
+//! A worker process: a chunk store, an executor, and a Flight service for the
+//! center (run, free), peers (get, publish) and clients (get, info, list).
+//!
+//! Inputs held elsewhere are fetched before a task runs: through shared memory
+//! when the holder is on the same host (it publishes the chunk as an IPC file
+//! on a tmpfs, this worker maps it), otherwise by Flight `DoGet`. Fetched
+//! inputs are used and dropped, never kept, so the center's view of who holds
+//! what stays exact.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, TryStreamExt, stream};
+use rustc_hash::FxHashMap;
+use tokio::sync::{Semaphore, mpsc};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::net::{self, FlightClient};
+use crate::protocol::*;
+use quiver_engine::executor::{Executor, evaluate};
+use quiver_engine::store::{ChunkStore, StoreConfig, TempIpcFile, ipcfile};
+use quiver_engine::{Chunk, Key, OpRegistry, chunk};
+
+/// How a worker is started.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// `host:port` of the center.
+    pub center: String,
+    /// Interface to listen on.
+    pub host: String,
+    /// Port (0 picks one).
+    pub port: u16,
+    /// Task threads.
+    pub nthreads: usize,
+    /// Memory limit in bytes before spilling.
+    pub memory_limit: u64,
+    /// Spill directory.
+    pub spill_dir: PathBuf,
+    /// Human name.
+    pub name: String,
+    /// Host identity; workers sharing it use shared memory. Default: this machine's.
+    pub host_id: Option<String>,
+    /// Never use shared memory (to test or measure the Flight route on one host).
+    pub no_shm: bool,
+}
+
+/// Chunks smaller than this go over Flight even on one host: a file per tiny
+/// chunk costs more than the copy it saves.
+const SHM_MIN_BYTES: u64 = 64 << 10;
+
+/// Bytes in flight from one peer at most; bigger chunks go one at a time.
+const PEER_BUDGET_MB: u32 = 512;
+
+/// This machine's identity: its boot id (distinct per host, shared by its processes).
+pub fn default_host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .or_else(|_| std::fs::read_to_string("/etc/machine-id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+#[derive(Default)]
+struct Routes {
+    flight_sent: AtomicU64,
+    flight_received: AtomicU64,
+    flight_realigned: AtomicU64,
+    shm_sent: AtomicU64,
+    shm_received: AtomicU64,
+}
+
+enum Outcome {
+    Finished(Key, u64),
+    Failed(Key, String),
+}
+
+/// A worker's state shared by its service and its tasks.
+pub struct WorkerCore {
+    id: AtomicU32,
+    address: String,
+    host_id: String,
+    no_shm: bool,
+    store: Arc<ChunkStore>,
+    executor: Executor,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    routes: Routes,
+    running: AtomicUsize,
+    peers: Mutex<FxHashMap<String, (FlightClient, Arc<Semaphore>)>>,
+    published: Mutex<FxHashMap<Key, Arc<TempIpcFile>>>,
+    shm_dir: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerCore {
+    /// Figures for heartbeats and `status`.
+    pub fn status(&self) -> WorkerStatus {
+        let r = &self.routes;
+        WorkerStatus {
+            worker: self.id.load(Ordering::Relaxed),
+            store: self.store.stats(),
+            running: self.running.load(Ordering::Relaxed),
+            routes: RouteCounters {
+                flight_sent: r.flight_sent.load(Ordering::Relaxed),
+                flight_received: r.flight_received.load(Ordering::Relaxed),
+                flight_realigned: r.flight_realigned.load(Ordering::Relaxed),
+                shm_sent: r.shm_sent.load(Ordering::Relaxed),
+                shm_received: r.shm_received.load(Ordering::Relaxed),
+            },
+        }
+    }
+
+    /// The store (for tests and status).
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
+    }
+
+    async fn peer(&self, address: &str) -> Result<(FlightClient, Arc<Semaphore>)> {
+        if let Some(p) = lock(&self.peers).get(address) {
+            return Ok(p.clone());
+        }
+        let client = net::connect(address).await?;
+        let sem = Arc::new(Semaphore::new(PEER_BUDGET_MB as usize));
+        lock(&self.peers).insert(address.to_string(), (client.clone(), sem.clone()));
+        Ok((client, sem))
+    }
+
+    /// Gets an input held by a peer: shared memory on the same host, Flight otherwise.
+    async fn fetch(&self, key: &Key, holders: &[Holder], nbytes: u64) -> Result<Chunk> {
+        let mut last = None;
+        let mut order: Vec<&Holder> = holders.iter().collect();
+        order.sort_by_key(|h| h.host_id != self.host_id);
+        for h in order {
+            let (mut client, sem) = match self.peer(&h.address).await {
+                Ok(p) => p,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let mb = (nbytes >> 20).clamp(1, PEER_BUDGET_MB as u64) as u32;
+            let _permit = sem
+                .acquire_many(mb)
+                .await
+                .map_err(|_| Error::Protocol("peer closed".into()))?;
+            if h.host_id == self.host_id && !self.no_shm && nbytes >= SHM_MIN_BYTES {
+                match net::action_json::<Published>(
+                    &mut client,
+                    "publish",
+                    &Publish { key: key.clone() },
+                )
+                .await
+                {
+                    Ok(p) => {
+                        let mapped = ipcfile::map(std::path::Path::new(&p.path))?;
+                        self.routes
+                            .shm_received
+                            .fetch_add(p.bytes, Ordering::Relaxed);
+                        return Ok(mapped.chunk);
+                    }
+                    Err(e) => tracing::debug!(%key, "shared memory refused, using Flight: {e}"),
+                }
+            }
+            match net::do_get(&mut client, key.as_str().as_bytes()).await {
+                Ok(msgs) => {
+                    let (chunk, d) = codec::decode_one(msgs, key.as_str())?;
+                    self.routes
+                        .flight_received
+                        .fetch_add(d.received, Ordering::Relaxed);
+                    self.routes
+                        .flight_realigned
+                        .fetch_add(d.realigned, Ordering::Relaxed);
+                    return Ok(chunk);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Protocol(format!("no holder given for '{key}'"))))
+    }
+
+    async fn run(self: Arc<Self>, t: RunTask) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let mut fetched: Vec<(Key, Chunk)> = Vec::new();
+        for (k, holders, nbytes) in &t.inputs {
+            if self.store.contains(k) {
+                continue;
+            }
+            match self.fetch(k, holders, *nbytes).await {
+                Ok(c) => fetched.push((k.clone(), c)),
+                Err(e) => {
+                    self.running.fetch_sub(1, Ordering::Relaxed);
+                    let msg = format!("could not fetch input '{k}': {e}");
+                    let _ = self.outcomes.send(Outcome::Failed(t.key, msg));
+                    return;
+                }
+            }
+        }
+        let this = self.clone();
+        self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
+            let input = |k: &Key| {
+                fetched
+                    .iter()
+                    .find(|(x, _)| x == k)
+                    .map(|(_, c)| c.clone())
+                    .or_else(|| this.store.get(k))
+            };
+            let outcome = match evaluate(ops, &t.task, &input) {
+                Ok(c) => {
+                    let n = chunk::nbytes(&c) as u64;
+                    this.store.put(t.key.clone(), c);
+                    Outcome::Finished(t.key, n)
+                }
+                Err(e) => Outcome::Failed(t.key, e.to_string()),
+            };
+            this.running.fetch_sub(1, Ordering::Relaxed);
+            let _ = this.outcomes.send(outcome);
+        });
+    }
+
+    fn publish(&self, key: &Key) -> Result<Published> {
+        if self.no_shm {
+            return Err(Error::Protocol(
+                "this worker does not use shared memory (--no-shm)".into(),
+            ));
+        }
+        if let Some(f) = lock(&self.published).get(key) {
+            return Ok(Published {
+                path: f.path().display().to_string(),
+                bytes: f.len(),
+            });
+        }
+        let c = self
+            .store
+            .get(key)
+            .ok_or_else(|| quiver_engine::Error::KeyNotFound { key: key.clone() })?;
+        let path = self
+            .shm_dir
+            .join(format!("quiver-{}.arrow", uuid::Uuid::new_v4().simple()));
+        let f = Arc::new(TempIpcFile::create(path, &c)?);
+        self.routes.shm_sent.fetch_add(f.len(), Ordering::Relaxed);
+        let p = Published {
+            path: f.path().display().to_string(),
+            bytes: f.len(),
+        };
+        lock(&self.published).insert(key.clone(), f);
+        Ok(p)
+    }
+
+    fn free(&self, keys: &[Key]) {
+        let mut published = lock(&self.published);
+        for k in keys {
+            self.store.remove(k);
+            published.remove(k);
+        }
+    }
+}
+
+/// The descriptor's single path element as a key.
+pub fn descriptor_key(d: &FlightDescriptor) -> Result<Key, Status> {
+    if d.r#type != arrow_flight::flight_descriptor::DescriptorType::Path as i32 || d.path.len() != 1
+    {
+        return Err(Status::invalid_argument(
+            "a key is named by a PATH descriptor with exactly one element",
+        ));
+    }
+    Key::new(&d.path[0])
+        .ok_or_else(|| Status::invalid_argument("the key in the descriptor is empty"))
+}
+
+/// A ticket's bytes as a key.
+pub fn ticket_key(t: &Ticket) -> Result<Key, Status> {
+    let s = std::str::from_utf8(&t.ticket)
+        .map_err(|_| Status::invalid_argument("a ticket must be a UTF-8 key"))?;
+    Key::new(s).ok_or_else(|| Status::invalid_argument("the ticket is empty"))
+}
+
+/// Flight info for a chunk held at `locations`.
+pub fn flight_info(key: &Key, c: &Chunk, locations: &[String]) -> Result<FlightInfo, Status> {
+    let endpoints = locations
+        .iter()
+        .map(|l| {
+            FlightEndpoint::new()
+                .with_ticket(Ticket::new(key.as_str().to_string()))
+                .with_location(format!("grpc://{l}"))
+        })
+        .collect::<Vec<_>>();
+    let mut info = FlightInfo::new()
+        .try_with_schema(c.schema_ref())
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_descriptor(FlightDescriptor::new_path(vec![key.to_string()]))
+        .with_total_records(c.num_rows() as i64)
+        .with_total_bytes(chunk::nbytes(c) as i64);
+    for e in endpoints {
+        info = info.with_endpoint(e);
+    }
+    Ok(info)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A worker's Flight service.
+#[derive(Clone)]
+pub struct WorkerService(pub Arc<WorkerCore>);
+
+fn json_result<T: serde::Serialize>(
+    v: &T,
+) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+    let body = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Box::pin(stream::iter([Ok(
+        arrow_flight::Result { body: body.into() },
+    )]))))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(action: &str, body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::invalid_argument(format!("bad JSON body for '{action}': {e}")))
+}
+
+#[tonic::async_trait]
+impl FlightService for WorkerService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Ok(Response::new(Box::pin(stream::empty())))
+    }
+
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let core = &self.0;
+        let infos: Vec<Result<FlightInfo, Status>> = core
+            .store
+            .keys()
+            .into_iter()
+            .filter_map(|k| {
+                core.store
+                    .get(&k)
+                    .map(|c| flight_info(&k, &c, std::slice::from_ref(&core.address)))
+            })
+            .collect();
+        Ok(Response::new(Box::pin(stream::iter(infos))))
+    }
+
+    async fn get_flight_info(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let key = descriptor_key(req.get_ref())?;
+        let c = self
+            .0
+            .store
+            .get(&key)
+            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+        Ok(Response::new(flight_info(
+            &key,
+            &c,
+            std::slice::from_ref(&self.0.address),
+        )?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "poll_flight_info: use get_flight_info",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        req: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let key = descriptor_key(req.get_ref())?;
+        let c = self
+            .0
+            .store
+            .get(&key)
+            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+        let opts = arrow::ipc::writer::IpcWriteOptions::default();
+        let r = SchemaResult::try_from(arrow_flight::SchemaAsIpc::new(c.schema_ref(), &opts))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(r))
+    }
+
+    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let key = ticket_key(req.get_ref())?;
+        let (c, file) = self
+            .0
+            .store
+            .get_with_file(&key)
+            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+        let msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
+        self.0
+            .routes
+            .flight_sent
+            .fetch_add(codec::body_bytes(&msgs), Ordering::Relaxed);
+        Ok(Response::new(Box::pin(stream::iter(
+            msgs.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn do_put(
+        &self,
+        req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
+        let key = match msgs.first().and_then(|m| m.flight_descriptor.as_ref()) {
+            Some(d) => descriptor_key(d)?,
+            None => {
+                return Err(Status::invalid_argument(
+                    "the first message of a DoPut must carry a descriptor",
+                ));
+            }
+        };
+        msgs[0].flight_descriptor = None;
+        let (c, _) = codec::decode_one(msgs, key.as_str()).map_err(Status::from)?;
+        let n = chunk::nbytes(&c);
+        self.0.store.put(key, c);
+        let body = serde_json::to_vec(&serde_json::json!({ "nbytes": n })).unwrap_or_default();
+        Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
+            app_metadata: body.into(),
+        })]))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented(
+            "do_exchange is not part of the Quiver protocol",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        req: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let Action { r#type, body } = req.into_inner();
+        let core = &self.0;
+        match r#type.as_str() {
+            "run" => {
+                let run: Run = parse(&r#type, &body)?;
+                for t in run.tasks {
+                    tokio::spawn(core.clone().run(t));
+                }
+                json_result(&serde_json::json!({}))
+            }
+            "free" => {
+                let free: Free = parse(&r#type, &body)?;
+                core.free(&free.keys);
+                json_result(&serde_json::json!({}))
+            }
+            "publish" => {
+                let p: Publish = parse(&r#type, &body)?;
+                let published = core.publish(&p.key).map_err(|e| match e {
+                    Error::Engine(quiver_engine::Error::KeyNotFound { .. }) => {
+                        Status::not_found(e.to_string())
+                    }
+                    Error::Protocol(_) => Status::failed_precondition(e.to_string()),
+                    other => Status::from(other),
+                })?;
+                json_result(&published)
+            }
+            "status" => json_result(&core.status()),
+            other => Err(Status::invalid_argument(format!(
+                "unknown action '{other}'; the worker's actions are: {}",
+                WORKER_ACTIONS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = WORKER_ACTIONS.iter().map(|(n, d)| {
+            Ok(ActionType {
+                r#type: n.to_string(),
+                description: d.to_string(),
+            })
+        });
+        Ok(Response::new(Box::pin(stream::iter(actions))))
+    }
+}
+
+/// Sends finished and failed tasks to the center in batches.
+async fn report_loop(center: FlightClient, worker: u32, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+    let mut center = center;
+    while let Some(first) = rx.recv().await {
+        let mut report = Report {
+            worker,
+            ..Default::default()
+        };
+        let mut add = |o: Outcome| match o {
+            Outcome::Finished(key, nbytes) => report.finished.push(Finished { key, nbytes }),
+            Outcome::Failed(key, error) => report.failed.push(Failed { key, error }),
+        };
+        add(first);
+        while let Ok(o) = rx.try_recv() {
+            add(o);
+        }
+        let body = match serde_json::to_vec(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a report: {e}");
+                continue;
+            }
+        };
+        // Reports are retried: a lost one would leave the center waiting forever.
+        for attempt in 0.. {
+            match net::action(&mut center, "report", body.clone()).await {
+                Ok(_) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::warn!("report to the center failed (retrying): {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::error!("dropping a report after 20 failures: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Connects to the center, retrying for up to `patience`.
+async fn connect_center(center: &str, patience: Duration) -> Result<FlightClient> {
+    let start = tokio::time::Instant::now();
+    loop {
+        match net::connect(center).await {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() >= patience => {
+                return Err(Error::Connect {
+                    address: center.to_string(),
+                    reason: format!("no center answered for {patience:?} ({e})"),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Runs a worker until `shutdown` resolves or the center goes away for good.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let (incoming, local) = net::bind(&config.host, config.port).await?;
+    let address = local.to_string();
+    let mut center = connect_center(&config.center, Duration::from_secs(10)).await?;
+    let host_id = config.host_id.clone().unwrap_or_else(default_host_id);
+    let reg = Register {
+        protocol_version: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        address: address.clone(),
+        host_id: host_id.clone(),
+        nthreads: config.nthreads.max(1),
+        memory_limit: config.memory_limit,
+    };
+    let registered: Registered = net::action_json(&mut center, "register", &reg).await?;
+    if registered.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "the center speaks protocol version {}, this worker speaks {PROTOCOL_VERSION}",
+            registered.protocol_version
+        )));
+    }
+    let worker = registered.worker;
+    tracing::info!(worker, %address, center = %config.center, "worker registered");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shm_dir = ["/dev/shm"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let core = Arc::new(WorkerCore {
+        id: AtomicU32::new(worker),
+        address: address.clone(),
+        host_id,
+        no_shm: config.no_shm,
+        store: Arc::new(ChunkStore::new(StoreConfig {
+            memory_limit: usize::try_from(config.memory_limit).unwrap_or(usize::MAX),
+            spill_dir: config
+                .spill_dir
+                .join(format!("worker-{worker}-{}", std::process::id())),
+        })),
+        executor: Executor::new(
+            &config.name,
+            config.nthreads,
+            Arc::new(OpRegistry::builtin()),
+        )?,
+        outcomes: tx,
+        routes: Routes::default(),
+        running: AtomicUsize::new(0),
+        peers: Mutex::default(),
+        published: Mutex::default(),
+        shm_dir,
+    });
+    tokio::spawn(report_loop(center.clone(), worker, rx));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let heartbeat = {
+        let (core, mut center, center_addr) = (core.clone(), center.clone(), config.center.clone());
+        async move {
+            let mut failures = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match net::action(
+                    &mut center,
+                    "heartbeat",
+                    serde_json::to_vec(&core.status()).unwrap_or_default(),
+                )
+                .await
+                {
+                    Ok(_) => failures = 0,
+                    Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
+                        return Err(Error::Protocol(format!(
+                            "the center at {center_addr} no longer knows this worker: {}",
+                            status.message()
+                        )));
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!("heartbeat to {center_addr} failed ({failures}/10): {e}");
+                        if failures >= 10 {
+                            return Err(Error::Connect {
+                                address: center_addr,
+                                reason: "the center stopped answering; the worker exits".into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let server = net::server()
+        .add_service(net::service(WorkerService(core.clone())))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.changed().await;
+        });
+    let result = tokio::select! {
+        r = server => r.map_err(|e| Error::Io { context: "worker server".into(), source: std::io::Error::other(e) }),
+        r = heartbeat => r,
+        () = shutdown => Ok(()),
+    };
+    let _ = stop_tx.send(true);
+    let keys = core.store.keys();
+    core.free(&keys);
+    let _ = std::fs::remove_dir_all(core.store.config().spill_dir.clone());
+    result
+}

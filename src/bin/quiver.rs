@@ -1,0 +1,381 @@
+//! The `quiver` command: `center`, `worker`, `local` and `status`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use quiver::flight::center::{self, CenterConfig};
+use quiver::flight::protocol::ClusterStatus;
+use quiver::flight::worker::{self, WorkerConfig};
+use quiver::flight::{client::RemoteBackend, net};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "A distributed dataflow engine for Arrow data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the scheduler.
+    Center {
+        /// Interface to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+    },
+    /// Run a worker that joins the center at CENTER (host:port).
+    Worker {
+        /// The center's host:port.
+        center: String,
+        /// Interface to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Task threads.
+        #[arg(long, default_value_t = 1)]
+        nthreads: usize,
+        /// Memory before spilling, e.g. 4GiB, 512MB, 1000000.
+        #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+        memory_limit: u64,
+        /// Where to spill.
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+        /// Human name (default: worker-PID).
+        #[arg(long)]
+        name: Option<String>,
+        /// Host identity; workers sharing it hand chunks over in shared memory.
+        #[arg(long)]
+        host_id: Option<String>,
+        /// Never use shared memory: peers on this host use Flight.
+        #[arg(long)]
+        no_shm: bool,
+    },
+    /// Start a center and W workers on this host; stop them all on Ctrl-C.
+    Local {
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// The center's port.
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// Memory limit per worker.
+        #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+        memory_limit: u64,
+        /// Threads per worker.
+        #[arg(long, default_value_t = 1)]
+        nthreads: usize,
+        /// Give workers distinct host ids so they use Flight, not shared memory.
+        #[arg(long)]
+        no_shm: bool,
+    },
+    /// Print the workers of the cluster at CENTER (host:port).
+    Status {
+        /// The center's host:port.
+        center: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses a size like `4GiB`, `512MB`, `64k` or `1000000` into bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4GiB, 512MB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The IO runtime: network work only (kernels run on the executor's threads),
+/// so a thread or two is plenty and fewer threads contend less on small machines.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
+fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_status(s: &ClusterStatus) {
+    println!(
+        "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11}",
+        "id",
+        "address",
+        "name",
+        "keys",
+        "memory",
+        "spilled",
+        "running",
+        "flight out",
+        "flight in",
+        "shm out",
+        "shm in"
+    );
+    for w in s.workers.iter().chain([&s.totals]) {
+        let r = &w.routes;
+        println!(
+            "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11}",
+            if w.name == "total" {
+                "".to_string()
+            } else {
+                w.id.to_string()
+            },
+            w.address,
+            w.name,
+            w.keys,
+            human(w.memory_bytes),
+            human(w.spilled_bytes),
+            w.running,
+            human(r.flight_sent),
+            human(r.flight_received),
+            human(r.shm_sent),
+            human(r.shm_received)
+        );
+    }
+    println!(
+        "{} workers, {} tasks known, {} finished",
+        s.workers.len(),
+        s.tasks,
+        s.tasks_finished
+    );
+}
+
+/// Starts `quiver local`'s children and waits for a stop signal.
+fn local(
+    workers: usize,
+    port: u16,
+    memory_limit: u64,
+    nthreads: usize,
+    no_shm: bool,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the quiver binary: {e}"))?;
+    let address = format!("127.0.0.1:{port}");
+    let mut children: Vec<Child> = Vec::new();
+    let kill_all = |children: &mut Vec<Child>| {
+        for c in children.iter_mut() {
+            let _ = c.kill();
+        }
+        for c in children.iter_mut() {
+            let _ = c.wait();
+        }
+    };
+    let center = Command::new(&exe)
+        .args(["center", "--port", &port.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the center: {e}"))?;
+    children.push(center);
+    let rt = runtime(1)?;
+    let up = rt.block_on(async {
+        for _ in 0..100 {
+            if net::connect(&address).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    if !up || children[0].try_wait().ok().flatten().is_some() {
+        kill_all(&mut children);
+        return Err(format!(
+            "the center did not start on {address} (is the port in use?)"
+        ));
+    }
+    for i in 0..workers {
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "worker",
+            &address,
+            "--name",
+            &format!("worker-{i}"),
+            "--nthreads",
+            &nthreads.to_string(),
+        ])
+        .args(["--memory-limit", &memory_limit.to_string()])
+        .stdin(Stdio::null());
+        if no_shm {
+            cmd.arg("--no-shm");
+        }
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                kill_all(&mut children);
+                return Err(format!("cannot start worker {i}: {e}"));
+            }
+        }
+    }
+    let joined = rt.block_on(async {
+        let Ok(mut c) = net::connect(&address).await else {
+            return 0;
+        };
+        for _ in 0..200 {
+            if let Ok(s) = net::action_json::<ClusterStatus>(&mut c, "cluster", &()).await {
+                if s.workers.len() >= workers {
+                    return s.workers.len();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        0
+    });
+    if joined < workers {
+        kill_all(&mut children);
+        return Err(format!("only {joined} of {workers} workers joined"));
+    }
+    println!("quiver cluster at {address} ({workers} workers); Ctrl-C stops it");
+    rt.block_on(stop_signal());
+    eprintln!("stopping {} processes", children.len());
+    kill_all(&mut children);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<(), String> = match cli.command {
+        Cmd::Center { host, port } => runtime(2).and_then(|rt| {
+            let config = CenterConfig {
+                host,
+                port,
+                ..Default::default()
+            };
+            rt.block_on(center::run(config, stop_signal(), |h| {
+                println!("quiver center listening on {}", h.address);
+            }))
+            .map_err(|e| e.to_string())
+        }),
+        Cmd::Worker {
+            center,
+            host,
+            port,
+            nthreads,
+            memory_limit,
+            spill_dir,
+            name,
+            host_id,
+            no_shm,
+        } => runtime(1).and_then(|rt| {
+            let config = WorkerConfig {
+                center,
+                host,
+                port,
+                nthreads,
+                memory_limit,
+                spill_dir: spill_dir.unwrap_or_else(|| std::env::temp_dir().join("quiver-spill")),
+                name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+                host_id,
+                no_shm,
+            };
+            rt.block_on(worker::run(config, stop_signal()))
+                .map_err(|e| e.to_string())
+        }),
+        Cmd::Local {
+            workers,
+            port,
+            memory_limit,
+            nthreads,
+            no_shm,
+        } => local(workers, port, memory_limit, nthreads, no_shm),
+        Cmd::Status { center, json } => (|| {
+            let backend = RemoteBackend::connect(&center).map_err(|e| e.to_string())?;
+            let s = backend.cluster().map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quiver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512_000_000));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("1.5 kib"), Ok(1536));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("4XB").is_err());
+    }
+}
