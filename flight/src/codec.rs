@@ -78,6 +78,8 @@ impl Decoder {
                     .clone()
                     .ok_or_else(|| Error::Protocol("dictionary before schema".into()))?;
                 let batch = message.header_as_dictionary_batch().expect("checked type");
+                let buffers = batch.data().and_then(|d| d.buffers()).into_iter().flatten();
+                check_bounds(buffers.map(|b| (b.offset(), b.length())), data.data_body.len())?;
                 arrow::ipc::reader::read_dictionary(
                     &Buffer::from(data.data_body.as_ref()),
                     batch,
@@ -93,17 +95,27 @@ impl Decoder {
                     .clone()
                     .ok_or_else(|| Error::Protocol("record batch before schema".into()))?;
                 let batch = message.header_as_record_batch().expect("checked type");
+                check_bounds(
+                    batch.buffers().iter().flatten().map(|b| (b.offset(), b.length())),
+                    data.data_body.len(),
+                )?;
                 self.received += data.data_body.len() as u64;
                 let decode = |buf: &Buffer| {
-                    RecordBatchDecoder::try_new(
-                        buf,
-                        batch,
-                        schema.clone(),
-                        &self.dictionaries,
-                        &message.version(),
-                    )?
-                    .with_require_alignment(true)
-                    .read_record_batch()
+                    // The reader panics on some malformed headers; they are errors here.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        RecordBatchDecoder::try_new(
+                            buf,
+                            batch,
+                            schema.clone(),
+                            &self.dictionaries,
+                            &message.version(),
+                        )?
+                        .with_require_alignment(true)
+                        .read_record_batch()
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(arrow::error::ArrowError::IpcError("malformed record batch".into()))
+                    })
                 };
                 match decode(&Buffer::from(data.data_body.clone())) {
                     Ok(chunk) => Ok(Some(chunk)),
@@ -118,6 +130,19 @@ impl Decoder {
             other => Err(Error::Protocol(format!("unexpected IPC message {other:?}"))),
         }
     }
+}
+
+/// Refuses a message whose buffers reach past its body (the IPC reader would panic).
+fn check_bounds(buffers: impl Iterator<Item = (i64, i64)>, body: usize) -> Result<()> {
+    for (offset, length) in buffers {
+        let end = u64::try_from(offset).ok().zip(u64::try_from(length).ok()).and_then(|(o, l)| o.checked_add(l));
+        if end.is_none_or(|e| e > body as u64) {
+            return Err(Error::Protocol(format!(
+                "corrupt IPC: a buffer at {offset}+{length} lies outside the {body}-byte body"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a whole stream that must hold exactly one chunk.

@@ -270,10 +270,9 @@ fn local(
             return 0;
         };
         for _ in 0..200 {
-            if let Ok(s) = net::action_json::<ClusterStatus>(&mut c, "cluster", &()).await {
-                if s.workers.len() >= workers {
-                    return s.workers.len();
-                }
+            let status = net::action_json::<ClusterStatus>(&mut c, "cluster", &()).await;
+            if let Some(s) = status.ok().filter(|s| s.workers.len() >= workers) {
+                return s.workers.len();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
