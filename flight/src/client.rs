@@ -74,7 +74,7 @@ impl RemoteBackend {
             })?;
         let mut center = rt.block_on(net::connect(address))?;
         // Check it is a Quiver center of our protocol before going on.
-        let status: ClusterStatus = rt.block_on(net::action_json(&mut center, "cluster", &()))?;
+        let status = rt.block_on(net::probe_center(&mut center, address))?;
         if status.protocol_version != PROTOCOL_VERSION {
             return Err(Error::Protocol(format!(
                 "the center at {address} speaks protocol version {}, this client speaks {PROTOCOL_VERSION}",

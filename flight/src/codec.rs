@@ -79,7 +79,10 @@ impl Decoder {
                     .ok_or_else(|| Error::Protocol("dictionary before schema".into()))?;
                 let batch = message.header_as_dictionary_batch().expect("checked type");
                 let buffers = batch.data().and_then(|d| d.buffers()).into_iter().flatten();
-                check_bounds(buffers.map(|b| (b.offset(), b.length())), data.data_body.len())?;
+                check_bounds(
+                    buffers.map(|b| (b.offset(), b.length())),
+                    data.data_body.len(),
+                )?;
                 arrow::ipc::reader::read_dictionary(
                     &Buffer::from(data.data_body.as_ref()),
                     batch,
@@ -96,7 +99,11 @@ impl Decoder {
                     .ok_or_else(|| Error::Protocol("record batch before schema".into()))?;
                 let batch = message.header_as_record_batch().expect("checked type");
                 check_bounds(
-                    batch.buffers().iter().flatten().map(|b| (b.offset(), b.length())),
+                    batch
+                        .buffers()
+                        .iter()
+                        .flatten()
+                        .map(|b| (b.offset(), b.length())),
                     data.data_body.len(),
                 )?;
                 self.received += data.data_body.len() as u64;
@@ -114,7 +121,9 @@ impl Decoder {
                         .read_record_batch()
                     }))
                     .unwrap_or_else(|_| {
-                        Err(arrow::error::ArrowError::IpcError("malformed record batch".into()))
+                        Err(arrow::error::ArrowError::IpcError(
+                            "malformed record batch".into(),
+                        ))
                     })
                 };
                 match decode(&Buffer::from(data.data_body.clone())) {
@@ -135,7 +144,10 @@ impl Decoder {
 /// Refuses a message whose buffers reach past its body (the IPC reader would panic).
 fn check_bounds(buffers: impl Iterator<Item = (i64, i64)>, body: usize) -> Result<()> {
     for (offset, length) in buffers {
-        let end = u64::try_from(offset).ok().zip(u64::try_from(length).ok()).and_then(|(o, l)| o.checked_add(l));
+        let end = u64::try_from(offset)
+            .ok()
+            .zip(u64::try_from(length).ok())
+            .and_then(|(o, l)| o.checked_add(l));
         if end.is_none_or(|e| e > body as u64) {
             return Err(Error::Protocol(format!(
                 "corrupt IPC: a buffer at {offset}+{length} lies outside the {body}-byte body"

@@ -98,22 +98,59 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
         .max_encoding_message_size(MAX_MESSAGE))
 }
 
+/// How long a control action may take before the peer is deemed unresponsive
+/// (a port that accepts connections but does not speak Flight never answers).
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Calls action `name` with a JSON body and returns the first result's body (empty if none).
 pub async fn action(client: &mut FlightClient, name: &str, body: Vec<u8>) -> Result<bytes::Bytes> {
+    action_within(client, name, body, ACTION_TIMEOUT).await
+}
+
+/// As [`action`], giving up after `timeout`.
+pub async fn action_within(
+    client: &mut FlightClient,
+    name: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<bytes::Bytes> {
     let req = Action {
         r#type: name.to_string(),
         body: body.into(),
     };
-    let mut stream = client
-        .do_action(req)
+    let call = async {
+        let mut stream = client
+            .do_action(req)
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?
+            .into_inner();
+        let first = stream
+            .try_next()
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?;
+        Ok(first.map(|r| r.body).unwrap_or_default())
+    };
+    tokio::time::timeout(timeout, call).await.map_err(|_| {
+        Error::Protocol(format!(
+            "no answer to action '{name}' within {:.0}s",
+            timeout.as_secs_f64()
+        ))
+    })?
+}
+
+/// Checks that a Quiver center answers at `address` within a few seconds.
+pub async fn probe_center(
+    client: &mut FlightClient,
+    address: &str,
+) -> Result<crate::protocol::ClusterStatus> {
+    let fail = |reason: String| Error::Connect {
+        address: address.to_string(),
+        reason,
+    };
+    let body = action_within(client, "cluster", b"null".to_vec(), Duration::from_secs(10))
         .await
-        .map_err(|s| Error::remote(format!("action {name}"), s))?
-        .into_inner();
-    let first = stream
-        .try_next()
-        .await
-        .map_err(|s| Error::remote(format!("action {name}"), s))?;
-    Ok(first.map(|r| r.body).unwrap_or_default())
+        .map_err(|e| fail(format!("not a Quiver center: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| fail(format!("not a Quiver center: {e}")))
 }
 
 /// Calls action `name` with a JSON-encoded body and decodes a JSON reply.

@@ -574,6 +574,7 @@ pub async fn run(
     let (incoming, local) = net::bind(&config.host, config.port).await?;
     let address = local.to_string();
     let mut center = connect_center(&config.center, Duration::from_secs(10)).await?;
+    net::probe_center(&mut center, &config.center).await?;
     let host_id = config.host_id.clone().unwrap_or_else(default_host_id);
     let reg = Register {
         protocol_version: PROTOCOL_VERSION,

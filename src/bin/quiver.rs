@@ -34,6 +34,12 @@ enum Cmd {
         /// Port to listen on.
         #[arg(long, default_value_t = 8787)]
         port: u16,
+        /// Seconds without a heartbeat before a worker is removed.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_timeout: u64,
+        /// Seconds of silence before a client session's keys are released.
+        #[arg(long, default_value_t = 60)]
+        session_timeout: u64,
     },
     /// Run a worker that joins the center at CENTER (host:port).
     Worker {
@@ -298,14 +304,22 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
-        Cmd::Center { host, port } => runtime(2).and_then(|rt| {
+        Cmd::Center {
+            host,
+            port,
+            heartbeat_timeout,
+            session_timeout,
+        } => runtime(2).and_then(|rt| {
             let config = CenterConfig {
                 host,
                 port,
-                ..Default::default()
+                heartbeat_timeout: Duration::from_secs(heartbeat_timeout),
+                session_timeout: Duration::from_secs(session_timeout),
             };
             rt.block_on(center::run(config, stop_signal(), |h| {
+                use std::io::Write;
                 println!("quiver center listening on {}", h.address);
+                let _ = std::io::stdout().flush();
             }))
             .map_err(|e| e.to_string())
         }),

@@ -1,0 +1,267 @@
+//! The cluster as real processes: `quiver center` and `quiver worker`s.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::Float64Array;
+use common::{TestCluster, quiver_bin};
+use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
+
+#[test]
+fn seed_runs_every_way_on_four_worker_processes_and_only_partials_move() {
+    let cluster = TestCluster::start(4, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let (n, m) = (40, 100_000);
+    let floor = seed::floor(2, n, m);
+    for name in seed::APPROACHES {
+        let total = seed::run(name, &client, n, m).unwrap();
+        assert!(
+            (total - floor).abs() < 1e-6 * floor,
+            "{name}: {total} vs {floor}"
+        );
+    }
+    // Each sum ran where its array was: what crossed between workers is partial
+    // sums, far less than a single array.
+    let moved: u64 = cluster
+        .worker_statuses()
+        .iter()
+        .map(|(_, s)| s.routes.flight_received + s.routes.shm_received)
+        .sum();
+    assert!(
+        moved < (m * 8) as u64 / 10,
+        "{moved} bytes moved between workers"
+    );
+    let status = cluster.status().unwrap();
+    assert_eq!(status.workers.len(), 4);
+    assert!(status.tasks_finished >= (5 * (2 * n + 1)) as u64);
+    // Intermediates and released results are gone from every worker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster
+        .worker_statuses()
+        .iter()
+        .any(|(_, s)| s.store.keys > 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "keys left behind: {:?}",
+            cluster.worker_statuses()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
+    let cluster = TestCluster::start(2, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let data = chunk::from_array(Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])));
+    let x = client
+        .scatter_as(Key::from("my-data"), data.clone())
+        .unwrap();
+    assert_eq!(x.get().unwrap(), data);
+    let mut g = Graph::new();
+    g.insert(
+        "doubled",
+        Task::new("mul").arg(Key::from("my-data")).arg(2.0),
+    );
+    g.insert("total", Task::new("sum").arg(Key::from("doubled")));
+    let out = client.get(&g, &["total".into()]).unwrap();
+    assert_eq!(chunk::to_f64(&out[0]).unwrap(), 20.0);
+    // Scattering a key twice is refused with a message.
+    let e = client
+        .scatter_as(Key::from("my-data"), data)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already exists"), "{e}");
+    // Errors come back with the task's own text.
+    let mut g = Graph::new();
+    g.insert(
+        "bad",
+        Task::new("div")
+            .arg(Key::from("my-data"))
+            .arg(Key::from("short")),
+    );
+    g.insert("short", Task::new("arange").arg(2));
+    let e = client.get(&g, &["bad".into()]).unwrap_err().to_string();
+    assert!(e.contains("bad") && e.contains("div"), "{e}");
+    let e = client
+        .get(&Graph::new(), &["nothing".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'nothing'"), "{e}");
+}
+
+/// Moves one array of `floats` between two workers with the given worker flags
+/// and checks the content; returns the route counters of the receiver.
+fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64) {
+    let cluster = TestCluster::start(2, worker_args);
+    let client = Client::connect(&cluster.address).unwrap();
+    // Two identical arrays land on the two workers (roots spread), so `sub`
+    // must bring one across; it is all zeros exactly when the bytes are intact.
+    let mut g = Graph::new();
+    g.insert("a", Task::new("random").arg(floats).kwarg("seed", 7));
+    g.insert("b", Task::new("random").arg(floats).kwarg("seed", 7));
+    g.insert(
+        "d",
+        Task::new("sub").arg(Key::from("a")).arg(Key::from("b")),
+    );
+    g.insert("absd", Task::new("abs").arg(Key::from("d")));
+    g.insert("zero", Task::new("max").arg(Key::from("absd")));
+    g.insert("sa", Task::new("sum").arg(Key::from("a")));
+    let out = client.get(&g, &["zero".into(), "sa".into()]).unwrap();
+    assert_eq!(
+        chunk::to_f64(&out[0]).unwrap(),
+        0.0,
+        "the moved array differs"
+    );
+    let sa = chunk::to_f64(&out[1]).unwrap();
+    assert!((sa / floats as f64 - 0.5).abs() < 0.01);
+    let s = cluster.worker_statuses();
+    let sum = |f: fn(&quiver::flight::protocol::RouteCounters) -> u64| {
+        s.iter().map(|(_, w)| f(&w.routes)).sum::<u64>()
+    };
+    (
+        sum(|r| r.flight_received),
+        sum(|r| r.shm_received),
+        sum(|r| r.flight_realigned),
+    )
+}
+
+#[test]
+fn a_gigabyte_moves_between_workers_by_flight_and_by_shared_memory() {
+    let floats = (1u64 << 30) / 8;
+    let bytes = floats * 8;
+    let (flight, shm, _) = move_array(&["--no-shm"], floats);
+    assert!(
+        flight >= bytes && flight < bytes + (1 << 20),
+        "flight route moved {flight}"
+    );
+    assert_eq!(shm, 0);
+    let (flight, shm, _) = move_array(&["--host-id", "same-host"], floats);
+    assert!(
+        shm >= bytes && shm < bytes + (1 << 20),
+        "shm route moved {shm}"
+    );
+    assert!(
+        flight < 1 << 20,
+        "only small partials over Flight, got {flight}"
+    );
+}
+
+#[test]
+fn a_client_that_vanishes_mid_run_leaves_the_cluster_healthy() {
+    let cluster = TestCluster::start_with(2, &["--session-timeout", "2"], &[]);
+    let seed_bin = std::path::Path::new(quiver_bin())
+        .parent()
+        .unwrap()
+        .join("examples/seed");
+    let mut child = Command::new(&seed_bin)
+        .args([
+            "--scheduler",
+            &cluster.address,
+            "--arrays",
+            "2000",
+            "--size",
+            "200000",
+            "--approach",
+            "pool",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", seed_bin.display()));
+    // Kill it once work is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status().unwrap().tasks_finished < 10 {
+        assert!(Instant::now() < deadline, "the client never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its session expires and everything it held is released.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.status().unwrap().tasks > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the vanished client's keys were never released"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the cluster still works, with every worker up.
+    let client = Client::connect(&cluster.address).unwrap();
+    let total = seed::run("graph", &client, 8, 1000).unwrap();
+    assert!((total - seed::floor(1, 8, 1000)).abs() < 1e-6);
+    assert_eq!(cluster.status().unwrap().workers.len(), 2);
+}
+
+#[test]
+fn bad_addresses_and_busy_ports_get_clear_errors() {
+    let out = Command::new(quiver_bin())
+        .args(["status", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+    let out = Command::new(quiver_bin())
+        .args(["status", "not an address"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = Command::new(quiver_bin())
+        .args(["center", "--port", &port])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("port is in use"), "{err}");
+    assert!(Client::connect(&format!("127.0.0.1:{port}")).is_err());
+}
+
+#[test]
+fn a_worker_whose_center_goes_away_exits_with_a_message() {
+    let mut cluster = TestCluster::start(1, &[]);
+    cluster.kill_center();
+    let start = Instant::now();
+    let worker = cluster.worker(0);
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "worker did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+
+    let out = Command::new(quiver_bin())
+        .args(["worker", "127.0.0.1:1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn the_pool_map_works_against_a_remote_center() {
+    let cluster = TestCluster::start(3, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let pool = client.pool();
+    let xs = pool
+        .map("arange", (1..=6).map(|n| Call::new().arg(n)))
+        .unwrap();
+    let sums = pool.map("sum", &xs).unwrap();
+    let totals: Vec<f64> = sums.iter().map(|s| s.get_f64().unwrap()).collect();
+    assert_eq!(totals, [0.0, 1.0, 3.0, 6.0, 10.0, 15.0]);
+    pool.delete(xs);
+}

@@ -1,0 +1,172 @@
+//! A cluster of real `quiver center` and `quiver worker` processes for tests,
+//! killed by pid when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver::flight::net;
+use quiver::flight::protocol::{ClusterStatus, WorkerStatus};
+
+/// The `quiver` binary under test.
+pub fn quiver_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_quiver")
+}
+
+/// A center and its workers, each a child process.
+pub struct TestCluster {
+    /// The center's `host:port`.
+    pub address: String,
+    center: Option<Child>,
+    workers: Vec<Option<Child>>,
+    rt: tokio::runtime::Runtime,
+    spill: tempfile::TempDir,
+}
+
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.env("RUST_LOG", "warn").stdin(Stdio::null())
+}
+
+impl TestCluster {
+    /// Starts a center with `center_args` and `n` workers with `worker_args`, and waits for them.
+    pub fn start(n: usize, worker_args: &[&str]) -> TestCluster {
+        Self::start_with(n, &[], worker_args)
+    }
+
+    /// As [`TestCluster::start`], with extra center arguments.
+    pub fn start_with(n: usize, center_args: &[&str], worker_args: &[&str]) -> TestCluster {
+        let mut center = quiet(
+            Command::new(quiver_bin())
+                .args(["center", "--port", "0"])
+                .args(center_args),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start quiver center");
+        let mut lines = BufReader::new(center.stdout.take().expect("stdout")).lines();
+        let line = lines
+            .next()
+            .expect("center printed nothing")
+            .expect("read center stdout");
+        let address = line.rsplit(' ').next().expect("address").to_string();
+        std::thread::spawn(move || lines.for_each(drop));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut c = TestCluster {
+            address,
+            center: Some(center),
+            workers: vec![],
+            rt,
+            spill: tempfile::tempdir().expect("spill dir"),
+        };
+        for _ in 0..n {
+            c.start_worker(worker_args);
+        }
+        assert!(
+            c.wait_workers(n, Duration::from_secs(30)),
+            "{n} workers did not join"
+        );
+        c
+    }
+
+    /// Starts one more worker; returns its index.
+    pub fn start_worker(&mut self, args: &[&str]) -> usize {
+        let i = self.workers.len();
+        let spill = self.spill.path().display().to_string();
+        let child = quiet(Command::new(quiver_bin()).args([
+            "worker",
+            &self.address,
+            "--name",
+            &format!("w{i}"),
+        ]))
+        .args(["--spill-dir", &spill])
+        .args(args)
+        .spawn()
+        .expect("start quiver worker");
+        self.workers.push(Some(child));
+        i
+    }
+
+    /// The worker process `i`.
+    pub fn worker(&mut self, i: usize) -> &mut Child {
+        self.workers[i].as_mut().expect("worker killed")
+    }
+
+    /// Kills worker `i` by pid.
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Some(mut w) = self.workers[i].take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    /// Kills the center by pid.
+    pub fn kill_center(&mut self) {
+        if let Some(mut c) = self.center.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until `n` workers have joined.
+    pub fn wait_workers(&self, n: usize, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.status().map(|s| s.workers.len() >= n).unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// The center's `cluster` reply.
+    pub fn status(&self) -> Option<ClusterStatus> {
+        self.rt.block_on(async {
+            let mut c = net::connect(&self.address).await.ok()?;
+            net::action_json(&mut c, "cluster", &()).await.ok()
+        })
+    }
+
+    /// Live figures of every worker, asked of the workers themselves.
+    pub fn worker_statuses(&self) -> Vec<(String, WorkerStatus)> {
+        let addresses: Vec<String> = self
+            .status()
+            .expect("status")
+            .workers
+            .into_iter()
+            .map(|w| w.address)
+            .collect();
+        self.rt.block_on(async {
+            let mut out = vec![];
+            for a in addresses {
+                let mut c = net::connect(&a).await.expect("connect worker");
+                out.push((
+                    a,
+                    net::action_json(&mut c, "status", &())
+                        .await
+                        .expect("worker status"),
+                ));
+            }
+            out
+        })
+    }
+
+    /// Runs a future on the fixture's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.workers.len() {
+            self.kill_worker(i);
+        }
+        self.kill_center();
+    }
+}
