@@ -323,17 +323,17 @@ impl CenterCore {
             ..Default::default()
         };
         for w in &workers {
-            t.nthreads += w.nthreads;
-            t.memory_limit += w.memory_limit;
-            t.keys += w.keys;
-            t.memory_bytes += w.memory_bytes;
-            t.spilled_bytes += w.spilled_bytes;
-            t.running += w.running;
-            t.routes.flight_sent += w.routes.flight_sent;
-            t.routes.flight_received += w.routes.flight_received;
-            t.routes.flight_realigned += w.routes.flight_realigned;
-            t.routes.shm_sent += w.routes.shm_sent;
-            t.routes.shm_received += w.routes.shm_received;
+            t.nthreads = t.nthreads.saturating_add(w.nthreads);
+            t.memory_limit = t.memory_limit.saturating_add(w.memory_limit);
+            t.keys = t.keys.saturating_add(w.keys);
+            t.memory_bytes = t.memory_bytes.saturating_add(w.memory_bytes);
+            t.spilled_bytes = t.spilled_bytes.saturating_add(w.spilled_bytes);
+            t.running = t.running.saturating_add(w.running);
+            t.routes.flight_sent = t.routes.flight_sent.saturating_add(w.routes.flight_sent);
+            t.routes.flight_received = t.routes.flight_received.saturating_add(w.routes.flight_received);
+            t.routes.flight_realigned = t.routes.flight_realigned.saturating_add(w.routes.flight_realigned);
+            t.routes.shm_sent = t.routes.shm_sent.saturating_add(w.routes.shm_sent);
+            t.routes.shm_received = t.routes.shm_received.saturating_add(w.routes.shm_received);
         }
         ClusterStatus {
             protocol_version: PROTOCOL_VERSION,

@@ -121,6 +121,16 @@ impl WorkerCore {
         }
     }
 
+    /// Where this worker listens.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Its host id.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
     /// The store (for tests and status).
     pub fn store(&self) -> &Arc<ChunkStore> {
         &self.store
@@ -136,8 +146,8 @@ impl WorkerCore {
         Ok((client, sem))
     }
 
-    /// Gets an input held by a peer: shared memory on the same host, Flight otherwise.
-    async fn fetch(&self, key: &Key, holders: &[Holder], nbytes: u64) -> Result<Chunk> {
+    /// Gets a chunk held by a peer: shared memory on the same host, Flight otherwise.
+    pub async fn fetch(&self, key: &Key, holders: &[Holder], nbytes: u64) -> Result<Chunk> {
         let mut last = None;
         let mut order: Vec<&Holder> = holders.iter().collect();
         order.sort_by_key(|h| h.host_id != self.host_id);
@@ -567,9 +577,11 @@ async fn connect_center(center: &str, patience: Duration) -> Result<FlightClient
 }
 
 /// Runs a worker until `shutdown` resolves or the center goes away for good.
+/// `ready` gets the worker's core once it has registered (tests and benches use it).
 pub async fn run(
     config: WorkerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    ready: impl FnOnce(Arc<WorkerCore>),
 ) -> Result<()> {
     let (incoming, local) = net::bind(&config.host, config.port).await?;
     let address = local.to_string();
@@ -623,6 +635,7 @@ pub async fn run(
         shm_dir,
     });
     tokio::spawn(report_loop(center.clone(), worker, rx));
+    ready(core.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let heartbeat = {
         let (core, mut center, center_addr) = (core.clone(), center.clone(), config.center.clone());
