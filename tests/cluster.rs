@@ -265,3 +265,45 @@ fn the_pool_map_works_against_a_remote_center() {
     assert_eq!(totals, [0.0, 1.0, 3.0, 6.0, 10.0, 15.0]);
     pool.delete(xs);
 }
+
+#[test]
+fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut local = Command::new(quiver_bin())
+        .args(["local", "--workers", "2", "--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(local.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    let address = format!("127.0.0.1:{port}");
+    assert!(
+        line.starts_with("quiver cluster at") && line.contains(&address),
+        "{line}"
+    );
+    let client = Client::connect(&address).unwrap();
+    assert_eq!(
+        seed::run("delayed", &client, 4, 100).unwrap(),
+        seed::floor(1, 4, 100)
+    );
+    drop(client);
+    let ok = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(local.wait().unwrap().success());
+    // The center (and with it the cluster) is gone.
+    let out = Command::new(quiver_bin())
+        .args(["status", &address])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -330,8 +330,14 @@ impl CenterCore {
             t.spilled_bytes = t.spilled_bytes.saturating_add(w.spilled_bytes);
             t.running = t.running.saturating_add(w.running);
             t.routes.flight_sent = t.routes.flight_sent.saturating_add(w.routes.flight_sent);
-            t.routes.flight_received = t.routes.flight_received.saturating_add(w.routes.flight_received);
-            t.routes.flight_realigned = t.routes.flight_realigned.saturating_add(w.routes.flight_realigned);
+            t.routes.flight_received = t
+                .routes
+                .flight_received
+                .saturating_add(w.routes.flight_received);
+            t.routes.flight_realigned = t
+                .routes
+                .flight_realigned
+                .saturating_add(w.routes.flight_realigned);
             t.routes.shm_sent = t.routes.shm_sent.saturating_add(w.routes.shm_sent);
             t.routes.shm_received = t.routes.shm_received.saturating_add(w.routes.shm_received);
         }

@@ -22,12 +22,23 @@ impl Fixture {
     async fn new() -> Fixture {
         let (tx, rx) = oneshot::channel();
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = CenterConfig { port: 0, ..Default::default() };
-        tokio::spawn(center::run(config, async move { drop(stopped.await) }, move |h| {
-            let _ = tx.send(h.address.to_string());
-        }));
+        let config = CenterConfig {
+            port: 0,
+            ..Default::default()
+        };
+        tokio::spawn(center::run(
+            config,
+            async move { drop(stopped.await) },
+            move |h| {
+                let _ = tx.send(h.address.to_string());
+            },
+        ));
         let center = rx.await.expect("center started");
-        Fixture { center, stops: vec![stop], dir: tempfile::tempdir().expect("dir") }
+        Fixture {
+            center,
+            stops: vec![stop],
+            dir: tempfile::tempdir().expect("dir"),
+        }
     }
 
     async fn worker(&mut self, host_id: &str, no_shm: bool, memory_limit: u64) -> Arc<WorkerCore> {
@@ -44,16 +55,25 @@ impl Fixture {
             host_id: Some(host_id.into()),
             no_shm,
         };
-        tokio::spawn(worker::run(config, async move { drop(stopped.await) }, move |c| {
-            let _ = tx.send(c);
-        }));
+        tokio::spawn(worker::run(
+            config,
+            async move { drop(stopped.await) },
+            move |c| {
+                let _ = tx.send(c);
+            },
+        ));
         self.stops.push(stop);
-        tokio::time::timeout(Duration::from_secs(10), rx).await.expect("worker joined").expect("core")
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("worker joined")
+            .expect("core")
     }
 }
 
 fn floats(n: usize) -> Chunk {
-    chunk::from_array(Arc::new(Float64Array::from((0..n).map(|i| i as f64).collect::<Vec<_>>())))
+    chunk::from_array(Arc::new(Float64Array::from(
+        (0..n).map(|i| i as f64).collect::<Vec<_>>(),
+    )))
 }
 
 fn ptr(c: &Chunk) -> usize {
@@ -66,13 +86,21 @@ fn mapping_of(addr: usize) -> Option<String> {
     maps.lines().find_map(|l| {
         let mut parts = l.split_whitespace();
         let (lo, hi) = parts.next()?.split_once('-')?;
-        let (lo, hi) = (usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?);
-        (lo..hi).contains(&addr).then(|| parts.nth(4).unwrap_or("").to_string())
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).ok()?,
+            usize::from_str_radix(hi, 16).ok()?,
+        );
+        (lo..hi)
+            .contains(&addr)
+            .then(|| parts.nth(4).unwrap_or("").to_string())
     })
 }
 
 fn holder(c: &WorkerCore) -> Vec<Holder> {
-    vec![Holder { address: c.address().to_string(), host_id: c.host_id().to_string() }]
+    vec![Holder {
+        address: c.address().to_string(),
+        host_id: c.host_id().to_string(),
+    }]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,9 +115,15 @@ async fn same_host_peers_share_memory_and_the_receiver_reads_the_map() {
     assert_eq!(got, data);
     let p = ptr(&got);
     let file = mapping_of(p).unwrap_or_default();
-    assert!(file.contains("quiver-") && file.ends_with(".arrow"), "buffer {p:#x} is in '{file}', not a shared map");
+    assert!(
+        file.contains("quiver-") && file.ends_with(".arrow"),
+        "buffer {p:#x} is in '{file}', not a shared map"
+    );
     let (sa, sb) = (a.status().routes, b.status().routes);
-    assert!(sa.shm_sent >= 8 << 20 && sb.shm_received == sa.shm_sent, "{sa:?} {sb:?}");
+    assert!(
+        sa.shm_sent >= 8 << 20 && sb.shm_received == sa.shm_sent,
+        "{sa:?} {sb:?}"
+    );
     assert_eq!(sb.flight_received, 0);
     // Published once: a second fetch maps the same file, nothing is written again.
     let again = b.fetch(&key, &holder(&a), 8 << 20).await.unwrap();
@@ -114,7 +148,10 @@ async fn other_hosts_use_flight_and_every_copy_is_counted() {
         assert_eq!(r.shm_received, 0);
         assert_eq!(r.flight_received, 8 << 20);
         // The body is used in place when it lands aligned; otherwise exactly one copy.
-        assert!(r.flight_realigned == 0 || r.flight_realigned == r.flight_received, "{r:?}");
+        assert!(
+            r.flight_realigned == 0 || r.flight_realigned == r.flight_received,
+            "{r:?}"
+        );
     }
     assert_eq!(a.status().routes.flight_sent, 2 * (8 << 20));
 }
@@ -138,9 +175,20 @@ async fn a_missing_key_or_a_dead_peer_is_an_error_naming_it() {
     let mut f = Fixture::new().await;
     let a = f.worker("host-1", false, u64::MAX).await;
     let b = f.worker("host-2", false, u64::MAX).await;
-    let e = b.fetch(&Key::from("nope"), &holder(&a), 8).await.unwrap_err().to_string();
+    let e = b
+        .fetch(&Key::from("nope"), &holder(&a), 8)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nope"), "{e}");
-    let dead = vec![Holder { address: "127.0.0.1:1".into(), host_id: "x".into() }];
-    let e = b.fetch(&Key::from("k"), &dead, 8).await.unwrap_err().to_string();
+    let dead = vec![Holder {
+        address: "127.0.0.1:1".into(),
+        host_id: "x".into(),
+    }];
+    let e = b
+        .fetch(&Key::from("k"), &dead, 8)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("127.0.0.1:1"), "{e}");
 }

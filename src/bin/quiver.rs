@@ -123,19 +123,32 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-async fn stop_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called (inside a runtime), not when first polled, so no signal slips by.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The IO runtime: network work only (kernels run on the executor's threads),
@@ -229,6 +242,7 @@ fn local(
     let center = Command::new(&exe)
         .args(["center", "--port", &port.to_string()])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the center: {e}"))?;
     children.push(center);
@@ -288,8 +302,14 @@ fn local(
         kill_all(&mut children);
         return Err(format!("only {joined} of {workers} workers joined"));
     }
+    // Listen for the stop signal before announcing the cluster, so a signal sent
+    // as soon as the address is known still stops every child.
+    let stop = {
+        let _guard = rt.enter();
+        stop_signal()
+    };
     println!("quiver cluster at {address} ({workers} workers); Ctrl-C stops it");
-    rt.block_on(stop_signal());
+    rt.block_on(stop);
     eprintln!("stopping {} processes", children.len());
     kill_all(&mut children);
     Ok(())
@@ -316,7 +336,11 @@ fn main() -> ExitCode {
                 heartbeat_timeout: Duration::from_secs(heartbeat_timeout),
                 session_timeout: Duration::from_secs(session_timeout),
             };
-            rt.block_on(center::run(config, stop_signal(), |h| {
+            let stop = {
+                let _guard = rt.enter();
+                stop_signal()
+            };
+            rt.block_on(center::run(config, stop, |h| {
                 use std::io::Write;
                 println!("quiver center listening on {}", h.address);
                 let _ = std::io::stdout().flush();
@@ -345,7 +369,11 @@ fn main() -> ExitCode {
                 host_id,
                 no_shm,
             };
-            rt.block_on(worker::run(config, stop_signal()))
+            let stop = {
+                let _guard = rt.enter();
+                stop_signal()
+            };
+            rt.block_on(worker::run(config, stop, drop))
                 .map_err(|e| e.to_string())
         }),
         Cmd::Local {

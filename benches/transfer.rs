@@ -1,0 +1,213 @@
+//! Worker→worker transfer throughput on this host, by route, against the raw
+//! loopback TCP ceiling measured in the same run. Prints a table and writes
+//! JSON (default `target/transfer.json`).
+//!
+//! `cargo bench --bench transfer [-- --quick] [--json FILE]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::Float64Array;
+use quiver::engine::ops::uniform_vec;
+use quiver::flight::center::{self, CenterConfig};
+use quiver::flight::protocol::Holder;
+use quiver::flight::worker::{self, WorkerConfig, WorkerCore};
+use quiver::{Key, chunk};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const MB: usize = 1 << 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Loopback TCP: one stream, 1 MiB writes, the receiver reading into one buffer.
+async fn tcp_ceiling(bytes: usize) -> f64 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = vec![0u8; 4 * MB];
+        let mut got = 0;
+        while got < bytes {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let block = vec![7u8; MB];
+    let start = Instant::now();
+    for _ in 0..bytes / MB {
+        s.write_all(&block).await.expect("write");
+    }
+    reader.await.expect("reader");
+    bytes as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn start_worker(
+    center: &str,
+    host_id: &str,
+    dir: &std::path::Path,
+) -> (Arc<WorkerCore>, oneshot::Sender<()>) {
+    let (tx, rx) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = WorkerConfig {
+        center: center.to_string(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        nthreads: 1,
+        memory_limit: u64::MAX,
+        spill_dir: dir.to_path_buf(),
+        name: host_id.into(),
+        host_id: Some(host_id.into()),
+        no_shm: false,
+    };
+    tokio::spawn(worker::run(
+        config,
+        async move { drop(stopped.await) },
+        move |c| {
+            let _ = tx.send(c);
+        },
+    ));
+    (
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("join")
+            .expect("core"),
+        stop,
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json_path = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "target/transfer.json".into());
+    let sizes: Vec<usize> = if quick {
+        vec![8 * MB]
+    } else {
+        vec![8 * MB, 32 * MB, 100 * MB, 256 * MB]
+    };
+    let reps = if quick { 2 } else { 5 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let rows = rt.block_on(async {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(center::run(
+            CenterConfig {
+                port: 0,
+                ..Default::default()
+            },
+            std::future::pending(),
+            move |h| {
+                let _ = tx.send(h.address.to_string());
+            },
+        ));
+        let center = rx.await.expect("center");
+        let (a, _sa) = start_worker(&center, "host-a", dir.path()).await;
+        let (b, _sb) = start_worker(&center, "host-b", dir.path()).await;
+        let (c, _sc) = start_worker(&center, "host-a", dir.path()).await;
+        let mut rows = Vec::new();
+        for &size in &sizes {
+            let ceiling = median(futures_lite_join(reps, || tcp_ceiling(size.max(64 * MB))).await);
+            let mut flight = Vec::new();
+            let mut shm_first = Vec::new();
+            let mut shm_mapped = Vec::new();
+            for r in 0..reps {
+                let key = Key::from(format!("c-{size}-{r}").as_str());
+                let data = chunk::from_array(Arc::new(Float64Array::from(uniform_vec(
+                    size / 8,
+                    r as u64,
+                ))));
+                a.store().put(key.clone(), data);
+                let from_a = vec![Holder {
+                    address: a.address().into(),
+                    host_id: "host-a".into(),
+                }];
+                let t = Instant::now();
+                drop(
+                    b.fetch(&key, &from_a, size as u64)
+                        .await
+                        .expect("flight fetch"),
+                );
+                flight.push(size as f64 / t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                drop(
+                    c.fetch(&key, &from_a, size as u64)
+                        .await
+                        .expect("shm fetch"),
+                );
+                shm_first.push(size as f64 / t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                drop(
+                    c.fetch(&key, &from_a, size as u64)
+                        .await
+                        .expect("shm fetch"),
+                );
+                shm_mapped.push(size as f64 / t.elapsed().as_secs_f64());
+                a.store().remove(&key);
+            }
+            for (route, v) in [
+                ("flight", flight),
+                ("shm-first", shm_first),
+                ("shm-published", shm_mapped),
+            ] {
+                rows.push((route, size, median(v), ceiling));
+            }
+        }
+        rows
+    });
+    println!(
+        "{:<15} {:>10} {:>12} {:>16} {:>10}",
+        "route", "chunk", "GB/s", "tcp ceiling GB/s", "fraction"
+    );
+    let mut json = Vec::new();
+    for (route, size, bps, ceiling) in &rows {
+        println!(
+            "{route:<15} {:>8}MB {:>12.2} {:>16.2} {:>10.2}",
+            size / MB,
+            bps / 1e9,
+            ceiling / 1e9,
+            bps / ceiling
+        );
+        json.push(serde_json::json!({"scenario": "pairwise", "route": route, "chunk_bytes": size,
+            "bytes_per_sec": bps, "ceiling_bytes_per_sec": ceiling, "fraction_of_ceiling": bps / ceiling}));
+    }
+    if let Err(e) = std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&json).expect("json"),
+    ) {
+        eprintln!("cannot write {json_path}: {e}");
+    }
+}
+
+/// Runs `f` `n` times in sequence and collects the results.
+async fn futures_lite_join<F, Fut>(n: usize, f: F) -> Vec<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(f().await);
+    }
+    v
+}
