@@ -227,6 +227,7 @@ impl Embedded {
                 key,
                 task,
                 inputs,
+                attempt,
             } => {
                 let stores: Vec<(Key, Arc<ChunkStore>)> = inputs
                     .into_iter()
@@ -262,6 +263,7 @@ impl Embedded {
                                 worker,
                                 key,
                                 error: e.to_string(),
+                                attempt,
                             },
                         };
                         drop(stores);

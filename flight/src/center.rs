@@ -125,6 +125,7 @@ impl CenterCore {
                 key,
                 task,
                 inputs,
+                attempt,
             } => {
                 let inputs = inputs
                     .into_iter()
@@ -146,6 +147,7 @@ impl CenterCore {
                         key,
                         task: (*task).clone(),
                         inputs,
+                        attempt,
                     }));
                 }
             }
@@ -695,6 +697,7 @@ impl FlightService for CenterService {
                             worker,
                             key: f.key,
                             error: f.error,
+                            attempt: f.attempt,
                         },
                     );
                 }

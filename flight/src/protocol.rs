@@ -138,6 +138,9 @@ pub struct Failed {
     pub key: Key,
     /// The task's error.
     pub error: String,
+    /// The `attempt` of the run that failed (from [`RunTask`]).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// `report` body.
@@ -171,6 +174,9 @@ pub struct RunTask {
     pub task: Task,
     /// Each input, where it lives, and its size in bytes.
     pub inputs: Vec<(Key, Vec<Holder>, u64)>,
+    /// Which run of this task this is; echoed back if it fails.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// `run` body.

@@ -80,7 +80,7 @@ struct Routes {
 
 enum Outcome {
     Finished(Key, u64),
-    Failed(Key, String),
+    Failed(Key, String, u32),
 }
 
 /// A worker's state shared by its service and its tasks.
@@ -211,7 +211,7 @@ impl WorkerCore {
                 Err(e) => {
                     self.running.fetch_sub(1, Ordering::Relaxed);
                     let msg = format!("could not fetch input '{k}': {e}");
-                    let _ = self.outcomes.send(Outcome::Failed(t.key, msg));
+                    let _ = self.outcomes.send(Outcome::Failed(t.key, msg, t.attempt));
                     return;
                 }
             }
@@ -231,7 +231,7 @@ impl WorkerCore {
                     this.store.put(t.key.clone(), c);
                     Outcome::Finished(t.key, n)
                 }
-                Err(e) => Outcome::Failed(t.key, e.to_string()),
+                Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt),
             };
             this.running.fetch_sub(1, Ordering::Relaxed);
             let _ = this.outcomes.send(outcome);
@@ -529,7 +529,11 @@ async fn report_loop(center: FlightClient, worker: u32, mut rx: mpsc::UnboundedR
         };
         let mut add = |o: Outcome| match o {
             Outcome::Finished(key, nbytes) => report.finished.push(Finished { key, nbytes }),
-            Outcome::Failed(key, error) => report.failed.push(Failed { key, error }),
+            Outcome::Failed(key, error, attempt) => report.failed.push(Failed {
+                key,
+                error,
+                attempt,
+            }),
         };
         add(first);
         while let Ok(o) = rx.try_recv() {

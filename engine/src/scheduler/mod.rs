@@ -128,6 +128,9 @@ pub enum Event {
         key: Key,
         /// The task's own error text.
         error: String,
+        /// The `attempt` of the run that failed: a failure of an earlier, stale
+        /// run (e.g. one whose input died with its worker) is ignored.
+        attempt: u32,
     },
 }
 
@@ -145,6 +148,8 @@ pub enum Command {
         task: Arc<Task>,
         /// Each input key and its holders.
         inputs: Vec<(Key, Vec<WorkerId>)>,
+        /// How many times this task was sent to run before (0 the first time).
+        attempt: u32,
     },
     /// Drop these keys from a worker's store.
     Free {

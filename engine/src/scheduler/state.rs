@@ -55,6 +55,8 @@ struct TaskState {
     nbytes: u64,
     priority: Priority,
     error: Option<Arc<str>>,
+    /// Runs sent so far; the current run is `attempts - 1`.
+    attempts: u32,
 }
 
 impl TaskState {
@@ -183,11 +185,17 @@ impl Scheduler {
                 key,
                 nbytes,
             } => self.finished(worker, key, nbytes, out),
-            Event::TaskFailed { worker, key, error } => {
+            Event::TaskFailed {
+                worker,
+                key,
+                error,
+                attempt,
+            } => {
                 let Some(&id) = self.index.get(&key) else {
                     return Ok(());
                 };
-                if self.tasks[&id].state == State::Processing(worker) {
+                let t = &self.tasks[&id];
+                if t.state == State::Processing(worker) && t.attempts == attempt + 1 {
                     self.unassign(id, worker);
                     self.err(id, Arc::from(error), out);
                     self.fill(worker, out);
@@ -210,10 +218,11 @@ impl Scheduler {
         }
     }
 
-    /// The worker `key` is running on, if it is running.
-    pub fn processing_on(&self, key: &Key) -> Option<WorkerId> {
-        match self.tasks[self.index.get(key)?].state {
-            State::Processing(w) => Some(w),
+    /// The worker `key` is running on and the attempt number of that run, if it is running.
+    pub fn processing_on(&self, key: &Key) -> Option<(WorkerId, u32)> {
+        let t = &self.tasks[self.index.get(key)?];
+        match t.state {
+            State::Processing(w) => Some((w, t.attempts - 1)),
             _ => None,
         }
     }
@@ -331,6 +340,7 @@ impl Scheduler {
                     nbytes: 0,
                     priority: (root, generation, pos as u64),
                     error: None,
+                    attempts: 0,
                 },
             );
         }
@@ -393,6 +403,7 @@ impl Scheduler {
                 nbytes,
                 priority: (true, self.generation, 0),
                 error: None,
+                attempts: 0,
             },
         );
         self.transitions += 1;
@@ -592,6 +603,8 @@ impl Scheduler {
             .expect("live worker")
             .processing
             .insert(id);
+        let t = self.tasks.get_mut(&id).expect("live task");
+        t.attempts += 1;
         let t = &self.tasks[&id];
         let inputs = t
             .deps
@@ -606,6 +619,7 @@ impl Scheduler {
             key: t.key.clone(),
             task: t.task.clone().expect("only tasks with lineage run"),
             inputs,
+            attempt: t.attempts - 1,
         });
     }
 

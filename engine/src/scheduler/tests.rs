@@ -13,7 +13,7 @@ use crate::graph::{Arg, Graph, Submission, Task};
 use crate::ops::OpRegistry;
 
 /// A run the fake driver has been told to carry out.
-type Run = (WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>);
+type Run = (WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>, u32);
 
 /// Simulated workers: each store maps key → value; tasks are `literal` or `sum`.
 struct Env {
@@ -73,10 +73,11 @@ impl Env {
                     key,
                     task,
                     inputs,
+                    attempt,
                 } => {
                     assert!(self.stores.contains_key(&worker), "run on unknown worker");
                     self.runs.push((worker, key.clone()));
-                    self.running.push((worker, key, task, inputs));
+                    self.running.push((worker, key, task, inputs, attempt));
                 }
                 Command::Free { worker, keys } => {
                     for k in keys {
@@ -107,7 +108,7 @@ impl Env {
 
     /// Finishes the `i`-th running task, computing its value from its inputs.
     fn finish(&mut self, i: usize) {
-        let (worker, key, task, inputs) = self.running.remove(i);
+        let (worker, key, task, inputs, attempt) = self.running.remove(i);
         if !self.stores.contains_key(&worker) {
             return;
         }
@@ -122,8 +123,13 @@ impl Env {
             },
             "fail" => {
                 let error = "boom".to_string();
-                self.event(Event::TaskFailed { worker, key, error })
-                    .unwrap();
+                self.event(Event::TaskFailed {
+                    worker,
+                    key,
+                    error,
+                    attempt,
+                })
+                .unwrap();
                 return;
             }
             _ => {
@@ -131,12 +137,20 @@ impl Env {
                 for (k, holders) in &inputs {
                     let Some(v) = value(k, holders, &self.stores) else {
                         // A run made stale by a worker's death may find its inputs gone;
-                        // a current one never does.
+                        // a current one never does. The stale run's failure is ignored.
                         assert_ne!(
                             self.s.processing_on(&key),
-                            Some(worker),
+                            Some((worker, attempt)),
                             "{key}: {k} not where the scheduler said"
                         );
+                        let error = format!("input {k} unavailable");
+                        self.event(Event::TaskFailed {
+                            worker,
+                            key,
+                            error,
+                            attempt,
+                        })
+                        .unwrap();
                         return;
                     };
                     total += v;
@@ -404,7 +418,7 @@ fn sequential(deps: &[Vec<usize>], i: usize, memo: &mut FxHashMap<usize, f64>) -
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
     #[test]
     fn random_graphs_match_sequential_evaluation_and_free_everything(
         (deps, wanted) in dag(),
