@@ -13,6 +13,9 @@ use crate::graph::{Node, Submission, Task};
 use crate::key::Key;
 use crate::ops::OpRegistry;
 
+mod check;
+mod query;
+
 type TaskId = u64;
 /// (has no inputs, submission generation, depth-first position): lower runs first.
 /// Tasks that consume data go before tasks that only make it, across submissions
@@ -203,73 +206,6 @@ impl Scheduler {
             }
         }
         Ok(())
-    }
-
-    /// Where `key` stands.
-    pub fn status(&self, key: &Key) -> KeyStatus {
-        let Some(t) = self.index.get(key).map(|id| &self.tasks[id]) else {
-            return KeyStatus::Unknown;
-        };
-        match t.state {
-            State::Memory => KeyStatus::Memory(t.who_has.clone()),
-            State::Erred => KeyStatus::Erred(t.error.as_deref().unwrap_or("failed").to_string()),
-            State::Released if !t.needed() => KeyStatus::Unknown,
-            _ => KeyStatus::Pending,
-        }
-    }
-
-    /// The worker `key` is running on and the attempt number of that run, if it is running.
-    pub fn processing_on(&self, key: &Key) -> Option<(WorkerId, u32)> {
-        let t = &self.tasks[self.index.get(key)?];
-        match t.state {
-            State::Processing(w) => Some((w, t.attempts - 1)),
-            _ => None,
-        }
-    }
-
-    /// Size in bytes of a key in memory.
-    pub fn nbytes(&self, key: &Key) -> Option<u64> {
-        let t = &self.tasks[self.index.get(key)?];
-        (t.state == State::Memory).then_some(t.nbytes)
-    }
-
-    /// Every key in memory with its size and holders.
-    pub fn keys_in_memory(&self) -> Vec<(Key, u64, Vec<WorkerId>)> {
-        let mut v: Vec<_> = self
-            .tasks
-            .values()
-            .filter(|t| t.state == State::Memory)
-            .map(|t| (t.key.clone(), t.nbytes, t.who_has.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// Tasks known (including lineage kept for recompute).
-    pub fn num_tasks(&self) -> usize {
-        self.tasks.len()
-    }
-
-    /// State transitions made so far (for throughput figures).
-    pub fn transitions(&self) -> u64 {
-        self.transitions
-    }
-
-    /// The workers and their descriptions.
-    pub fn workers(&self) -> impl Iterator<Item = (WorkerId, &WorkerInfo)> {
-        self.workers.iter().map(|(id, w)| (*id, &w.info))
-    }
-
-    /// Tasks running or queued on each worker.
-    pub fn worker_load(&self, worker: WorkerId) -> Option<(usize, usize)> {
-        self.workers
-            .get(&worker)
-            .map(|w| (w.processing.len(), w.queue.len()))
-    }
-
-    /// The op registry graphs are checked against.
-    pub fn ops(&self) -> &Arc<OpRegistry> {
-        &self.ops
     }
 
     fn set(&mut self, id: TaskId, s: State) {
@@ -859,85 +795,6 @@ impl Scheduler {
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for w in ids {
             self.fill(w, out);
-        }
-    }
-
-    /// Checks every invariant of the tables; panics with the first broken one.
-    /// Tests call it after every event.
-    pub fn sanity_check(&self) {
-        for (key, id) in &self.index {
-            assert_eq!(&self.tasks[id].key, key, "index points at the wrong task");
-        }
-        assert_eq!(self.index.len(), self.tasks.len(), "index and tasks differ");
-        for (id, t) in &self.tasks {
-            let k = &t.key;
-            let waiting_dependents = t
-                .dependents
-                .iter()
-                .filter_map(|u| self.tasks.get(u))
-                .filter(|u| u.pending())
-                .count() as u32;
-            assert_eq!(t.waiters, waiting_dependents, "{k}: waiters");
-            let live = t
-                .dependents
-                .iter()
-                .filter(|u| self.tasks.contains_key(u))
-                .count() as u32;
-            assert_eq!(t.live_dependents, live, "{k}: live dependents");
-            let held: u32 = self.clients.values().filter_map(|c| c.get(id)).sum();
-            assert_eq!(t.holds, held, "{k}: holds");
-            let in_memory = |d: &TaskId| self.tasks[d].state == State::Memory;
-            match t.state {
-                State::Memory => {
-                    assert!(!t.who_has.is_empty(), "{k}: in memory nowhere");
-                    assert!(t.needed(), "{k}: in memory but not needed (leak)");
-                    for w in &t.who_has {
-                        assert!(self.workers[w].has.contains(id), "{k}: worker {w} lacks it");
-                    }
-                }
-                _ => assert!(t.who_has.is_empty(), "{k}: holders while {:?}", t.state),
-            }
-            match t.state {
-                State::Waiting => {
-                    let missing = t.deps.iter().filter(|d| !in_memory(d)).count() as u32;
-                    assert_eq!(t.missing, missing, "{k}: missing");
-                    assert!(missing > 0, "{k}: waiting on nothing");
-                }
-                State::Ready(on) => {
-                    assert!(t.deps.iter().all(in_memory), "{k}: ready without inputs");
-                    if let Some(w) = on {
-                        assert!(
-                            self.workers.contains_key(&w),
-                            "{k}: queued on a dead worker"
-                        );
-                    }
-                }
-                State::Processing(w) => {
-                    assert!(t.deps.iter().all(in_memory), "{k}: running without inputs");
-                    assert!(
-                        self.workers[&w].processing.contains(id),
-                        "{k}: not in processing"
-                    );
-                }
-                State::Released | State::Erred => {
-                    assert!(
-                        t.needed() || t.live_dependents > 0,
-                        "{k}: should be forgotten"
-                    );
-                }
-                State::Memory => {}
-            }
-        }
-        for (wid, w) in &self.workers {
-            for id in &w.processing {
-                assert_eq!(self.tasks[id].state, State::Processing(*wid));
-            }
-            assert!(
-                w.processing.len() <= self.capacity(w),
-                "worker {wid} over capacity"
-            );
-            let bytes: u64 = w.has.iter().map(|id| self.tasks[id].nbytes).sum();
-            assert_eq!(w.nbytes, bytes, "worker {wid}: bytes");
         }
     }
 }
