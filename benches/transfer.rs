@@ -163,7 +163,7 @@ fn main() {
                         .expect("shm fetch"),
                 );
                 shm_mapped.push(size as f64 / t.elapsed().as_secs_f64());
-                a.store().remove(&key);
+                a.free(std::slice::from_ref(&key));
             }
             for (route, v) in [
                 ("flight", flight),

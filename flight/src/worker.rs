@@ -267,7 +267,8 @@ impl WorkerCore {
         Ok(p)
     }
 
-    fn free(&self, keys: &[Key]) {
+    /// Drops `keys` from the store and withdraws their shared-memory publications.
+    pub fn free(&self, keys: &[Key]) {
         let mut published = lock(&self.published);
         for k in keys {
             self.store.remove(k);
