@@ -114,16 +114,17 @@ pub fn evaluate(
     task: &Task,
     input: &dyn Fn(&Key) -> Option<Chunk>,
 ) -> Result<Chunk> {
-    fn resolve(a: &Arg, input: &dyn Fn(&Key) -> Option<Chunk>) -> Result<Value> {
+    fn resolve(a: &Arg, ops: &OpRegistry, input: &dyn Fn(&Key) -> Option<Chunk>) -> Result<Value> {
         Ok(match a {
             Arg::Ref(k) => {
                 Value::Chunk(input(k).ok_or_else(|| Error::KeyNotFound { key: k.clone() })?)
             }
             Arg::Literal(v) => Value::Literal(v.clone()),
+            Arg::Task(t) => Value::Chunk(evaluate(ops, t, input)?),
             Arg::List(items) => Value::List(
                 items
                     .iter()
-                    .map(|i| resolve(i, input))
+                    .map(|i| resolve(i, ops, input))
                     .collect::<Result<_>>()?,
             ),
         })
@@ -131,7 +132,7 @@ pub fn evaluate(
     let args = task
         .args
         .iter()
-        .map(|a| resolve(a, input))
+        .map(|a| resolve(a, ops, input))
         .collect::<Result<Vec<_>>>()?;
     catch_unwind(AssertUnwindSafe(|| ops.call(&task.op, &args, &task.kwargs))).unwrap_or_else(|p| {
         let msg = p

@@ -23,6 +23,9 @@ pub enum Arg {
     Literal(Json),
     /// A list of arguments, passed as a list (e.g. the partials of a reduction).
     List(Vec<Arg>),
+    /// A task evaluated in place: the scheduler fuses an intermediate that has a
+    /// single consumer into that consumer, saving a round trip and a stored chunk.
+    Task(Box<Task>),
 }
 
 impl Arg {
@@ -32,6 +35,7 @@ impl Arg {
             Arg::Ref(k) => f(k),
             Arg::Literal(_) => {}
             Arg::List(items) => items.iter().for_each(|a| a.for_each_ref(f)),
+            Arg::Task(t) => t.args.iter().for_each(|a| a.for_each_ref(f)),
         }
     }
 
@@ -40,6 +44,7 @@ impl Arg {
             Arg::Ref(k) => serde_json::json!({ "key": k.as_str() }),
             Arg::Literal(v) => v.clone(),
             Arg::List(items) => Json::Array(items.iter().map(Arg::to_json).collect()),
+            Arg::Task(t) => serde_json::json!({ "task": t }),
         }
     }
 
@@ -61,6 +66,12 @@ impl Arg {
                     ));
                 }
             },
+            Json::Object(mut m) if m.len() == 1 && m.contains_key("task") => {
+                let t = m.remove("task").expect("checked");
+                Arg::Task(Box::new(
+                    serde_json::from_value(t).map_err(|e| format!("bad inline task: {e}"))?,
+                ))
+            }
             other => Arg::Literal(other),
         })
     }

@@ -86,9 +86,11 @@ pub struct CenterCore {
 impl CenterCore {
     /// A center with no workers yet.
     pub fn new(config: CenterConfig) -> Arc<Self> {
+        // Fusion matters most here: every task costs a round trip to a worker.
         let sched = SchedulerConfig {
             extra_slots: 2,
             heartbeat_timeout: config.heartbeat_timeout,
+            fuse: true,
         };
         Arc::new(CenterCore {
             state: Mutex::new(State {

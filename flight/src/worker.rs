@@ -422,7 +422,11 @@ impl FlightService for WorkerService {
             .store
             .get_with_file(&key)
             .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-        let msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
+        // Laying a large chunk out as one IPC body is a memcpy: off the IO threads.
+        let msgs = tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
+            .await
+            .map_err(|e| Status::internal(format!("encode task: {e}")))?
+            .map_err(Status::from)?;
         self.0
             .routes
             .flight_sent
@@ -485,7 +489,12 @@ impl FlightService for WorkerService {
             }
             "publish" => {
                 let p: Publish = parse(&r#type, &body)?;
-                let published = core.publish(&p.key).map_err(|e| match e {
+                // Writing a large chunk to tmpfs is blocking work: keep it off the IO threads.
+                let c = core.clone();
+                let published = tokio::task::spawn_blocking(move || c.publish(&p.key))
+                    .await
+                    .map_err(|e| Status::internal(format!("publish task: {e}")))?;
+                let published = published.map_err(|e| match e {
                     Error::Engine(quiver_engine::Error::KeyNotFound { .. }) => {
                         Status::not_found(e.to_string())
                     }

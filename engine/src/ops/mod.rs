@@ -113,13 +113,15 @@ impl Kind {
         let number = |a: &Arg| matches!(a, Arg::Literal(Json::Number(_)));
         match self {
             Kind::Any => true,
-            Kind::Chunk => matches!(a, Arg::Ref(_)),
+            Kind::Chunk => matches!(a, Arg::Ref(_) | Arg::Task(_)),
             Kind::Chunks => match a {
-                Arg::Ref(_) => true,
-                Arg::List(items) => items.iter().all(|i| matches!(i, Arg::Ref(_))),
+                Arg::Ref(_) | Arg::Task(_) => true,
+                Arg::List(items) => items
+                    .iter()
+                    .all(|i| matches!(i, Arg::Ref(_) | Arg::Task(_))),
                 Arg::Literal(_) => false,
             },
-            Kind::ChunkOrNumber => matches!(a, Arg::Ref(_)) || number(a),
+            Kind::ChunkOrNumber => matches!(a, Arg::Ref(_) | Arg::Task(_)) || number(a),
             Kind::Number => number(a),
             Kind::Int => matches!(a, Arg::Literal(Json::Number(n)) if n.is_i64() || n.is_u64()),
             Kind::Size => {
@@ -293,6 +295,19 @@ impl OpRegistry {
                     ),
                 ));
             }
+        }
+        // Inline tasks are checked like the tasks they were.
+        fn inline<'a>(a: &'a Arg, out: &mut Vec<&'a Task>) {
+            match a {
+                Arg::Task(t) => out.push(t),
+                Arg::List(items) => items.iter().for_each(|i| inline(i, out)),
+                _ => {}
+            }
+        }
+        let mut nested = Vec::new();
+        task.args.iter().for_each(|a| inline(a, &mut nested));
+        for t in nested {
+            self.check(key, t)?;
         }
         Ok(())
     }

@@ -48,6 +48,9 @@ pub struct SchedulerConfig {
     pub extra_slots: usize,
     /// A worker silent for this long is considered dead at the next tick.
     pub heartbeat_timeout: Duration,
+    /// Fuse each input-less intermediate used exactly once into its consumer,
+    /// so the pair runs as one task (one round trip, no stored intermediate).
+    pub fuse: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -55,6 +58,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             extra_slots: 0,
             heartbeat_timeout: Duration::from_secs(30),
+            fuse: false,
         }
     }
 }

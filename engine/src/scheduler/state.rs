@@ -9,7 +9,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{ClientId, Command, Event, SchedulerConfig, WorkerId, WorkerInfo, is_stale};
 use crate::error::{Error, Result};
-use crate::graph::{Node, Submission, Task};
+use crate::graph::{Arg, Node, Submission, Task};
 use crate::key::Key;
 use crate::ops::OpRegistry;
 
@@ -247,6 +247,9 @@ impl Scheduler {
                     }
                 }
             }
+        }
+        if self.config.fuse {
+            order = fuse_roots(order, &keys);
         }
         for (pos, (key, node)) in order.into_iter().enumerate() {
             let id = self.next_id;
@@ -796,5 +799,59 @@ impl Scheduler {
         for w in ids {
             self.fill(w, out);
         }
+    }
+}
+
+/// Fuses each new input-less node that is referenced exactly once, and is not
+/// wanted, into the task that reads it (as an inline [`Arg::Task`]). Only roots
+/// are fused, so inline tasks never nest and evaluation depth stays one.
+fn fuse_roots(order: Vec<(Key, Node)>, wanted: &[Key]) -> Vec<(Key, Node)> {
+    let mut uses: FxHashMap<Key, u32> = FxHashMap::default();
+    for (_, node) in &order {
+        if let Node::Task(t) = node {
+            t.args
+                .iter()
+                .for_each(|a| a.for_each_ref(&mut |k| *uses.entry(k.clone()).or_default() += 1));
+        }
+    }
+    let fusable = |k: &Key, n: &Node| {
+        uses.get(k) == Some(&1) && !wanted.contains(k) && n.dependencies().is_empty()
+    };
+    let mut roots: FxHashMap<Key, Node> = FxHashMap::default();
+    let mut out = Vec::with_capacity(order.len());
+    for (key, node) in order {
+        if fusable(&key, &node) {
+            roots.insert(key, node);
+            continue;
+        }
+        let node = match node {
+            Node::Task(t) if t.args.iter().any(|a| refs_any(a, &roots)) => {
+                let mut t = (*t).clone();
+                t.args = t.args.into_iter().map(|a| inline(a, &mut roots)).collect();
+                Node::Task(Arc::new(t))
+            }
+            other => other,
+        };
+        out.push((key, node));
+    }
+    // Roots whose consumer was already known stay tasks of their own.
+    out.extend(roots);
+    out
+}
+
+fn refs_any(a: &Arg, roots: &FxHashMap<Key, Node>) -> bool {
+    let mut hit = false;
+    a.for_each_ref(&mut |k| hit |= roots.contains_key(k));
+    hit
+}
+
+fn inline(a: Arg, roots: &mut FxHashMap<Key, Node>) -> Arg {
+    match a {
+        Arg::Ref(k) => match roots.remove(&k) {
+            Some(n) => Arg::Task(Box::new((*n.into_task()).clone())),
+            None => Arg::Ref(k),
+        },
+        Arg::List(items) => Arg::List(items.into_iter().map(|i| inline(i, roots)).collect()),
+        other => other,
     }
 }

@@ -29,9 +29,13 @@ struct Env {
 
 impl Env {
     fn new(workers: usize, nthreads: usize) -> Env {
+        Env::with_config(workers, nthreads, SchedulerConfig::default())
+    }
+
+    fn with_config(workers: usize, nthreads: usize, config: SchedulerConfig) -> Env {
         let ops = Arc::new(OpRegistry::builtin());
         let mut env = Env {
-            s: Scheduler::new(SchedulerConfig::default(), ops),
+            s: Scheduler::new(config, ops),
             now: Instant::now(),
             stores: BTreeMap::new(),
             running: vec![],
@@ -155,6 +159,18 @@ impl Env {
                     };
                     total += v;
                 }
+                // Roots fused into this task are evaluated in place.
+                fn inline_values(a: &Arg) -> f64 {
+                    match a {
+                        Arg::Task(t) => match &t.args[0] {
+                            Arg::Literal(v) => v.as_f64().unwrap(),
+                            _ => unreachable!("only literal roots in these graphs"),
+                        },
+                        Arg::List(items) => items.iter().map(inline_values).sum(),
+                        _ => 0.0,
+                    }
+                }
+                total += task.args.iter().map(inline_values).sum::<f64>();
                 total + 1.0
             }
         };
@@ -238,6 +254,39 @@ fn seed_graph_runs_depth_first_and_frees_every_intermediate() {
         0,
         "lineage forgotten once nothing can need it"
     );
+}
+
+#[test]
+fn fusion_runs_each_root_inside_its_single_consumer() {
+    let config = SchedulerConfig {
+        fuse: true,
+        ..Default::default()
+    };
+    let mut env = Env::with_config(2, 1, config);
+    env.submit(1, seed_graph(10), &["total"]).unwrap();
+    env.run_all();
+    assert_eq!(env.runs.len(), 11, "x-i runs inside sum-i: {:?}", env.runs);
+    assert_eq!(
+        env.value("total"),
+        (0..10).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0
+    );
+    // A root read twice, or wanted by the client, is not fused.
+    let mut env = Env::with_config(
+        1,
+        1,
+        SchedulerConfig {
+            fuse: true,
+            ..Default::default()
+        },
+    );
+    let mut g = Graph::new();
+    g.insert_literal("r", 1.0);
+    g.insert("a", sum_of(&["r".into()]));
+    g.insert("b", sum_of(&["r".into()]));
+    env.submit(1, g, &["a", "b"]).unwrap();
+    env.run_all();
+    assert_eq!(env.runs.len(), 3);
+    assert_eq!(env.value("a"), 2.0);
 }
 
 #[test]
@@ -425,8 +474,10 @@ proptest! {
         workers in 1usize..4,
         picks in prop::collection::vec(0usize..1000, 0..200),
         kill_at in prop::option::of(0usize..30),
+        fuse in any::<bool>(),
     ) {
-        let mut env = Env::new(workers, 2);
+        let config = SchedulerConfig { fuse, ..Default::default() };
+        let mut env = Env::with_config(workers, 2, config);
         let mut g = Graph::new();
         for (i, d) in deps.iter().enumerate() {
             if d.is_empty() {
