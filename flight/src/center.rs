@@ -2,7 +2,6 @@
 //! drives the engine's scheduler state machine unchanged, holds no chunk data,
 //! and sends each worker its commands in batches over Flight actions.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::{Stream, TryStreamExt, stream};
+use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -21,7 +20,7 @@ use crate::codec;
 use crate::error::{Error, Result, engine_status};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::worker::{descriptor_key, ticket_key};
+use crate::service::{BoxStream, descriptor_key, json_result, parse, ticket_key};
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
@@ -403,25 +402,9 @@ impl CenterCore {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
 /// The center's Flight service.
 #[derive(Clone)]
 pub struct CenterService(pub Arc<CenterCore>);
-
-fn json_result<T: serde::Serialize>(
-    v: &T,
-) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
-    let body = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(Box::pin(stream::iter([Ok(
-        arrow_flight::Result { body: body.into() },
-    )]))))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(action: &str, body: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(body)
-        .map_err(|e| Status::invalid_argument(format!("bad JSON body for '{action}': {e}")))
-}
 
 fn timeout_of<T>(req: &Request<T>) -> Result<Duration, Status> {
     match req.metadata().get(TIMEOUT_HEADER) {

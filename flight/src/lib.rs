@@ -3,6 +3,7 @@
 //! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
 //! - [`codec`]: chunks as Flight messages, without per-value encoding.
 //! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
+//! - [`service`]: what the center's and workers' Flight services share.
 //! - [`center`]: the scheduler process, driving the engine's state machine.
 //! - [`worker`]: a worker process: store, executor, Flight service, peer transfer.
 //! - [`client`]: the network [`quiver_engine::Backend`] behind `Client::connect`.
@@ -13,6 +14,7 @@ pub mod codec;
 pub mod error;
 pub mod net;
 pub mod protocol;
+pub mod service;
 pub mod worker;
 
 pub use error::{Error, Result};
