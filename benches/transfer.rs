@@ -2,7 +2,11 @@
 //! loopback TCP ceiling measured in the same run. Prints a table and writes
 //! JSON (default `target/transfer.json`).
 //!
-//! `cargo bench --bench transfer [-- --quick] [--json FILE]`
+//! `cargo bench --bench transfer [-- --quick] [--json FILE] [--pyarrow PYTHON]`
+//!
+//! With `--pyarrow`, the same run also measures pyarrow's own Flight server and
+//! client (`benches/compare/pyarrow_flight.py`, run by PYTHON) for reference;
+//! `benches/compare/transfer.sh` sets up a venv with pyarrow and does this.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,6 +179,14 @@ fn main() {
         }
         rows
     });
+    let mut rows = rows;
+    if let Some(python) = args
+        .iter()
+        .position(|a| a == "--pyarrow")
+        .and_then(|i| args.get(i + 1))
+    {
+        rows.extend(pyarrow_rows(python, quick, &rows));
+    }
     println!(
         "{:<15} {:>10} {:>12} {:>16} {:>10}",
         "route", "chunk", "GB/s", "tcp ceiling GB/s", "fraction"
@@ -210,4 +222,50 @@ where
         v.push(f().await);
     }
     v
+}
+
+/// pyarrow's Flight do_get throughput per chunk size, with the TCP ceiling of
+/// the same size from this run.
+fn pyarrow_rows(
+    python: &str,
+    quick: bool,
+    rows: &[(&'static str, usize, f64, f64)],
+) -> Vec<(&'static str, usize, f64, f64)> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/compare/pyarrow_flight.py"
+    );
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = match cmd.output() {
+        Ok(o) if o.status.success() => o.stdout,
+        Ok(o) => {
+            eprintln!(
+                "pyarrow comparison failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return vec![];
+        }
+        Err(e) => {
+            eprintln!("cannot run {python}: {e}");
+            return vec![];
+        }
+    };
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let size = v["chunk_bytes"].as_u64()? as usize;
+            let ceiling = rows.iter().find(|r| r.1 == size)?.3;
+            Some((
+                "pyarrow-flight",
+                size,
+                v["bytes_per_sec"].as_f64()?,
+                ceiling,
+            ))
+        })
+        .collect()
 }
