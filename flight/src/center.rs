@@ -509,7 +509,10 @@ impl FlightService for CenterService {
     ) -> Result<Response<SchemaResult>, Status> {
         let key = descriptor_key(req.get_ref())?;
         let holders = self.0.wait_for(&key, DEFAULT_WAIT).await?;
-        let mut client = worker_client(&holders[0]).await?;
+        let first = holders
+            .first()
+            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
+        let mut client = worker_client(first).await?;
         Ok(client
             .get_schema(FlightDescriptor::new_path(vec![key.to_string()]))
             .await?)
@@ -518,7 +521,10 @@ impl FlightService for CenterService {
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let key = ticket_key(req.get_ref())?;
         let holders = self.0.wait_for(&key, timeout_of(&req)?).await?;
-        let mut client = worker_client(&holders[0]).await?;
+        let first = holders
+            .first()
+            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
+        let mut client = worker_client(first).await?;
         let stream = client
             .do_get(Ticket::new(key.to_string()))
             .await?
