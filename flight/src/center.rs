@@ -87,7 +87,7 @@ impl CenterCore {
     pub fn new(config: CenterConfig) -> Arc<Self> {
         // Fusion matters most here: every task costs a round trip to a worker.
         let sched = SchedulerConfig {
-            extra_slots: 2,
+            extra_slots: 4,
             heartbeat_timeout: config.heartbeat_timeout,
             fuse: true,
         };
