@@ -131,7 +131,7 @@ fn main() {
         let (c, _sc) = start_worker(&center, "host-a", dir.path()).await;
         let mut rows = Vec::new();
         for &size in &sizes {
-            let ceiling = median(futures_lite_join(reps, || tcp_ceiling(size.max(64 * MB))).await);
+            let ceiling = median(repeat(reps, || tcp_ceiling(size.max(64 * MB))).await);
             let mut flight = Vec::new();
             let mut shm_first = Vec::new();
             let mut shm_mapped = Vec::new();
@@ -212,7 +212,7 @@ fn main() {
 }
 
 /// Runs `f` `n` times in sequence and collects the results.
-async fn futures_lite_join<F, Fut>(n: usize, f: F) -> Vec<f64>
+async fn repeat<F, Fut>(n: usize, f: F) -> Vec<f64>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = f64>,

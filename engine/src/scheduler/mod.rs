@@ -176,8 +176,7 @@ pub enum Command {
     },
 }
 
-/// When the driver last heard from each worker is kept here, not in the
-/// state machine's hot path.
+/// Whether a worker last heard from at `last_seen` has been silent too long at `now`.
 pub(crate) fn is_stale(last_seen: Instant, now: Instant, timeout: Duration) -> bool {
     now.saturating_duration_since(last_seen) > timeout
 }

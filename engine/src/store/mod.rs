@@ -177,17 +177,7 @@ impl ChunkStore {
 
     /// The chunk under `key`, if held. An `Arc` clone: no data is copied.
     pub fn get(&self, key: &Key) -> Option<Chunk> {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        inner.tick += 1;
-        let tick = inner.tick;
-        let e = inner.entries.get_mut(key)?;
-        if matches!(e.place, Place::Memory) {
-            inner.lru.remove(&e.tick);
-            inner.lru.insert(tick, key.clone());
-        }
-        e.tick = tick;
-        Some(e.chunk.clone())
+        self.lock().touch(key).map(|e| e.chunk.clone())
     }
 
     /// Whether `key` is held.
@@ -206,12 +196,13 @@ impl ChunkStore {
     /// The chunk under `key` and, if it is spilled, the bytes of its mapped IPC
     /// file, which can be sent as they are.
     pub fn get_with_file(&self, key: &Key) -> Option<(Chunk, Option<bytes::Bytes>)> {
-        let chunk = self.get(key)?;
-        let file = match &self.lock().entries.get(key)?.place {
+        let mut g = self.lock();
+        let e = g.touch(key)?;
+        let file = match &e.place {
             Place::Spilled(_, b, _) => Some(b.clone()),
             _ => None,
         };
-        Some((chunk, file))
+        Some((e.chunk.clone(), file))
     }
 
     /// Drops `key` (its spill file goes with the last reader); true if it was held.
@@ -251,6 +242,19 @@ impl ChunkStore {
 }
 
 impl Inner {
+    /// Marks `key` as just used (moving it to the young end of the LRU order).
+    fn touch(&mut self, key: &Key) -> Option<&Entry> {
+        self.tick += 1;
+        let tick = self.tick;
+        let e = self.entries.get_mut(key)?;
+        if matches!(e.place, Place::Memory) {
+            self.lru.remove(&e.tick);
+            self.lru.insert(tick, key.clone());
+        }
+        e.tick = tick;
+        Some(e)
+    }
+
     fn forget(&mut self, e: &Entry) {
         match &e.place {
             Place::Memory => {
