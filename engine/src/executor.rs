@@ -31,10 +31,12 @@ struct Shared {
 }
 
 /// A pool of `nthreads` threads running tasks for one worker. Dropping it lets
-/// queued jobs finish, then the threads exit.
+/// queued jobs finish and joins the threads (an embedder that frees a cluster
+/// gets every thread back).
 pub struct Executor {
     shared: Arc<Shared>,
     ops: Arc<OpRegistry>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Executor {
@@ -44,9 +46,10 @@ impl Executor {
             queues: Mutex::default(),
             ready: Condvar::new(),
         });
+        let mut threads = Vec::new();
         for i in 0..nthreads.max(1) {
             let (shared, ops) = (shared.clone(), ops.clone());
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("{name}-cpu-{i}"))
                 .spawn(move || {
                     while let Some(job) = shared.next() {
@@ -54,8 +57,13 @@ impl Executor {
                     }
                 })
                 .map_err(|e| Error::Unavailable(format!("cannot start executor threads: {e}")))?;
+            threads.push(thread);
         }
-        Ok(Executor { shared, ops })
+        Ok(Executor {
+            shared,
+            ops,
+            threads,
+        })
     }
 
     /// The ops this executor runs.
@@ -105,6 +113,14 @@ impl Drop for Executor {
             .unwrap_or_else(|p| p.into_inner())
             .closed = true;
         self.shared.ready.notify_all();
+        // The last owner may be one of the pool's own threads (it finished a
+        // task and dropped the cluster); that one exits on its own.
+        let me = std::thread::current().id();
+        for t in self.threads.drain(..) {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
     }
 }
 
