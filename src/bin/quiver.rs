@@ -1,5 +1,6 @@
 //! The `quiver` command: `center`, `worker`, `local` and `status`.
 
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -229,7 +230,6 @@ fn local(
     no_shm: bool,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the quiver binary: {e}"))?;
-    let address = format!("127.0.0.1:{port}");
     let mut children: Vec<Child> = Vec::new();
     let kill_all = |children: &mut Vec<Child>| {
         for c in children.iter_mut() {
@@ -239,29 +239,24 @@ fn local(
             let _ = c.wait();
         }
     };
-    let center = Command::new(&exe)
+    let mut center = Command::new(&exe)
         .args(["center", "--port", &port.to_string()])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start the center: {e}"))?;
+    // The center prints its address once it listens (the port may have been 0).
+    let mut lines = std::io::BufReader::new(center.stdout.take().expect("piped")).lines();
     children.push(center);
-    let rt = runtime(1)?;
-    let up = rt.block_on(async {
-        for _ in 0..100 {
-            if net::connect(&address).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    });
-    if !up || children[0].try_wait().ok().flatten().is_some() {
+    let Some(Ok(line)) = lines.next() else {
         kill_all(&mut children);
         return Err(format!(
-            "the center did not start on {address} (is the port in use?)"
+            "the center did not start on 127.0.0.1:{port} (is the port in use?)"
         ));
-    }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let address = line.rsplit(' ').next().unwrap_or_default().to_string();
+    let rt = runtime(1)?;
     for i in 0..workers {
         let mut cmd = Command::new(&exe);
         cmd.args([

@@ -29,13 +29,19 @@ fn f64_chunk(values: Vec<f64>) -> Chunk {
     chunk::from_array(Arc::new(Float64Array::from(values)))
 }
 
-/// The column of a chunk as float64 (a cast only when it is another type).
+/// The column of a chunk as float64 (a cast only when it is another numeric
+/// type: a cast of strings would silently turn them into nulls).
 fn floats(c: &Chunk) -> Result<Float64Array> {
     let col = chunk::column(c)?;
-    let col = if col.data_type() == &DataType::Float64 {
-        col.clone()
-    } else {
-        compute::cast(col, &DataType::Float64)?
+    let col = match col.data_type() {
+        DataType::Float64 => col.clone(),
+        t if t.is_numeric() || t == &DataType::Boolean => compute::cast(col, &DataType::Float64)?,
+        t => {
+            return Err(Error::op(
+                "chunk",
+                format!("needs a numeric column, got a column of {t}"),
+            ));
+        }
     };
     Ok(col.as_primitive::<Float64Type>().clone())
 }
@@ -388,6 +394,23 @@ mod tests {
 
     fn values(c: &Chunk) -> Vec<f64> {
         floats(c).unwrap().values().to_vec()
+    }
+
+    #[test]
+    fn strings_are_refused_not_read_as_nulls() {
+        let names = chunk::from_array(Arc::new(arrow::array::StringArray::from(vec!["a", "b"])));
+        let err = call("sum", vec![Value::Chunk(names)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "op 'sum' failed: needs a numeric column, got a column of Utf8"
+        );
+        let ints = chunk::from_array(Arc::new(arrow::array::Int32Array::from(vec![1, 2])));
+        assert_eq!(
+            to_f64(&call("sum", vec![Value::Chunk(ints)]).unwrap()).unwrap(),
+            3.0
+        );
     }
 
     #[test]

@@ -1,0 +1,136 @@
+"""A tiny optional helper over pyarrow.flight that reads like the seed blog's
+Pool. One file, pure Python; everything it does is a raw Flight call shown in
+seed.py and docs/PYTHON.md.
+
+    from quiver_client import Client, call
+    with Client("127.0.0.1:8787") as client:
+        pool = client.pool()
+        arrays = pool.map("random", [call(1_000_000, seed=i) for i in range(100)])
+        sums = pool.map("sum", arrays)             # each sum runs where its array is
+        total = pool.apply("sum", sums).get_float()
+"""
+
+import json
+import uuid
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+
+class call:
+    """Positional and keyword arguments of one task."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _arg(value):
+    if isinstance(value, Remote):
+        return {"key": value.key}
+    if isinstance(value, (list, tuple)):
+        return [_arg(v) for v in value]
+    return value
+
+
+def _task(op, item):
+    c = item if isinstance(item, call) else call(item)
+    task = {"op": op, "args": [_arg(a) for a in c.args]}
+    if c.kwargs:
+        task["kwargs"] = c.kwargs
+    return task
+
+
+class Remote:
+    """A handle to a chunk that stays on a worker; released on `release()` or when the client closes."""
+
+    def __init__(self, client, key):
+        self.client, self.key = client, key
+
+    def get(self):
+        """The chunk as a pyarrow Table, read from the worker that holds it."""
+        return self.client.get(self.key)
+
+    def get_float(self):
+        """A scalar chunk as a Python float."""
+        return self.get().column(0)[0].as_py()
+
+    def release(self):
+        self.client.release([self.key])
+
+    def __repr__(self):
+        return f"Remote({self.key!r})"
+
+
+class Pool:
+    """`map` and `apply` return handles; the data stays on the workers."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def map(self, op, items):
+        items = list(items)
+        prefix = f"{op}-{uuid.uuid4().hex[:12]}"
+        graph = {f"{prefix}-{i}": _task(op, item) for i, item in enumerate(items)}
+        return self.client.submit(graph, list(graph))
+
+    def apply(self, op, *args, **kwargs):
+        key = f"{op}-{uuid.uuid4().hex[:12]}"
+        return self.client.submit({key: _task(op, call(*args, **kwargs))}, [key])[0]
+
+
+class Client:
+    """A session with a center: holds end when the client closes."""
+
+    def __init__(self, address):
+        self.center = flight.connect(f"grpc://{address}")
+        session = uuid.uuid4().hex.encode()
+        self.options = flight.FlightCallOptions(headers=[(b"x-quiver-session", session)])
+        self._workers = {}
+
+    def action(self, name, body=None):
+        payload = json.dumps(body).encode() if body is not None else b""
+        results = list(self.center.do_action(flight.Action(name, payload), self.options))
+        return json.loads(results[0].body.to_pybytes()) if results else None
+
+    def pool(self):
+        return Pool(self)
+
+    def submit(self, graph, keys):
+        """Schedules a graph (key -> task dict); returns a handle per wanted key."""
+        self.action("submit", {"graph": graph, "keys": keys})
+        return [Remote(self, k) for k in keys]
+
+    def get(self, key):
+        info = self.center.get_flight_info(flight.FlightDescriptor.for_path(key), self.options)
+        endpoint = info.endpoints[0]
+        uri = endpoint.locations[0].uri.decode()
+        if uri not in self._workers:
+            self._workers[uri] = flight.connect(uri)
+        return self._workers[uri].do_get(endpoint.ticket, self.options).read_all()
+
+    def scatter(self, data, key=None):
+        """Places a pyarrow Table (or Array, as column `value`) on a worker."""
+        if not isinstance(data, pa.Table):
+            data = pa.table({"value": data})
+        key = key or f"scatter-{uuid.uuid4().hex}"
+        writer, _ = self.center.do_put(flight.FlightDescriptor.for_path(key), data.schema, self.options)
+        writer.write_table(data)
+        writer.close()
+        return Remote(self, key)
+
+    def release(self, keys):
+        self.action("release", {"keys": list(keys)})
+
+    def close(self):
+        try:
+            self.action("session-close")
+        finally:
+            for w in self._workers.values():
+                w.close()
+            self.center.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,149 @@
+//! Python's own Flight client (pyarrow) against a real `quiver local`
+//! cluster: examples/python/seed.py (raw Flight), examples/python/pool.py (the
+//! optional helper) and tests/python/errors.py (every client-caused error has
+//! a message saying what was wrong). A venv with pyarrow is made under
+//! target/ when pyarrow is missing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Python with pyarrow: `target/pyenv`, created from the package registry if needed.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = root().join("target/pyenv");
+        let python = venv.join("bin/python");
+        let has_pyarrow = |p: &Path| {
+            Command::new(p)
+                .args(["-c", "import pyarrow.flight"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !has_pyarrow(&python) {
+            eprintln!("creating {} with pyarrow", venv.display());
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 is needed to create the test venv");
+            assert!(ok.success(), "python3 -m venv failed");
+            let ok = Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "-r"])
+                .arg(root().join("examples/python/requirements.txt"))
+                .status()
+                .expect("run pip");
+            assert!(ok.success(), "pip install pyarrow failed");
+            assert!(has_pyarrow(&python), "pyarrow.flight still not importable");
+        }
+        python
+    })
+}
+
+/// `quiver local`, stopped with SIGTERM (so it stops its children) on drop.
+struct Local {
+    child: Child,
+    address: String,
+}
+
+impl Local {
+    fn start(workers: usize) -> Local {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["local", "--workers", &workers.to_string(), "--port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start quiver local");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = lines
+            .next()
+            .expect("quiver local printed nothing")
+            .expect("read");
+        std::thread::spawn(move || lines.for_each(drop));
+        let address = line
+            .split_whitespace()
+            .nth(3)
+            .expect("quiver cluster at ADDRESS")
+            .to_string();
+        Local { child, address }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_script(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(root().join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    text
+}
+
+#[test]
+fn pyarrow_runs_the_seed_and_moves_tables_in_and_out() {
+    let local = Local::start(4);
+    let a = local.address.as_str();
+    let text = run_script(
+        "examples/python/seed.py",
+        &["--scheduler", a, "--arrays", "40", "--size", "100000"],
+    );
+    assert!(text.contains("sum of 2 * py-data = 999000.0"), "{text}");
+    assert!(text.contains("released; ok"), "{text}");
+    let text = run_script(
+        "examples/python/pool.py",
+        &["--scheduler", a, "--arrays", "40", "--size", "100000"],
+    );
+    assert!(text.contains("mean of the scattered array = 2.5"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+}
+
+#[test]
+fn pyarrow_clients_get_errors_that_say_what_was_wrong() {
+    let local = Local::start(2);
+    let text = run_script("tests/python/errors.py", &[&local.address]);
+    for needle in [
+        "bad JSON: ArrowInvalid",
+        "unknown op 'frobnicate'",
+        "unknown key: ArrowKeyError",
+        "unknown action 'frobnicate'",
+        "PATH descriptor",
+        "needs a numeric column, got a column of Utf8",
+        "key 'names' already exists",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    // The cluster still serves after all that.
+    let text = run_script(
+        "examples/python/seed.py",
+        &[
+            "--scheduler",
+            &local.address,
+            "--arrays",
+            "4",
+            "--size",
+            "1000",
+        ],
+    );
+    assert!(text.contains("released; ok"), "{text}");
+}
