@@ -57,6 +57,16 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         let mut worker = client(location).await;
         let msgs = net::do_get(&mut worker, b"total").await.unwrap();
         assert_eq!(scalar(msgs), 45.0);
+        // Peers batch small inputs: DoExchange naming several keys streams each in turn.
+        let keys = [quiver::Key::from("total"), quiver::Key::from("total")];
+        let msgs = net::get_many(&mut worker, &keys).await.unwrap();
+        assert_eq!(msgs.len(), 4, "schema and batch per key");
+        assert_eq!(scalar(msgs[2..].to_vec()), 45.0);
+        let e = net::get_many(&mut worker, &["total".into(), "ghost".into()]).await.unwrap_err();
+        assert!(e.to_string().contains("key 'ghost' not held here"), "{e}");
+        let e = worker.do_exchange(futures::stream::iter([arrow_flight::FlightData::default()])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("PATH descriptor"), "{}", e.message());
         // The center proxies DoGet for simple clients.
         assert_eq!(scalar(net::do_get(&mut center, b"total").await.unwrap()), 45.0);
 

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::error::{Error, Result};
+use quiver_engine::Key;
 
 /// Largest message either side accepts: a chunk travels as one message.
 pub const MAX_MESSAGE: usize = 1 << 40;
@@ -170,6 +171,26 @@ pub async fn do_get(client: &mut FlightClient, ticket: &[u8]) -> Result<Vec<Flig
         .do_get(Ticket {
             ticket: bytes::Bytes::copy_from_slice(ticket),
         })
+        .await
+        .map_err(|s| Error::remote(what(), s))?
+        .into_inner();
+    stream
+        .try_collect()
+        .await
+        .map_err(|s| Error::remote(what(), s))
+}
+
+/// `DoExchange` naming several keys (a PATH descriptor): their chunks' messages, in order.
+pub async fn get_many(client: &mut FlightClient, keys: &[Key]) -> Result<Vec<FlightData>> {
+    let what = || format!("get {} keys", keys.len());
+    let request = FlightData {
+        flight_descriptor: Some(arrow_flight::FlightDescriptor::new_path(
+            keys.iter().map(|k| k.as_str().to_string()).collect(),
+        )),
+        ..Default::default()
+    };
+    let stream = client
+        .do_exchange(futures::stream::iter([request]))
         .await
         .map_err(|s| Error::remote(what(), s))?
         .into_inner();

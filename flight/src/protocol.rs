@@ -165,6 +165,9 @@ pub struct Holder {
     pub host_id: String,
 }
 
+/// One input of a task to run: its key, the workers holding it, its size in bytes.
+pub type RunInput = (Key, Vec<Holder>, u64);
+
 /// One task in a `run` body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunTask {
@@ -173,7 +176,7 @@ pub struct RunTask {
     /// What to run.
     pub task: Task,
     /// Each input, where it lives, and its size in bytes.
-    pub inputs: Vec<(Key, Vec<Holder>, u64)>,
+    pub inputs: Vec<RunInput>,
     /// Which run of this task this is; echoed back if it fails.
     #[serde(default)]
     pub attempt: u32,

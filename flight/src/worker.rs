@@ -201,21 +201,14 @@ impl WorkerCore {
 
     async fn run(self: Arc<Self>, t: RunTask) {
         self.running.fetch_add(1, Ordering::Relaxed);
-        let mut fetched: Vec<(Key, Chunk)> = Vec::new();
-        for (k, holders, nbytes) in &t.inputs {
-            if self.store.contains(k) {
-                continue;
+        let fetched = match self.fetch_inputs(&t.inputs).await {
+            Ok(f) => f,
+            Err(msg) => {
+                self.running.fetch_sub(1, Ordering::Relaxed);
+                let _ = self.outcomes.send(Outcome::Failed(t.key, msg, t.attempt));
+                return;
             }
-            match self.fetch(k, holders, *nbytes).await {
-                Ok(c) => fetched.push((k.clone(), c)),
-                Err(e) => {
-                    self.running.fetch_sub(1, Ordering::Relaxed);
-                    let msg = format!("could not fetch input '{k}': {e}");
-                    let _ = self.outcomes.send(Outcome::Failed(t.key, msg, t.attempt));
-                    return;
-                }
-            }
-        }
+        };
         let this = self.clone();
         self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
             let input = |k: &Key| {
@@ -236,6 +229,86 @@ impl WorkerCore {
             this.running.fetch_sub(1, Ordering::Relaxed);
             let _ = this.outcomes.send(outcome);
         });
+    }
+
+    /// Gets every input held elsewhere, all at once: small ones in one
+    /// exchange per peer, large ones each by the best route.
+    async fn fetch_inputs(&self, inputs: &[RunInput]) -> Result<Vec<(Key, Chunk)>, String> {
+        let missing: Vec<&RunInput> = inputs
+            .iter()
+            .filter(|(k, _, _)| !self.store.contains(k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut batches: FxHashMap<&str, Vec<&RunInput>> = FxHashMap::default();
+        let mut singles = Vec::new();
+        for input in missing {
+            match input.1.first() {
+                Some(h) if input.2 < SHM_MIN_BYTES => {
+                    batches.entry(&h.address).or_default().push(input)
+                }
+                _ => singles.push(input),
+            }
+        }
+        let batched = batches.into_iter().map(|(address, group)| async move {
+            let keys: Vec<Key> = group.iter().map(|(k, _, _)| k.clone()).collect();
+            match self.fetch_many(address, &keys).await {
+                Ok(chunks) => Ok(chunks),
+                Err(e) => {
+                    // Any holder may do: fall back to one fetch per key over all holders.
+                    tracing::debug!(%address, "batched fetch failed, fetching one by one: {e}");
+                    let each = group.iter().map(|input| self.fetch_input(input));
+                    futures::future::try_join_all(each).await
+                }
+            }
+        });
+        let singles = singles
+            .into_iter()
+            .map(|input| async move { self.fetch_input(input).await.map(|c| vec![c]) });
+        let (a, b) = futures::future::join(
+            futures::future::try_join_all(batched),
+            futures::future::try_join_all(singles),
+        )
+        .await;
+        Ok(a?.into_iter().chain(b?).flatten().collect())
+    }
+
+    async fn fetch_input(&self, (key, holders, nbytes): &RunInput) -> Result<(Key, Chunk), String> {
+        self.fetch(key, holders, *nbytes)
+            .await
+            .map(|c| (key.clone(), c))
+            .map_err(|e| format!("could not fetch input '{key}': {e}"))
+    }
+
+    /// Gets several small chunks from one peer in one `DoExchange`.
+    async fn fetch_many(&self, address: &str, keys: &[Key]) -> Result<Vec<(Key, Chunk)>> {
+        let (mut client, _) = self.peer(address).await?;
+        let msgs = net::get_many(&mut client, keys).await?;
+        let mut d = codec::Decoder::default();
+        let mut out = Vec::with_capacity(keys.len());
+        for m in msgs {
+            if let Some(c) = d.push(m)? {
+                let key = keys.get(out.len()).ok_or_else(|| {
+                    Error::Protocol(format!("{address} sent more chunks than asked for"))
+                })?;
+                out.push((key.clone(), c));
+            }
+        }
+        if out.len() != keys.len() {
+            return Err(Error::Protocol(format!(
+                "{address} sent {} of {} chunks",
+                out.len(),
+                keys.len()
+            )));
+        }
+        self.routes
+            .flight_received
+            .fetch_add(d.received, Ordering::Relaxed);
+        self.routes
+            .flight_realigned
+            .fetch_add(d.realigned, Ordering::Relaxed);
+        Ok(out)
     }
 
     fn publish(&self, key: &Key) -> Result<Published> {
@@ -366,10 +439,14 @@ impl FlightService for WorkerService {
             .get_with_file(&key)
             .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
         // Laying a large chunk out as one IPC body is a memcpy: off the IO threads.
-        let msgs = tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
-            .await
-            .map_err(|e| Status::internal(format!("encode task: {e}")))?
-            .map_err(Status::from)?;
+        let msgs = if chunk::nbytes(&c) < SHM_MIN_BYTES as usize {
+            codec::encode(&c, file.as_ref())
+        } else {
+            tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
+                .await
+                .map_err(|e| Status::internal(format!("encode task: {e}")))?
+        }
+        .map_err(Status::from)?;
         self.0
             .routes
             .flight_sent
@@ -402,13 +479,40 @@ impl FlightService for WorkerService {
         })]))))
     }
 
+    /// Several chunks in one stream (peers batch small inputs): the first
+    /// message's PATH descriptor names the keys; each chunk follows in order.
     async fn do_exchange(
         &self,
-        _: Request<Streaming<FlightData>>,
+        req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        Err(Status::unimplemented(
-            "do_exchange is not part of the Quiver protocol",
-        ))
+        let mut incoming = req.into_inner();
+        let first = incoming
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty DoExchange"))?;
+        let keys = match first.flight_descriptor {
+            Some(d) if !d.path.is_empty() => d.path,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "DoExchange needs a PATH descriptor listing the keys to get",
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(2 * keys.len());
+        let mut sent = 0;
+        for k in keys {
+            let key = Key::new(&k).ok_or_else(|| Status::invalid_argument("an empty key"))?;
+            let (c, file) = self
+                .0
+                .store
+                .get_with_file(&key)
+                .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+            let msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
+            sent += codec::body_bytes(&msgs);
+            out.extend(msgs.into_iter().map(Ok));
+        }
+        self.0.routes.flight_sent.fetch_add(sent, Ordering::Relaxed);
+        Ok(Response::new(Box::pin(stream::iter(out))))
     }
 
     async fn do_action(
@@ -472,8 +576,19 @@ impl FlightService for WorkerService {
     }
 }
 
+/// How long a report may wait for more outcomes while the worker has queued work.
+const REPORT_COALESCE: Duration = Duration::from_millis(3);
+/// Outcomes after which a report goes out without waiting.
+const REPORT_BATCH: usize = 4;
+
 /// Sends finished and failed tasks to the center in batches.
-async fn report_loop(center: FlightClient, worker: u32, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+async fn report_loop(
+    core: Arc<WorkerCore>,
+    center: FlightClient,
+    worker: u32,
+    nthreads: usize,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+) {
     let mut center = center;
     while let Some(first) = rx.recv().await {
         let mut report = Report {
@@ -489,8 +604,22 @@ async fn report_loop(center: FlightClient, worker: u32, mut rx: mpsc::UnboundedR
             }),
         };
         add(first);
+        let mut n = 1;
         while let Ok(o) = rx.try_recv() {
             add(o);
+            n += 1;
+        }
+        // A worker with tasks queued beyond its threads stays busy while the
+        // report waits a moment for more outcomes: fewer round trips, no idling.
+        let deadline = tokio::time::Instant::now() + REPORT_COALESCE;
+        while n < REPORT_BATCH && core.running.load(Ordering::Relaxed) > nthreads {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(o)) => {
+                    add(o);
+                    n += 1;
+                }
+                _ => break,
+            }
         }
         let body = match serde_json::to_vec(&report) {
             Ok(b) => b,
@@ -591,7 +720,13 @@ pub async fn run(
         published: Mutex::default(),
         shm_dir,
     });
-    tokio::spawn(report_loop(center.clone(), worker, rx));
+    tokio::spawn(report_loop(
+        core.clone(),
+        center.clone(),
+        worker,
+        config.nthreads,
+        rx,
+    ));
     ready(core.clone());
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let heartbeat = {
