@@ -3,23 +3,18 @@
 
 mod common;
 
-use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, Criteria, Empty, FlightDescriptor, Ticket};
 use common::TestCluster;
 use futures::TryStreamExt;
+use quiver::flight::net::FlightClient;
 use quiver::flight::{codec, net};
 use tonic::Code;
-use tonic::transport::Channel;
 
-async fn client(address: &str) -> FlightServiceClient<Channel> {
+async fn client(address: &str) -> FlightClient {
     net::connect(address).await.expect("connect")
 }
 
-async fn act(
-    c: &mut FlightServiceClient<Channel>,
-    name: &str,
-    body: &str,
-) -> Result<String, tonic::Status> {
+async fn act(c: &mut FlightClient, name: &str, body: &str) -> Result<String, tonic::Status> {
     let mut s = c
         .do_action(Action::new(name, body.to_string()))
         .await?

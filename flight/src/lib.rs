@@ -1,5 +1,6 @@
 //! Quiver over Arrow Flight.
 //!
+//! - [`auth`]: the shared-secret token on every call.
 //! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
 //! - [`codec`]: chunks as Flight messages, without per-value encoding.
 //! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
@@ -8,6 +9,7 @@
 //! - [`worker`]: a worker process: store, executor, Flight service, peer transfer.
 //! - [`client`]: the network [`quiver_engine::Backend`] behind `Client::connect`.
 
+pub mod auth;
 pub mod center;
 pub mod client;
 pub mod codec;

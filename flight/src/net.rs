@@ -12,8 +12,10 @@ use futures::TryStreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::auth::{AddToken, RequireToken};
 use crate::error::{Error, Result};
 use quiver_engine::Key;
+use tonic::service::interceptor::InterceptedService;
 
 /// Largest message either side accepts: a chunk travels as one message.
 pub const MAX_MESSAGE: usize = 1 << 40;
@@ -24,8 +26,8 @@ const CONNECTION_WINDOW: u32 = 256 << 20;
 /// HTTP/2 frame size: the protocol's maximum.
 const FRAME: u32 = (1 << 24) - 1;
 
-/// A Flight client on a tuned channel.
-pub type FlightClient = FlightServiceClient<Channel>;
+/// A Flight client on a tuned channel, carrying the process's token.
+pub type FlightClient = FlightServiceClient<InterceptedService<Channel, AddToken>>;
 
 /// A server builder with Quiver's transport settings.
 pub fn server() -> Server {
@@ -36,11 +38,14 @@ pub fn server() -> Server {
         .tcp_nodelay(true)
 }
 
-/// Wraps a Flight service with message limits lifted.
-pub fn service<S: FlightService>(svc: S) -> FlightServiceServer<S> {
-    FlightServiceServer::new(svc)
+/// Wraps a Flight service with message limits lifted and the process's token required.
+pub fn service<S: FlightService>(
+    svc: S,
+) -> InterceptedService<FlightServiceServer<S>, RequireToken> {
+    let server = FlightServiceServer::new(svc)
         .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    InterceptedService::new(server, RequireToken::from_process())
 }
 
 /// Binds `host:port` (port 0 picks a free one), with a message naming the address on failure.
@@ -94,9 +99,11 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
         }
         fail(msg)
     })?;
-    Ok(FlightServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
+    Ok(
+        FlightServiceClient::with_interceptor(channel, AddToken::from_process())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
 }
 
 /// How long a control action may take before the peer is deemed unresponsive
@@ -150,7 +157,15 @@ pub async fn probe_center(
     };
     let body = action_within(client, "cluster", b"null".to_vec(), Duration::from_secs(10))
         .await
-        .map_err(|e| fail(format!("not a Quiver center: {e}")))?;
+        .map_err(|e| match &e {
+            Error::Remote { status, .. } if status.code() == tonic::Code::Unauthenticated => {
+                fail(format!(
+                    "the center refused this process's token: {}",
+                    status.message()
+                ))
+            }
+            _ => fail(format!("not a Quiver center: {e}")),
+        })?;
     serde_json::from_slice(&body).map_err(|e| fail(format!("not a Quiver center: {e}")))
 }
 

@@ -68,3 +68,14 @@ pub fn parse<T: serde::de::DeserializeOwned>(action: &str, body: &[u8]) -> Resul
     serde_json::from_slice(body)
         .map_err(|e| Status::invalid_argument(format!("bad JSON body for '{action}': {e}")))
 }
+
+/// The Flight handshake: the token check already passed (it runs before every
+/// method); the reply carries `authorization: Bearer <token>` for clients
+/// that authenticated with Basic credentials and use the bearer afterwards.
+pub fn handshake<T: Send + 'static>() -> Response<BoxStream<T>> {
+    let mut r = Response::new(Box::pin(stream::empty()) as BoxStream<T>);
+    if let Some(v) = crate::auth::bearer_header() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}

@@ -368,7 +368,7 @@ impl FlightService for WorkerService {
         &self,
         _: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Ok(Response::new(Box::pin(stream::empty())))
+        Ok(crate::service::handshake())
     }
 
     async fn list_flights(

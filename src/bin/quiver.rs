@@ -23,6 +23,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Shared secret: servers refuse calls without it, connections carry it.
+    #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +321,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(t) = &cli.token {
+        // `quiver local`'s children inherit it through the environment.
+        // SAFETY: set before any other thread of this process starts.
+        unsafe { std::env::set_var("QUIVER_TOKEN", t) };
+    }
+    quiver::flight::auth::set_token(cli.token.clone());
     let result: Result<(), String> = match cli.command {
         Cmd::Center {
             host,
