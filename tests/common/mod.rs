@@ -170,3 +170,19 @@ impl Drop for TestCluster {
         self.kill_center();
     }
 }
+
+impl TestCluster {
+    /// Whether the center and every worker not killed on purpose still run.
+    pub fn all_alive(&mut self) -> bool {
+        let center = self
+            .center
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        center
+            && self
+                .workers
+                .iter_mut()
+                .flatten()
+                .all(|w| w.try_wait().ok().flatten().is_none())
+    }
+}

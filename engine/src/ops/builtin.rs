@@ -270,11 +270,10 @@ pub(super) fn register_all(r: &mut OpRegistry) {
         fold("max", a, compute::max, f64::max)
     });
     r.register("count", reduce(), |a, _| {
-        let n: usize = a[0]
-            .chunks()?
-            .iter()
-            .map(|c| c.num_rows() - c.column(0).null_count())
-            .sum();
+        let mut n = 0;
+        for c in a[0].chunks()? {
+            n += c.num_rows() - chunk::column(c)?.null_count();
+        }
         Ok(chunk::from_array(Arc::new(Int64Array::from(vec![
             n as i64,
         ]))))
