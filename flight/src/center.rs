@@ -90,6 +90,7 @@ impl CenterCore {
             extra_slots: 4,
             heartbeat_timeout: config.heartbeat_timeout,
             fuse: true,
+            ..SchedulerConfig::default()
         };
         Arc::new(CenterCore {
             state: Mutex::new(State {
@@ -210,6 +211,7 @@ impl CenterCore {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(self.clone().sender(worker, info.address.clone(), rx));
+        tokio::spawn(self.clone().watch(worker, info.address.clone()));
         st.workers.insert(
             worker,
             WorkerLink {
@@ -233,6 +235,65 @@ impl CenterCore {
             tracing::warn!(worker, "worker removed: {why}");
             let _ = self.handle(&mut st, Event::RemoveWorker { worker });
         }
+    }
+
+    fn task_failed(self: &Arc<Self>, st: &mut State, worker: WorkerId, f: Failed) {
+        let _ = self.handle(
+            st,
+            Event::TaskFailed {
+                worker,
+                key: f.key,
+                error: f.error,
+                attempt: f.attempt,
+            },
+        );
+    }
+
+    /// A task could not fetch an input: a holder that does not answer is
+    /// removed (its data is recomputed and the task runs again, so its
+    /// failure goes stale); if every holder answers, the failure stands.
+    async fn check_holders(self: Arc<Self>, worker: WorkerId, failures: Vec<Failed>) {
+        let mut addresses: Vec<&String> = failures.iter().flat_map(|f| &f.unreachable).collect();
+        addresses.sort();
+        addresses.dedup();
+        for address in addresses {
+            let alive = async {
+                let mut c = net::connect(address).await.ok()?;
+                net::action_within(&mut c, "status", vec![], Duration::from_secs(2))
+                    .await
+                    .ok()
+            };
+            if alive.await.is_none() {
+                let id = {
+                    let st = self.lock();
+                    st.workers
+                        .iter()
+                        .find(|(_, l)| &l.info.address == address)
+                        .map(|(id, _)| *id)
+                };
+                if let Some(id) = id {
+                    self.remove_worker(id, "a peer could not fetch from it and it does not answer");
+                }
+            }
+        }
+        let mut st = self.lock();
+        for f in failures {
+            self.task_failed(&mut st, worker, f);
+        }
+    }
+
+    /// Removes a worker as soon as its connection breaks (a killed process
+    /// closes its sockets): a `watch` stream that the worker never ends.
+    async fn watch(self: Arc<Self>, worker: WorkerId, address: String) {
+        let Ok(mut client) = net::connect(&address).await else {
+            return self.remove_worker(worker, "unreachable");
+        };
+        let action = arrow_flight::Action::new("watch", "");
+        if let Ok(stream) = client.do_action(action).await {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(_)) = stream.message().await {}
+        }
+        self.remove_worker(worker, "its connection closed");
     }
 
     /// Sends a worker its commands, batching whatever has queued up.
@@ -668,9 +729,13 @@ impl FlightService for CenterService {
             }
             "report" => {
                 let report: Report = parse(&r#type, &body)?;
-                let mut st = core.lock();
                 let worker = report.worker;
                 let n = (report.finished.len() + report.failed.len()) as u64;
+                let (suspect, failed): (Vec<Failed>, Vec<Failed>) = report
+                    .failed
+                    .into_iter()
+                    .partition(|f| !f.unreachable.is_empty());
+                let mut st = core.lock();
                 for f in report.finished {
                     let _ = core.handle(
                         &mut st,
@@ -681,18 +746,14 @@ impl FlightService for CenterService {
                         },
                     );
                 }
-                for f in report.failed {
-                    let _ = core.handle(
-                        &mut st,
-                        Event::TaskFailed {
-                            worker,
-                            key: f.key,
-                            error: f.error,
-                            attempt: f.attempt,
-                        },
-                    );
+                for f in failed {
+                    core.task_failed(&mut st, worker, f);
                 }
+                drop(st);
                 core.finished.fetch_add(n, Ordering::Relaxed);
+                if !suspect.is_empty() {
+                    tokio::spawn(core.clone().check_holders(worker, suspect));
+                }
                 json_result(&serde_json::json!({}))
             }
             other => Err(Status::invalid_argument(format!(

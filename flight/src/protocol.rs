@@ -51,6 +51,10 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
         "Publish a key in shared memory: {\"key\": k} -> {\"path\": p, \"bytes\": n}",
     ),
     ("status", "This worker's figures"),
+    (
+        "watch",
+        "Internal: a stream the worker never ends, so the center sees its death at once",
+    ),
 ];
 
 /// `submit` reply.
@@ -141,6 +145,11 @@ pub struct Failed {
     /// The `attempt` of the run that failed (from [`RunTask`]).
     #[serde(default)]
     pub attempt: u32,
+    /// Workers an input could not be fetched from: the center checks them
+    /// (a dead one is removed and its data recomputed) before it believes
+    /// the failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// `report` body.

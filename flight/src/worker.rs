@@ -17,7 +17,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::{TryStreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tonic::{Request, Response, Status, Streaming};
@@ -80,7 +80,8 @@ struct Routes {
 
 enum Outcome {
     Finished(Key, u64),
-    Failed(Key, String, u32),
+    /// Key, error, attempt, and the holders an input could not be fetched from.
+    Failed(Key, String, u32, Vec<String>),
 }
 
 /// A worker's state shared by its service and its tasks.
@@ -97,6 +98,8 @@ pub struct WorkerCore {
     peers: Mutex<FxHashMap<String, (FlightClient, Arc<Semaphore>)>>,
     published: Mutex<FxHashMap<Key, Arc<TempIpcFile>>>,
     shm_dir: PathBuf,
+    /// Becomes true when the worker stops (ends `watch` streams).
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -203,9 +206,11 @@ impl WorkerCore {
         self.running.fetch_add(1, Ordering::Relaxed);
         let fetched = match self.fetch_inputs(&t.inputs).await {
             Ok(f) => f,
-            Err(msg) => {
+            Err((msg, unreachable)) => {
                 self.running.fetch_sub(1, Ordering::Relaxed);
-                let _ = self.outcomes.send(Outcome::Failed(t.key, msg, t.attempt));
+                let _ = self
+                    .outcomes
+                    .send(Outcome::Failed(t.key, msg, t.attempt, unreachable));
                 return;
             }
         };
@@ -224,7 +229,7 @@ impl WorkerCore {
                     this.store.put(t.key.clone(), c);
                     Outcome::Finished(t.key, n)
                 }
-                Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt),
+                Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt, vec![]),
             };
             this.running.fetch_sub(1, Ordering::Relaxed);
             let _ = this.outcomes.send(outcome);
@@ -233,7 +238,10 @@ impl WorkerCore {
 
     /// Gets every input held elsewhere, all at once: small ones in one
     /// exchange per peer, large ones each by the best route.
-    async fn fetch_inputs(&self, inputs: &[RunInput]) -> Result<Vec<(Key, Chunk)>, String> {
+    async fn fetch_inputs(
+        &self,
+        inputs: &[RunInput],
+    ) -> Result<Vec<(Key, Chunk)>, (String, Vec<String>)> {
         let missing: Vec<&RunInput> = inputs
             .iter()
             .filter(|(k, _, _)| !self.store.contains(k))
@@ -274,11 +282,17 @@ impl WorkerCore {
         Ok(a?.into_iter().chain(b?).flatten().collect())
     }
 
-    async fn fetch_input(&self, (key, holders, nbytes): &RunInput) -> Result<(Key, Chunk), String> {
+    async fn fetch_input(
+        &self,
+        (key, holders, nbytes): &RunInput,
+    ) -> Result<(Key, Chunk), (String, Vec<String>)> {
         self.fetch(key, holders, *nbytes)
             .await
             .map(|c| (key.clone(), c))
-            .map_err(|e| format!("could not fetch input '{key}': {e}"))
+            .map_err(|e| {
+                let holders = holders.iter().map(|h| h.address.clone()).collect();
+                (format!("could not fetch input '{key}': {e}"), holders)
+            })
     }
 
     /// Gets several small chunks from one peer in one `DoExchange`.
@@ -551,6 +565,16 @@ impl FlightService for WorkerService {
                 json_result(&published)
             }
             "status" => json_result(&core.status()),
+            "watch" => {
+                // Never yields; ends when this worker stops (or dies).
+                let mut stop = core.stop.clone();
+                let end = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                Ok(Response::new(Box::pin(
+                    stream::once(end).filter_map(|()| async { None }),
+                )))
+            }
             other => Err(Status::invalid_argument(format!(
                 "unknown action '{other}'; the worker's actions are: {}",
                 WORKER_ACTIONS
@@ -597,10 +621,11 @@ async fn report_loop(
         };
         let mut add = |o: Outcome| match o {
             Outcome::Finished(key, nbytes) => report.finished.push(Finished { key, nbytes }),
-            Outcome::Failed(key, error, attempt) => report.failed.push(Failed {
+            Outcome::Failed(key, error, attempt, unreachable) => report.failed.push(Failed {
                 key,
                 error,
                 attempt,
+                unreachable,
             }),
         };
         add(first);
@@ -692,6 +717,7 @@ pub async fn run(
     let worker = registered.worker;
     tracing::info!(worker, %address, center = %config.center, "worker registered");
     let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let shm_dir = ["/dev/shm"]
         .iter()
         .map(PathBuf::from)
@@ -719,6 +745,7 @@ pub async fn run(
         peers: Mutex::default(),
         published: Mutex::default(),
         shm_dir,
+        stop: stop_rx.clone(),
     });
     tokio::spawn(report_loop(
         core.clone(),
@@ -728,7 +755,6 @@ pub async fn run(
         rx,
     ));
     ready(core.clone());
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let heartbeat = {
         let (core, mut center, center_addr) = (core.clone(), center.clone(), config.center.clone());
         async move {

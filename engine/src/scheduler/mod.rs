@@ -51,6 +51,8 @@ pub struct SchedulerConfig {
     /// Fuse each input-less intermediate used exactly once into its consumer,
     /// so the pair runs as one task (one round trip, no stored intermediate).
     pub fuse: bool,
+    /// A task sent to this many workers that died is failed, not retried.
+    pub allowed_deaths: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -59,6 +61,7 @@ impl Default for SchedulerConfig {
             extra_slots: 0,
             heartbeat_timeout: Duration::from_secs(30),
             fuse: false,
+            allowed_deaths: 3,
         }
     }
 }

@@ -60,6 +60,8 @@ struct TaskState {
     error: Option<Arc<str>>,
     /// Runs sent so far; the current run is `attempts - 1`.
     attempts: u32,
+    /// Workers that died while this task was sent to them.
+    deaths: u32,
 }
 
 impl TaskState {
@@ -280,6 +282,7 @@ impl Scheduler {
                     priority: (root, generation, pos as u64),
                     error: None,
                     attempts: 0,
+                    deaths: 0,
                 },
             );
         }
@@ -343,6 +346,7 @@ impl Scheduler {
                 priority: (true, self.generation, 0),
                 error: None,
                 attempts: 0,
+                deaths: 0,
             },
         );
         self.transitions += 1;
@@ -751,6 +755,25 @@ impl Scheduler {
                 lost.push(id);
             }
         }
+        // A task that was there when several workers died may be what kills
+        // them: it fails rather than take down the cluster one worker at a time.
+        let mut killers = Vec::new();
+        for id in &w.processing {
+            let t = self.tasks.get_mut(id).expect("live");
+            t.deaths += 1;
+            if t.deaths >= self.config.allowed_deaths {
+                killers.push(*id);
+            }
+        }
+        for id in killers {
+            let t = &self.tasks[&id];
+            let msg = format!(
+                "task '{}' was running on {} workers when they died (the last: '{}'); \
+                 not retried, as it may be what kills them",
+                t.key, t.deaths, w.info.name
+            );
+            self.err(id, Arc::from(msg), out);
+        }
         // Tasks that ran or queued there, or read lost data, wait again.
         let mut redo: Vec<TaskId> = w.processing.into_iter().collect();
         redo.extend(w.queue.into_iter().map(|Reverse((_, id))| id));
@@ -780,7 +803,14 @@ impl Scheduler {
         }
         // What is still needed is recomputed from lineage.
         for id in lost {
-            if self.tasks[&id].needed() {
+            let t = &self.tasks[&id];
+            if t.needed() && t.task.is_none() {
+                let msg = format!(
+                    "scattered data '{}' was lost with worker '{}' ({}); it has no lineage to recompute it from",
+                    t.key, w.info.name, w.info.address
+                );
+                self.err(id, Arc::from(msg), out);
+            } else if t.needed() {
                 self.need(id, out);
             } else {
                 self.maybe_forget(id);

@@ -1,0 +1,160 @@
+//! Worker loss with real processes: a worker killed with SIGKILL in the
+//! middle of a computation costs time, never a result. Keys it held are
+//! recomputed from lineage on the survivors; scattered data, which has no
+//! lineage, fails with an error naming the key and the worker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use quiver::{Client, Connect, seed};
+
+const N: usize = 200;
+const M: usize = 500_000;
+
+/// Runs `approach` while worker `victim` is killed after `delay`; returns the total.
+fn run_with_a_kill(
+    cluster: &mut TestCluster,
+    approach: &str,
+    victim: usize,
+    delay: Duration,
+) -> f64 {
+    let client = Client::connect(&cluster.address).unwrap();
+    let approach = approach.to_string();
+    let run = std::thread::spawn(move || seed::run(&approach, &client, N, M));
+    std::thread::sleep(delay);
+    cluster.kill_worker(victim);
+    run.join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the run failed: {e}"))
+}
+
+#[test]
+fn a_worker_killed_mid_run_costs_time_not_results() {
+    let mut cluster = TestCluster::start_with(4, &["--heartbeat-timeout", "3"], &[]);
+    let expected = seed::floor(1, N, M);
+    // An undisturbed run sets the time scale for the kills.
+    let client = Client::connect(&cluster.address).unwrap();
+    let start = Instant::now();
+    assert_eq!(seed::run("graph", &client, N, M).unwrap(), expected);
+    let scale = start.elapsed();
+    eprintln!("undisturbed graph run: {scale:?}");
+    let mut victim = 0;
+    let rounds = [
+        ("graph", 0.1),
+        ("array", 0.3),
+        ("graph", 0.5),
+        ("array", 0.7),
+        ("delayed", 0.4),
+        ("pool", 0.6),
+        ("graph", 0.9),
+        ("array", 0.05),
+        ("graph", 0.25),
+        ("array", 0.5),
+        ("mix", 0.35),
+        ("graph", 0.75),
+        ("array", 0.95),
+        ("pool", 0.2),
+    ];
+    for (approach, fraction) in rounds {
+        let start = Instant::now();
+        let delay = scale.mul_f64(fraction);
+        let total = run_with_a_kill(&mut cluster, approach, victim, delay);
+        assert_eq!(total, expected, "{approach} with a kill after {delay:?}");
+        eprintln!(
+            "{approach}: kill after {delay:?}, correct total in {:?}",
+            start.elapsed()
+        );
+        // Replace the dead worker so every round starts with four.
+        victim = cluster.start_worker(&[]);
+        assert!(cluster.wait_workers(4, Duration::from_secs(30)));
+    }
+}
+
+#[test]
+fn lost_scattered_data_fails_naming_the_key_and_the_worker() {
+    let mut cluster = TestCluster::start(2, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let data = client.scatter(quiver::chunk::scalar(7.0)).unwrap();
+    let doubled = client
+        .pool()
+        .apply("mul", quiver::Call::new().arg(&data).arg(2.0))
+        .unwrap();
+    assert_eq!(doubled.get_f64().unwrap(), 14.0);
+    let holder = cluster
+        .worker_statuses()
+        .into_iter()
+        .find(|(_, s)| s.store.keys > 0)
+        .map(|(address, _)| address)
+        .expect("a worker holds the scattered key");
+    let status = cluster.status().unwrap();
+    let name = status
+        .workers
+        .iter()
+        .find(|w| w.address == holder)
+        .unwrap()
+        .name
+        .clone();
+    let index: usize = name.trim_start_matches('w').parse().unwrap();
+    cluster.kill_worker(index);
+    let start = Instant::now();
+    let err = data.get().unwrap_err().to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the loss was noticed late"
+    );
+    assert!(err.contains(data.key().as_str()), "{err}");
+    assert!(err.contains(&format!("worker '{name}'")), "{err}");
+    assert!(err.contains("no lineage"), "{err}");
+    // The survivor still works.
+    assert_eq!(
+        seed::run("graph", &client, 4, 1000).unwrap(),
+        seed::floor(1, 4, 1000)
+    );
+}
+
+#[test]
+fn a_task_that_kills_every_worker_it_runs_on_is_stopped() {
+    // The test plays the killer's part: whichever worker runs the task dies.
+    let mut cluster = TestCluster::start(4, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let mut g = quiver::Graph::new();
+    g.insert("killer", quiver::Task::new("random").arg(200_000_000));
+    let handle = client.submit(g, &["killer".into()]).unwrap().pop().unwrap();
+    let waiter = std::thread::spawn(move || handle.wait().map_err(|e| e.to_string()));
+    let mut kills = 0;
+    let start = Instant::now();
+    while !waiter.is_finished() && start.elapsed() < Duration::from_secs(60) {
+        // Asked of the workers themselves: heartbeats would be a second late.
+        let running = cluster
+            .worker_statuses()
+            .into_iter()
+            .find(|(_, s)| s.running > 0)
+            .map(|(address, _)| address);
+        if let Some(address) = running {
+            let status = cluster.status().unwrap();
+            let w = status
+                .workers
+                .iter()
+                .find(|w| w.address == address)
+                .unwrap();
+            let index: usize = w.name.trim_start_matches('w').parse().unwrap();
+            cluster.kill_worker(index);
+            kills += 1;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(
+        err.contains("'killer'") && err.contains("not retried"),
+        "{err}"
+    );
+    assert!(err.contains("on 3 workers"), "{err}");
+    assert_eq!(kills, 3);
+    assert_eq!(cluster.status().unwrap().workers.len(), 1);
+    assert_eq!(
+        seed::run("graph", &client, 4, 1000).unwrap(),
+        seed::floor(1, 4, 1000)
+    );
+}
