@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestCluster;
@@ -156,5 +157,83 @@ fn a_task_that_kills_every_worker_it_runs_on_is_stopped() {
     assert_eq!(
         seed::run("graph", &client, 4, 1000).unwrap(),
         seed::floor(1, 4, 1000)
+    );
+}
+
+#[test]
+fn workers_join_a_restarted_center_by_themselves() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    assert_eq!(
+        seed::run("graph", &client, 8, 1000).unwrap(),
+        seed::floor(1, 8, 1000)
+    );
+    drop(client);
+    cluster.restart_center();
+    assert!(
+        cluster.wait_workers(3, Duration::from_secs(20)),
+        "the workers did not join the new center"
+    );
+    assert!(cluster.all_alive());
+    let client = Client::connect(&cluster.address).unwrap();
+    for approach in ["graph", "pool", "array"] {
+        assert_eq!(
+            seed::run(approach, &client, 8, 1000).unwrap(),
+            seed::floor(1, 8, 1000),
+            "{approach}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_retires_a_worker_without_losing_or_recomputing_data() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let pool = client.pool();
+    let arrays = pool
+        .map(
+            "random",
+            (0..12).map(|i| quiver::Call::new().arg(100_000).kw("seed", i)),
+        )
+        .unwrap();
+    for a in &arrays {
+        a.wait().unwrap();
+    }
+    let finished = cluster.status().unwrap().tasks_finished;
+    let (holder, held) = cluster
+        .worker_statuses()
+        .into_iter()
+        .map(|(address, s)| (address, s.store.keys))
+        .max_by_key(|(_, keys)| *keys)
+        .unwrap();
+    assert!(held > 0);
+    let status = cluster.status().unwrap();
+    let name = &status
+        .workers
+        .iter()
+        .find(|w| w.address == holder)
+        .unwrap()
+        .name;
+    let index: usize = name.trim_start_matches('w').parse().unwrap();
+    let pid = cluster.worker(index).id();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = cluster.worker(index).wait().unwrap();
+    assert!(exit.success(), "a retiring worker exits cleanly: {exit:?}");
+    assert_eq!(cluster.status().unwrap().workers.len(), 2);
+    // Every array is still there, and reading them ran no task.
+    let sums = pool.map("sum", &arrays).unwrap();
+    let total = pool.apply("sum", &sums).unwrap().get_f64().unwrap();
+    assert_eq!(total, seed::floor(1, 12, 100_000));
+    let after = cluster.status().unwrap().tasks_finished;
+    assert_eq!(
+        after - finished,
+        12 + 1,
+        "only the new sums ran: nothing was recomputed"
     );
 }

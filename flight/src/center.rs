@@ -2,6 +2,7 @@
 //! drives the engine's scheduler state machine unchanged, holds no chunk data,
 //! and sends each worker its commands in batches over Flight actions.
 
+use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -280,6 +281,90 @@ impl CenterCore {
         for f in failures {
             self.task_failed(&mut st, worker, f);
         }
+    }
+
+    /// Copies the data only `worker` holds to open peers (least loaded
+    /// first), records the copies, then removes the worker: nothing it held
+    /// is recomputed.
+    async fn hand_over(self: Arc<Self>, worker: WorkerId) -> Result<Retired, Status> {
+        let (sole, from, mut targets) = {
+            let st = self.lock();
+            let Some(link) = st.workers.get(&worker) else {
+                return Err(Status::not_found(format!(
+                    "worker {worker} is not in this cluster"
+                )));
+            };
+            let from = Holder {
+                address: link.info.address.clone(),
+                host_id: link.info.host_id.clone(),
+            };
+            let targets: Vec<(u64, WorkerId, String)> = st
+                .scheduler
+                .open_workers()
+                .into_iter()
+                .filter(|w| *w != worker)
+                .filter_map(|w| {
+                    st.workers
+                        .get(&w)
+                        .map(|l| (l.status.store.memory_bytes, w, l.info.address.clone()))
+                })
+                .collect();
+            (st.scheduler.sole_holdings(worker), from, targets)
+        };
+        if targets.is_empty() && !sole.is_empty() {
+            self.remove_worker(worker, "retired with no peer to take its data");
+            return Err(Status::failed_precondition(format!(
+                "no other worker to hand {} keys to: they are lost",
+                sole.len()
+            )));
+        }
+        // Biggest keys first, each to the peer with the fewest bytes so far.
+        let mut sole = sole;
+        sole.sort_by_key(|(_, n)| Reverse(*n));
+        let mut plan: FxHashMap<WorkerId, (String, Vec<RunInput>)> = FxHashMap::default();
+        for (key, nbytes) in sole {
+            targets.sort();
+            let (load, w, address) = &mut targets[0];
+            *load += nbytes;
+            plan.entry(*w)
+                .or_insert_with(|| (address.clone(), vec![]))
+                .1
+                .push((key, vec![from.clone()], nbytes));
+        }
+        let mut retired = Retired::default();
+        for (target, (address, inputs)) in plan {
+            let gathered: Result<Gathered> = async {
+                let mut c = net::connect(&address).await?;
+                net::action_json(&mut c, "gather", &Gather { inputs }).await
+            }
+            .await;
+            match gathered {
+                Ok(g) => {
+                    let mut st = self.lock();
+                    for (key, nbytes) in g.stored {
+                        retired.moved += 1;
+                        retired.bytes += nbytes;
+                        let _ = self.handle(
+                            &mut st,
+                            Event::Replicated {
+                                worker: target,
+                                key,
+                                nbytes,
+                            },
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(worker, target, "hand-over to {address} failed: {e}"),
+            }
+        }
+        tracing::info!(
+            worker,
+            moved = retired.moved,
+            bytes = retired.bytes,
+            "worker retired"
+        );
+        self.remove_worker(worker, "retired");
+        Ok(retired)
     }
 
     /// Removes a worker as soon as its connection breaks (a killed process
@@ -726,6 +811,31 @@ impl FlightService for CenterService {
                 )
                 .map_err(|e| engine_status(&e))?;
                 json_result(&serde_json::json!({}))
+            }
+            "retire" => {
+                let retire: Retire = parse(&r#type, &body)?;
+                match retire.phase.as_str() {
+                    "drain" => {
+                        let mut st = core.lock();
+                        if !st.workers.contains_key(&retire.worker) {
+                            return Err(Status::not_found(format!(
+                                "worker {} is not in this cluster",
+                                retire.worker
+                            )));
+                        }
+                        let _ = core.handle(
+                            &mut st,
+                            Event::Retire {
+                                worker: retire.worker,
+                            },
+                        );
+                        json_result(&serde_json::json!({}))
+                    }
+                    "hand-over" => json_result(&core.clone().hand_over(retire.worker).await?),
+                    other => Err(Status::invalid_argument(format!(
+                        "retire phase must be 'drain' or 'hand-over', not '{other}'"
+                    ))),
+                }
             }
             "report" => {
                 let report: Report = parse(&r#type, &body)?;

@@ -40,6 +40,10 @@ pub const CENTER_ACTIONS: &[(&str, &str)] = &[
         "report",
         "Internal: a worker reports finished and failed tasks",
     ),
+    (
+        "retire",
+        "Internal: a worker leaves; its data is handed to peers first",
+    ),
 ];
 
 /// Actions of a worker (internal, used by the center and peers).
@@ -51,6 +55,10 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
         "Publish a key in shared memory: {\"key\": k} -> {\"path\": p, \"bytes\": n}",
     ),
     ("status", "This worker's figures"),
+    (
+        "gather",
+        "Internal: fetch keys from peers and keep them: {\"inputs\": [...]} -> {\"stored\": [...]}",
+    ),
     (
         "watch",
         "Internal: a stream the worker never ends, so the center sees its death at once",
@@ -261,4 +269,39 @@ pub struct ClusterStatus {
     pub tasks: usize,
     /// Tasks finished since the center started.
     pub tasks_finished: u64,
+}
+
+/// `retire` body (worker → center): `drain` stops new tasks for the worker;
+/// `hand-over` copies the data only it holds to peers and removes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retire {
+    /// The retiring worker.
+    pub worker: u32,
+    /// `drain` or `hand-over`.
+    pub phase: String,
+}
+
+/// `retire` reply to `hand-over`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Retired {
+    /// Keys copied to peers.
+    pub moved: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// `gather` body (center → worker): fetch these keys from their holders and keep them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gather {
+    /// What to fetch, from where.
+    pub inputs: Vec<RunInput>,
+}
+
+/// `gather` reply: the keys now stored, with their sizes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Gathered {
+    /// (key, bytes) for each stored key.
+    pub stored: Vec<(Key, u64)>,
 }

@@ -52,6 +52,10 @@ pub struct WorkerConfig {
     pub host_id: Option<String>,
     /// Never use shared memory (to test or measure the Flight route on one host).
     pub no_shm: bool,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// How long the center may stay unreachable before the worker exits.
+    pub center_patience: Duration,
 }
 
 /// Chunks smaller than this go over Flight even on one host: a file per tiny
@@ -100,6 +104,8 @@ pub struct WorkerCore {
     shm_dir: PathBuf,
     /// Becomes true when the worker stops (ends `watch` streams).
     stop: tokio::sync::watch::Receiver<bool>,
+    /// Outcomes not yet reported to the center (a retiring worker waits for 0).
+    unreported: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,6 +213,7 @@ impl WorkerCore {
         let fetched = match self.fetch_inputs(&t.inputs).await {
             Ok(f) => f,
             Err((msg, unreachable)) => {
+                self.unreported.fetch_add(1, Ordering::Relaxed);
                 self.running.fetch_sub(1, Ordering::Relaxed);
                 let _ = self
                     .outcomes
@@ -231,6 +238,7 @@ impl WorkerCore {
                 }
                 Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt, vec![]),
             };
+            this.unreported.fetch_add(1, Ordering::Relaxed);
             this.running.fetch_sub(1, Ordering::Relaxed);
             let _ = this.outcomes.send(outcome);
         });
@@ -565,6 +573,22 @@ impl FlightService for WorkerService {
                 json_result(&published)
             }
             "status" => json_result(&core.status()),
+            "gather" => {
+                let g: Gather = parse(&r#type, &body)?;
+                let fetched = core
+                    .fetch_inputs(&g.inputs)
+                    .await
+                    .map_err(|(msg, _)| Status::unavailable(msg))?;
+                let stored = fetched
+                    .into_iter()
+                    .map(|(k, c)| {
+                        let n = chunk::nbytes(&c) as u64;
+                        core.store.put(k.clone(), c);
+                        (k, n)
+                    })
+                    .collect();
+                json_result(&Gathered { stored })
+            }
             "watch" => {
                 // Never yields; ends when this worker stops (or dies).
                 let mut stop = core.stop.clone();
@@ -609,14 +633,13 @@ const REPORT_BATCH: usize = 4;
 async fn report_loop(
     core: Arc<WorkerCore>,
     center: FlightClient,
-    worker: u32,
     nthreads: usize,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
 ) {
     let mut center = center;
     while let Some(first) = rx.recv().await {
         let mut report = Report {
-            worker,
+            worker: core.id.load(Ordering::Relaxed),
             ..Default::default()
         };
         let mut add = |o: Outcome| match o {
@@ -650,6 +673,7 @@ async fn report_loop(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("cannot encode a report: {e}");
+                core.unreported.fetch_sub(n, Ordering::Relaxed);
                 continue;
             }
         };
@@ -667,7 +691,49 @@ async fn report_loop(
                 }
             }
         }
+        core.unreported.fetch_sub(n, Ordering::Relaxed);
     }
+}
+
+/// Leaves the cluster without losing data: no new tasks, the running ones
+/// finish and are reported, then the center copies whatever only this worker
+/// holds to peers (which fetch it from here) before it is removed.
+async fn retire(core: &Arc<WorkerCore>, center: &mut FlightClient) {
+    let worker = core.id.load(Ordering::Relaxed);
+    let phase = |phase: &str| Retire {
+        worker,
+        phase: phase.to_string(),
+    };
+    if let Err(e) = net::action_json::<serde_json::Value>(center, "retire", &phase("drain")).await {
+        tracing::warn!("cannot retire through the center ({e}); leaving");
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    while (core.running.load(Ordering::Relaxed) > 0 || core.unreported.load(Ordering::Relaxed) > 0)
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match net::action_json::<Retired>(center, "retire", &phase("hand-over")).await {
+        Ok(r) => tracing::info!(
+            moved = r.moved,
+            bytes = r.bytes,
+            "retired: data handed to peers"
+        ),
+        Err(e) => tracing::warn!("hand-over failed: {e}"),
+    }
+}
+
+/// Registers with the center; returns this worker's id.
+async fn register(center: &mut FlightClient, reg: &Register) -> Result<u32> {
+    let registered: Registered = net::action_json(center, "register", reg).await?;
+    if registered.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "the center speaks protocol version {}, this worker speaks {PROTOCOL_VERSION}",
+            registered.protocol_version
+        )));
+    }
+    Ok(registered.worker)
 }
 
 /// Connects to the center, retrying for up to `patience`.
@@ -707,14 +773,7 @@ pub async fn run(
         nthreads: config.nthreads.max(1),
         memory_limit: config.memory_limit,
     };
-    let registered: Registered = net::action_json(&mut center, "register", &reg).await?;
-    if registered.protocol_version != PROTOCOL_VERSION {
-        return Err(Error::Protocol(format!(
-            "the center speaks protocol version {}, this worker speaks {PROTOCOL_VERSION}",
-            registered.protocol_version
-        )));
-    }
-    let worker = registered.worker;
+    let worker = register(&mut center, &reg).await?;
     tracing::info!(worker, %address, center = %config.center, "worker registered");
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -746,42 +805,60 @@ pub async fn run(
         published: Mutex::default(),
         shm_dir,
         stop: stop_rx.clone(),
+        unreported: AtomicUsize::new(0),
     });
     tokio::spawn(report_loop(
         core.clone(),
         center.clone(),
-        worker,
         config.nthreads,
         rx,
     ));
     ready(core.clone());
     let heartbeat = {
         let (core, mut center, center_addr) = (core.clone(), center.clone(), config.center.clone());
+        let (interval, patience) = (config.heartbeat_interval, config.center_patience);
         async move {
-            let mut failures = 0;
+            let mut last_ok = tokio::time::Instant::now();
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match net::action(
+                tokio::time::sleep(interval).await;
+                let beat = net::action(
                     &mut center,
                     "heartbeat",
                     serde_json::to_vec(&core.status()).unwrap_or_default(),
                 )
-                .await
-                {
-                    Ok(_) => failures = 0,
+                .await;
+                match beat {
+                    Ok(_) => last_ok = tokio::time::Instant::now(),
                     Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
-                        return Err(Error::Protocol(format!(
-                            "the center at {center_addr} no longer knows this worker: {}",
-                            status.message()
-                        )));
+                        // A restarted center knows nothing of this worker or its
+                        // data: drop the data and join again.
+                        let keys = core.store.keys();
+                        tracing::warn!(
+                            "the center at {center_addr} does not know this worker (restarted?): \
+                             registering again, dropping {} keys",
+                            keys.len()
+                        );
+                        core.free(&keys);
+                        match register(&mut center, &reg).await {
+                            Ok(id) => {
+                                core.id.store(id, Ordering::Relaxed);
+                                last_ok = tokio::time::Instant::now();
+                                tracing::info!(worker = id, center = %center_addr, "worker registered again");
+                            }
+                            Err(e) => tracing::warn!("registering again failed: {e}"),
+                        }
                     }
                     Err(e) => {
-                        failures += 1;
-                        tracing::warn!("heartbeat to {center_addr} failed ({failures}/10): {e}");
-                        if failures >= 10 {
+                        let silent = last_ok.elapsed();
+                        tracing::warn!(
+                            "heartbeat to {center_addr} failed ({silent:.1?} without an answer): {e}"
+                        );
+                        if silent >= patience {
                             return Err(Error::Connect {
                                 address: center_addr,
-                                reason: "the center stopped answering; the worker exits".into(),
+                                reason: format!(
+                                    "the center stopped answering for {patience:?}; the worker exits"
+                                ),
                             });
                         }
                     }
@@ -794,10 +871,18 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.changed().await;
         });
+    // The server runs on its own so it keeps serving peers during a retirement.
+    let mut server = tokio::spawn(server);
     let result = tokio::select! {
-        r = server => r.map_err(|e| Error::Io { context: "worker server".into(), source: std::io::Error::other(e) }),
+        r = &mut server => match r {
+            Ok(r) => r.map_err(|e| Error::Io { context: "worker server".into(), source: std::io::Error::other(e) }),
+            Err(e) => Err(Error::Io { context: "worker server".into(), source: std::io::Error::other(e) }),
+        },
         r = heartbeat => r,
-        () = shutdown => Ok(()),
+        () = shutdown => {
+            retire(&core, &mut center).await;
+            Ok(())
+        }
     };
     let _ = stop_tx.send(true);
     let keys = core.store.keys();

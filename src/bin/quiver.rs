@@ -73,6 +73,13 @@ enum Cmd {
         /// Never use shared memory: peers on this host use Flight.
         #[arg(long)]
         no_shm: bool,
+        /// Milliseconds between heartbeats to the center.
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Seconds the center may stay unreachable before the worker exits
+        /// (a center restarted within this time is joined again).
+        #[arg(long, default_value_t = 10)]
+        center_timeout: u64,
     },
     /// Start a center and W workers on this host; stop them all on Ctrl-C.
     Local {
@@ -361,6 +368,8 @@ fn main() -> ExitCode {
             name,
             host_id,
             no_shm,
+            heartbeat_ms,
+            center_timeout,
         } => runtime(1).and_then(|rt| {
             let config = WorkerConfig {
                 center,
@@ -372,6 +381,8 @@ fn main() -> ExitCode {
                 name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
                 host_id,
                 no_shm,
+                heartbeat_interval: Duration::from_millis(heartbeat_ms.max(10)),
+                center_patience: Duration::from_secs(center_timeout),
             };
             let stop = {
                 let _guard = rt.enter();

@@ -23,6 +23,7 @@ pub struct TestCluster {
     workers: Vec<Option<Child>>,
     rt: tokio::runtime::Runtime,
     spill: tempfile::TempDir,
+    center_args: Vec<String>,
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {
@@ -62,6 +63,7 @@ impl TestCluster {
             workers: vec![],
             rt,
             spill: tempfile::tempdir().expect("spill dir"),
+            center_args: center_args.iter().map(|a| a.to_string()).collect(),
         };
         for _ in 0..n {
             c.start_worker(worker_args);
@@ -110,6 +112,21 @@ impl TestCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Kills the center and starts a new one on the same port.
+    pub fn restart_center(&mut self) {
+        self.kill_center();
+        let port = self.address.rsplit(':').next().expect("port").to_string();
+        let center = quiet(
+            Command::new(quiver_bin())
+                .args(["center", "--port", &port])
+                .args(&self.center_args),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart quiver center");
+        self.center = Some(center);
     }
 
     /// Waits until `n` workers have joined.

@@ -76,6 +76,20 @@ pub enum Event {
         /// Its description.
         info: WorkerInfo,
     },
+    /// A worker is retiring: it gets no new tasks; its queued ones go elsewhere.
+    Retire {
+        /// Its id.
+        worker: WorkerId,
+    },
+    /// A worker received a copy of a key from a retiring peer.
+    Replicated {
+        /// The worker that now holds a copy.
+        worker: WorkerId,
+        /// The key.
+        key: Key,
+        /// Its size.
+        nbytes: u64,
+    },
     /// A worker left or died; its data is gone.
     RemoveWorker {
         /// Its id.

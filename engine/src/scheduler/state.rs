@@ -15,6 +15,7 @@ use crate::ops::OpRegistry;
 
 mod check;
 mod query;
+mod retire;
 
 type TaskId = u64;
 /// (has no inputs, submission generation, depth-first position): lower runs first.
@@ -84,6 +85,8 @@ struct WorkerState {
     nbytes: u64,
     queue: Queue,
     last_seen: Instant,
+    /// Retiring: takes no new tasks.
+    closing: bool,
 }
 
 /// What a client can learn about a key.
@@ -142,11 +145,18 @@ impl Scheduler {
                     nbytes: 0,
                     queue: Queue::new(),
                     last_seen: now,
+                    closing: false,
                 };
                 self.workers.insert(worker, w);
                 self.fill(worker, out);
             }
             Event::RemoveWorker { worker } => self.remove_worker(worker, out),
+            Event::Retire { worker } => self.retire(worker, out),
+            Event::Replicated {
+                worker,
+                key,
+                nbytes,
+            } => self.replicated(worker, &key, nbytes),
             Event::Heartbeat { worker } => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.last_seen = now;
@@ -458,6 +468,9 @@ impl Scheduler {
             }
             for (w, b) in bytes {
                 let ws = &self.workers[&w];
+                if ws.closing {
+                    continue;
+                }
                 let load = ws.processing.len() + ws.queue.len();
                 if best.is_none_or(|(bb, bl, _)| b > bb || (b == bb && load < bl)) {
                     best = Some((b, load, w));
@@ -492,7 +505,7 @@ impl Scheduler {
     fn least_loaded_with_room(&self) -> Option<WorkerId> {
         self.workers
             .iter()
-            .filter(|(_, w)| w.processing.len() < self.capacity(w))
+            .filter(|(_, w)| !w.closing && w.processing.len() < self.capacity(w))
             .min_by_key(|(_, w)| w.processing.len() + w.queue.len())
             .map(|(id, _)| *id)
     }
@@ -504,7 +517,7 @@ impl Scheduler {
             let Some(w) = self.workers.get(&worker) else {
                 return;
             };
-            if w.processing.len() >= self.capacity(w) {
+            if w.closing || w.processing.len() >= self.capacity(w) {
                 return;
             }
             let valid =

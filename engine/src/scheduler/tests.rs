@@ -518,3 +518,48 @@ proptest! {
         prop_assert_eq!(env.s.num_tasks(), 0);
     }
 }
+
+#[test]
+fn a_retiring_worker_hands_over_its_data_and_nothing_is_recomputed() {
+    let mut env = Env::new(2, 1);
+    env.submit(1, seed_graph(6), &["total"]).unwrap();
+    for _ in 0..4 {
+        env.finish(0);
+    }
+    env.event(Event::Retire { worker: 0 }).unwrap();
+    // Finish what was already sent to it; nothing new goes there.
+    while let Some(i) = env.running.iter().position(|r| r.0 == 0) {
+        env.finish(i);
+    }
+    let runs_before = env.runs.len();
+    for (key, nbytes) in env.s.sole_holdings(0) {
+        let v = env.stores[&0][&key];
+        env.stores.get_mut(&1).unwrap().insert(key.clone(), v);
+        env.event(Event::Replicated {
+            worker: 1,
+            key,
+            nbytes,
+        })
+        .unwrap();
+    }
+    assert!(env.s.sole_holdings(0).is_empty());
+    assert_eq!(env.s.open_workers(), [1]);
+    // Its copies were freed with it.
+    env.event(Event::RemoveWorker { worker: 0 }).unwrap();
+    env.stores.remove(&0);
+    env.run_all();
+    let reruns: Vec<_> = env.runs[runs_before..]
+        .iter()
+        .filter(|(w, _)| *w == 0)
+        .collect();
+    assert!(reruns.is_empty(), "{reruns:?}");
+    let recomputed = env.runs[..runs_before]
+        .iter()
+        .filter(|(_, k)| env.runs[runs_before..].iter().any(|(_, k2)| k2 == k))
+        .count();
+    assert_eq!(recomputed, 0, "nothing already computed runs again");
+    assert_eq!(
+        env.value("total"),
+        (0..6).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0
+    );
+}
