@@ -76,6 +76,8 @@ async fn start_worker(
         name: host_id.into(),
         host_id: Some(host_id.into()),
         no_shm: false,
+        spill_fraction: 1.0,
+        pause_fraction: 1.0,
         heartbeat_interval: std::time::Duration::from_secs(1),
         center_patience: std::time::Duration::from_secs(10),
     };

@@ -23,6 +23,10 @@ struct Queues {
     consumers: VecDeque<Job>,
     producers: VecDeque<Job>,
     closed: bool,
+    /// Under memory pressure: at most one job at a time, so the worker
+    /// still makes progress (and frees memory) without adding to it.
+    paused: bool,
+    active: usize,
 }
 
 struct Shared {
@@ -54,6 +58,7 @@ impl Executor {
                 .spawn(move || {
                     while let Some(job) = shared.next() {
                         job(&ops);
+                        shared.done();
                     }
                 })
                 .map_err(|e| Error::Unavailable(format!("cannot start executor threads: {e}")))?;
@@ -69,6 +74,25 @@ impl Executor {
     /// The ops this executor runs.
     pub fn ops(&self) -> &Arc<OpRegistry> {
         &self.ops
+    }
+
+    /// Pauses (one job at a time) or resumes the pool.
+    pub fn set_paused(&self, paused: bool) {
+        let mut q = self.shared.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if q.paused != paused {
+            q.paused = paused;
+            drop(q);
+            self.shared.ready.notify_all();
+        }
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.shared
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paused
     }
 
     /// Runs `job` on the pool, after queued jobs of its kind.
@@ -94,13 +118,26 @@ impl Shared {
     fn next(&self) -> Option<Job> {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(j) = q.consumers.pop_front().or_else(|| q.producers.pop_front()) {
+            if !(q.paused && q.active > 0)
+                && let Some(j) = q.consumers.pop_front().or_else(|| q.producers.pop_front())
+            {
+                q.active += 1;
                 return Some(j);
             }
-            if q.closed {
+            if q.closed && q.consumers.is_empty() && q.producers.is_empty() {
                 return None;
             }
             q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn done(&self) {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        q.active -= 1;
+        let wake = q.paused;
+        drop(q);
+        if wake {
+            self.ready.notify_one();
         }
     }
 }

@@ -132,6 +132,15 @@ pub struct WorkerStatus {
     pub running: usize,
     /// Bytes moved per route.
     pub routes: RouteCounters,
+    /// The process's resident memory.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// Its highest resident memory so far.
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+    /// Paused by memory pressure (one task at a time).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One finished task in a `report`.

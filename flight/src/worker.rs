@@ -52,10 +52,45 @@ pub struct WorkerConfig {
     pub host_id: Option<String>,
     /// Never use shared memory (to test or measure the Flight route on one host).
     pub no_shm: bool,
+    /// Fraction of the memory limit the store may fill before it spills.
+    pub spill_fraction: f64,
+    /// Fraction of the memory limit, as process RSS, at which new tasks pause
+    /// (one at a time) and the store spills down to its target.
+    pub pause_fraction: f64,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
     /// How long the center may stay unreachable before the worker exits.
     pub center_patience: Duration,
+}
+
+/// The process's resident memory, from /proc (0 where unavailable).
+mod memory {
+    fn status_kib(field: &str) -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(field))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Resident bytes now.
+    pub fn rss() -> u64 {
+        status_kib("VmRSS:") * 1024
+    }
+
+    /// Resident anonymous bytes: the pressure that matters. Mapped spill
+    /// files count in RSS too, but the kernel can drop those pages at will.
+    pub fn anon_rss() -> u64 {
+        status_kib("RssAnon:") * 1024
+    }
+
+    /// The most resident bytes so far.
+    pub fn peak_rss() -> u64 {
+        status_kib("VmHWM:") * 1024
+    }
 }
 
 /// Chunks smaller than this go over Flight even on one host: a file per tiny
@@ -120,6 +155,9 @@ impl WorkerCore {
             worker: self.id.load(Ordering::Relaxed),
             store: self.store.stats(),
             running: self.running.load(Ordering::Relaxed),
+            rss_bytes: memory::rss(),
+            peak_rss_bytes: memory::peak_rss(),
+            paused: self.executor.is_paused(),
             routes: RouteCounters {
                 flight_sent: r.flight_sent.load(Ordering::Relaxed),
                 flight_received: r.flight_received.load(Ordering::Relaxed),
@@ -695,6 +733,43 @@ async fn report_loop(
     }
 }
 
+/// `fraction` of `limit` bytes.
+fn fraction_of(limit: u64, fraction: f64) -> usize {
+    usize::try_from((limit as f64 * fraction.clamp(0.0, 1.0)) as u64).unwrap_or(usize::MAX)
+}
+
+/// Watches the process's anonymous RSS: above `pause_at` new tasks wait (one runs at a
+/// time) and the store spills down to `spill_to`; below, they run again. RSS
+/// counts what the store does not see (task temporaries, allocator slack).
+async fn memory_monitor(core: Arc<WorkerCore>, pause_at: usize, spill_to: usize) {
+    let mut paused = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rss = memory::anon_rss() as usize;
+        let over = rss > pause_at;
+        if over {
+            let store = core.store.clone();
+            let excess = rss - spill_to.min(rss);
+            let target = (store.stats().memory_bytes as usize).saturating_sub(excess);
+            let _ = tokio::task::spawn_blocking(move || store.spill_down_to(target)).await;
+        }
+        if over != paused {
+            paused = over;
+            core.executor.set_paused(paused);
+            tracing::info!(
+                rss,
+                limit = pause_at,
+                "{}",
+                if paused {
+                    "memory pressure: pausing new tasks"
+                } else {
+                    "memory back under the limit: resuming"
+                }
+            );
+        }
+    }
+}
+
 /// Leaves the cluster without losing data: no new tasks, the running ones
 /// finish and are reported, then the center copies whatever only this worker
 /// holds to peers (which fetch it from here) before it is removed.
@@ -788,7 +863,7 @@ pub async fn run(
         host_id,
         no_shm: config.no_shm,
         store: Arc::new(ChunkStore::new(StoreConfig {
-            memory_limit: usize::try_from(config.memory_limit).unwrap_or(usize::MAX),
+            memory_limit: fraction_of(config.memory_limit, config.spill_fraction),
             spill_dir: config
                 .spill_dir
                 .join(format!("worker-{worker}-{}", std::process::id())),
@@ -814,6 +889,11 @@ pub async fn run(
         rx,
     ));
     ready(core.clone());
+    tokio::spawn(memory_monitor(
+        core.clone(),
+        fraction_of(config.memory_limit, config.pause_fraction),
+        fraction_of(config.memory_limit, config.spill_fraction),
+    ));
     let heartbeat = {
         let (core, mut center, center_addr) = (core.clone(), center.clone(), config.center.clone());
         let (interval, patience) = (config.heartbeat_interval, config.center_patience);

@@ -54,6 +54,8 @@ impl Fixture {
             name: format!("w-{host_id}"),
             host_id: Some(host_id.into()),
             no_shm,
+            spill_fraction: 1.0,
+            pause_fraction: 1.0,
             heartbeat_interval: std::time::Duration::from_secs(1),
             center_patience: std::time::Duration::from_secs(10),
         };

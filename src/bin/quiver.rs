@@ -73,6 +73,12 @@ enum Cmd {
         /// Never use shared memory: peers on this host use Flight.
         #[arg(long)]
         no_shm: bool,
+        /// Fraction of --memory-limit the store fills before spilling.
+        #[arg(long, default_value_t = 0.7)]
+        spill_fraction: f64,
+        /// Fraction of --memory-limit (process RSS) at which new tasks pause.
+        #[arg(long, default_value_t = 0.85)]
+        pause_fraction: f64,
         /// Milliseconds between heartbeats to the center.
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
@@ -368,6 +374,8 @@ fn main() -> ExitCode {
             name,
             host_id,
             no_shm,
+            spill_fraction,
+            pause_fraction,
             heartbeat_ms,
             center_timeout,
         } => runtime(1).and_then(|rt| {
@@ -381,6 +389,8 @@ fn main() -> ExitCode {
                 name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
                 host_id,
                 no_shm,
+                spill_fraction,
+                pause_fraction,
                 heartbeat_interval: Duration::from_millis(heartbeat_ms.max(10)),
                 center_patience: Duration::from_secs(center_timeout),
             };

@@ -93,6 +93,29 @@ impl TestCluster {
         i
     }
 
+    /// Starts one more worker whose stderr is kept; returns its index.
+    pub fn start_worker_logged(&mut self, args: &[&str]) -> usize {
+        let i = self.workers.len();
+        let log = self.spill.path().join(format!("w{i}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(quiver_bin())
+            .args(["worker", &self.address, "--name", &format!("w{i}")])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start quiver worker");
+        self.workers.push(Some(child));
+        i
+    }
+
+    /// Kills worker `i` and returns what it logged (see [`TestCluster::start_worker_logged`]).
+    pub fn stop_worker_and_read_log(&mut self, i: usize) -> String {
+        self.kill_worker(i);
+        std::fs::read_to_string(self.spill.path().join(format!("w{i}.log"))).unwrap_or_default()
+    }
+
     /// The worker process `i`.
     pub fn worker(&mut self, i: usize) -> &mut Child {
         self.workers[i].as_mut().expect("worker killed")

@@ -137,6 +137,15 @@ impl ChunkStore {
         }
     }
 
+    /// Spills least recently used chunks until the store holds at most
+    /// `target` bytes in memory (memory pressure seen from outside the store).
+    pub fn spill_down_to(&self, target: usize) {
+        let victims = self.lock().choose_victims(target);
+        for (key, chunk) in victims {
+            self.spill(key, &chunk);
+        }
+    }
+
     fn spill(&self, key: Key, chunk: &Chunk) {
         let written = std::fs::create_dir_all(&self.config.spill_dir)
             .map_err(|source| crate::Error::Spill {

@@ -1,0 +1,80 @@
+//! Memory pressure on real worker processes: more data than the memory
+//! limit spills and stays correct, RSS stays near the limit, and a spill
+//! directory that cannot be written is an error in the log, not a crash.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestCluster;
+use quiver::{Call, Client, Connect, seed};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn three_times_the_memory_limit_spills_and_stays_correct() {
+    let cluster = TestCluster::start(2, &["--memory-limit", "64MiB"]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let pool = client.pool();
+    // 24 arrays of 8 MB held at once: 192 MB on workers of 64 MiB each.
+    let arrays = pool
+        .map(
+            "random",
+            (0..24).map(|i| Call::new().arg(1_000_000).kw("seed", i)),
+        )
+        .unwrap();
+    let sums = pool.map("sum", &arrays).unwrap();
+    let total = pool.apply("sum", &sums).unwrap().get_f64().unwrap();
+    assert_eq!(total, seed::floor(1, 24, 1_000_000));
+    let statuses = cluster.worker_statuses();
+    let spilled: u64 = statuses.iter().map(|(_, s)| s.store.spilled_bytes).sum();
+    assert!(spilled > 64 * MIB, "only {spilled} bytes spilled");
+    for (address, s) in &statuses {
+        eprintln!(
+            "{address}: peak RSS {} MiB, store {} MiB in memory, {} MiB spilled",
+            s.peak_rss_bytes / MIB,
+            s.store.memory_bytes / MIB,
+            s.store.spilled_bytes / MIB
+        );
+        assert!(
+            s.store.memory_bytes <= 64 * MIB,
+            "the store holds {} bytes in memory",
+            s.store.memory_bytes
+        );
+        // The limit plus the process's own footprint (code, runtime, one
+        // task's temporaries): far below the 96 MB each worker holds.
+        assert!(
+            s.peak_rss_bytes < 64 * MIB * 3 / 2 + 40 * MIB,
+            "peak RSS {} MiB",
+            s.peak_rss_bytes / MIB
+        );
+    }
+    drop((arrays, sums));
+}
+
+#[test]
+fn an_unwritable_spill_dir_keeps_data_in_memory_with_an_error_logged() {
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let spill = not_a_dir.path().join("spill");
+    let mut cluster = TestCluster::start(0, &[]);
+    let i = cluster.start_worker_logged(&[
+        "--memory-limit",
+        "16MiB",
+        "--spill-dir",
+        spill.to_str().unwrap(),
+    ]);
+    assert!(cluster.wait_workers(1, Duration::from_secs(30)));
+    let client = Client::connect(&cluster.address).unwrap();
+    assert_eq!(
+        seed::run("pool", &client, 8, 1_000_000).unwrap(),
+        seed::floor(1, 8, 1_000_000)
+    );
+    assert!(cluster.all_alive(), "the worker survived");
+    assert!(!spill.exists(), "no partial spill files");
+    let log = cluster.stop_worker_and_read_log(i);
+    assert!(log.contains("spill failed, chunk kept in memory"), "{log}");
+    assert!(
+        log.contains(spill.to_str().unwrap()),
+        "the error names the path: {log}"
+    );
+}
