@@ -113,3 +113,20 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         assert_eq!(e.code(), Code::NotFound);
     });
 }
+
+#[test]
+fn a_worker_of_another_protocol_version_is_refused_naming_both() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let register = r#"{"protocol_version": 99, "name": "future", "address": "127.0.0.1:1",
+                           "host_id": "h", "nthreads": 1, "memory_limit": 1}"#;
+        let e = act(&mut center, "register", register).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(
+            e.message().contains("speaks 99") && e.message().contains("speaks 1"),
+            "{}",
+            e.message()
+        );
+    });
+}

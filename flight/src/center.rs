@@ -606,7 +606,11 @@ impl FlightService for CenterService {
                     info = info.with_endpoint(
                         arrow_flight::FlightEndpoint::new()
                             .with_ticket(Ticket::new(k.to_string()))
-                            .with_location(format!("grpc://{}", w.info.address)),
+                            .with_location(format!(
+                                "{}://{}",
+                                crate::tls::location_scheme(),
+                                w.info.address
+                            )),
                     );
                 }
                 Ok(info)
@@ -634,7 +638,7 @@ impl FlightService for CenterService {
             info = info.with_endpoint(
                 arrow_flight::FlightEndpoint::new()
                     .with_ticket(Ticket::new(key.to_string()))
-                    .with_location(format!("grpc://{h}")),
+                    .with_location(format!("{}://{h}", crate::tls::location_scheme())),
             );
         }
         Ok(Response::new(info))
@@ -921,7 +925,7 @@ pub async fn run(
             }
         })
     };
-    let r = net::server()
+    let r = net::server()?
         .add_service(net::service(CenterService(core)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -1,6 +1,7 @@
 //! Quiver over Arrow Flight.
 //!
 //! - [`auth`]: the shared-secret token on every call.
+//! - [`tls`]: rustls on every connection.
 //! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
 //! - [`codec`]: chunks as Flight messages, without per-value encoding.
 //! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
@@ -17,6 +18,7 @@ pub mod error;
 pub mod net;
 pub mod protocol;
 pub mod service;
+pub mod tls;
 pub mod worker;
 
 pub use error::{Error, Result};

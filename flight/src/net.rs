@@ -29,13 +29,20 @@ const FRAME: u32 = (1 << 24) - 1;
 /// A Flight client on a tuned channel, carrying the process's token.
 pub type FlightClient = FlightServiceClient<InterceptedService<Channel, AddToken>>;
 
-/// A server builder with Quiver's transport settings.
-pub fn server() -> Server {
-    Server::builder()
+/// A server builder with Quiver's transport settings (and TLS, if this
+/// process has a certificate).
+pub fn server() -> Result<Server> {
+    let builder = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    match crate::tls::server_config() {
+        Some(tls) => builder
+            .tls_config(tls)
+            .map_err(|e| Error::Protocol(format!("TLS certificate or key refused: {e}"))),
+        None => Ok(builder),
+    }
 }
 
 /// Wraps a Flight service with message limits lifted and the process's token required.
@@ -68,11 +75,11 @@ pub async fn bind(host: &str, port: u16) -> Result<(TcpIncoming, SocketAddr)> {
     Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), local))
 }
 
-/// Strips a `grpc://` or `grpc+tcp://` scheme; keeps `host:port`.
+/// Strips a `grpc://`, `grpc+tcp://` or `grpc+tls://` scheme; keeps `host:port`.
 pub fn host_port(address: &str) -> &str {
-    address
-        .strip_prefix("grpc+tcp://")
-        .or_else(|| address.strip_prefix("grpc://"))
+    ["grpc+tcp://", "grpc+tls://", "grpc://"]
+        .iter()
+        .find_map(|p| address.strip_prefix(p))
         .unwrap_or(address)
 }
 
@@ -83,8 +90,19 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
         address: hp.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{hp}"))
-        .map_err(|e| fail(format!("not a host:port address ({e})")))?
+    let scheme = if crate::tls::client_enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{hp}"))
+        .map_err(|e| fail(format!("not a host:port address ({e})")))?;
+    if let Some(tls) = crate::tls::client_config() {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| fail(format!("TLS settings refused: {e}")))?;
+    }
+    let endpoint = endpoint
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME)

@@ -35,7 +35,7 @@ pub fn flight_info(key: &Key, c: &Chunk, locations: &[String]) -> Result<FlightI
         .map(|l| {
             FlightEndpoint::new()
                 .with_ticket(Ticket::new(key.as_str().to_string()))
-                .with_location(format!("grpc://{l}"))
+                .with_location(format!("{}://{l}", crate::tls::location_scheme()))
         })
         .collect::<Vec<_>>();
     let mut info = FlightInfo::new()

@@ -838,7 +838,13 @@ pub async fn run(
     let (incoming, local) = net::bind(&config.host, config.port).await?;
     let address = local.to_string();
     let mut center = connect_center(&config.center, Duration::from_secs(10)).await?;
-    net::probe_center(&mut center, &config.center).await?;
+    let probed = net::probe_center(&mut center, &config.center).await?;
+    if probed.protocol_version != PROTOCOL_VERSION {
+        return Err(Error::Protocol(format!(
+            "the center at {} speaks protocol version {}, this worker speaks {PROTOCOL_VERSION}",
+            config.center, probed.protocol_version
+        )));
+    }
     let host_id = config.host_id.clone().unwrap_or_else(default_host_id);
     let reg = Register {
         protocol_version: PROTOCOL_VERSION,
@@ -946,7 +952,7 @@ pub async fn run(
             }
         }
     };
-    let server = net::server()
+    let server = net::server()?
         .add_service(net::service(WorkerService(core.clone())))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.changed().await;

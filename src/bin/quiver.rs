@@ -26,6 +26,15 @@ struct Cli {
     /// Shared secret: servers refuse calls without it, connections carry it.
     #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// TLS certificate (PEM) the center and workers present.
+    #[arg(long, global = true, env = "QUIVER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "QUIVER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) every connection verifies servers against; turns TLS on for clients.
+    #[arg(long, global = true, env = "QUIVER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +335,29 @@ fn local(
     Ok(())
 }
 
+/// Loads the TLS files once; `quiver local`'s children get them through the environment.
+fn setup_tls(cli: &Cli) -> Result<(), String> {
+    let tls = quiver::flight::tls::Tls::load(
+        cli.tls_cert.as_deref(),
+        cli.tls_key.as_deref(),
+        cli.tls_ca.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    for (name, path) in [
+        ("QUIVER_TLS_CERT", &cli.tls_cert),
+        ("QUIVER_TLS_KEY", &cli.tls_key),
+        ("QUIVER_TLS_CA", &cli.tls_ca),
+    ] {
+        if let Some(p) = path {
+            let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            // SAFETY: set before any other thread of this process starts.
+            unsafe { std::env::set_var(name, p) };
+        }
+    }
+    quiver::flight::tls::set(tls);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -340,6 +372,10 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("QUIVER_TOKEN", t) };
     }
     quiver::flight::auth::set_token(cli.token.clone());
+    if let Err(e) = setup_tls(&cli) {
+        eprintln!("quiver: {e}");
+        return ExitCode::FAILURE;
+    }
     let result: Result<(), String> = match cli.command {
         Cmd::Center {
             host,
