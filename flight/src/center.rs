@@ -800,10 +800,14 @@ impl FlightService for CenterService {
             "heartbeat" => {
                 let status: WorkerStatus = parse(&r#type, &body)?;
                 let mut st = core.lock();
-                let Some(link) = st.workers.get_mut(&status.worker) else {
+                let Some(link) = st
+                    .workers
+                    .get_mut(&status.worker)
+                    .filter(|l| status.address.is_empty() || l.info.address == status.address)
+                else {
                     return Err(Status::not_found(format!(
-                        "worker {} is not in this cluster",
-                        status.worker
+                        "worker {} at {} is not in this cluster",
+                        status.worker, status.address
                     )));
                 };
                 link.status = status.clone();
@@ -844,6 +848,16 @@ impl FlightService for CenterService {
             "report" => {
                 let report: Report = parse(&r#type, &body)?;
                 let worker = report.worker;
+                let known =
+                    core.lock().workers.get(&worker).is_some_and(|l| {
+                        report.address.is_empty() || l.info.address == report.address
+                    });
+                if !known {
+                    return Err(Status::not_found(format!(
+                        "worker {worker} at {} is not in this cluster",
+                        report.address
+                    )));
+                }
                 let n = (report.finished.len() + report.failed.len()) as u64;
                 let (suspect, failed): (Vec<Failed>, Vec<Failed>) = report
                     .failed

@@ -126,6 +126,9 @@ pub struct RouteCounters {
 pub struct WorkerStatus {
     /// The worker's id.
     pub worker: u32,
+    /// Its address (checked with the id: ids restart with the center).
+    #[serde(default)]
+    pub address: String,
     /// Its store's figures.
     pub store: StoreStats,
     /// Tasks running now.
@@ -174,6 +177,9 @@ pub struct Failed {
 pub struct Report {
     /// The reporting worker.
     pub worker: u32,
+    /// Its address: an id from before a center restart may now name another worker.
+    #[serde(default)]
+    pub address: String,
     /// Tasks done.
     #[serde(default)]
     pub finished: Vec<Finished>,

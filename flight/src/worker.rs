@@ -153,6 +153,7 @@ impl WorkerCore {
         let r = &self.routes;
         WorkerStatus {
             worker: self.id.load(Ordering::Relaxed),
+            address: self.address.clone(),
             store: self.store.stats(),
             running: self.running.load(Ordering::Relaxed),
             rss_bytes: memory::rss(),
@@ -678,6 +679,7 @@ async fn report_loop(
     while let Some(first) = rx.recv().await {
         let mut report = Report {
             worker: core.id.load(Ordering::Relaxed),
+            address: core.address.clone(),
             ..Default::default()
         };
         let mut add = |o: Outcome| match o {
@@ -719,6 +721,10 @@ async fn report_loop(
         for attempt in 0.. {
             match net::action(&mut center, "report", body.clone()).await {
                 Ok(_) => break,
+                // A restarted center: the outcomes are moot, the heartbeat joins it again.
+                Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
+                    break;
+                }
                 Err(e) if attempt < 20 => {
                     tracing::warn!("report to the center failed (retrying): {e}");
                     tokio::time::sleep(Duration::from_millis(250)).await;
