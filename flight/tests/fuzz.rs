@@ -20,10 +20,17 @@ use quiver_flight::codec;
 
 fn config() -> ProptestConfig {
     // Arrow panics on some inputs inside the product's catch_unwind; that is
-    // handled, so its default report would only be noise. Real failures are
-    // reported by proptest with their payload.
-    static QUIET: std::sync::Once = std::sync::Once::new();
-    QUIET.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    // handled, so its report would only be noise while the product runs.
+    // Everything else (proptest's own failure report) is printed.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_PRODUCT.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
     let cases = std::env::var("QUIVER_FUZZ_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -33,6 +40,19 @@ fn config() -> ProptestConfig {
         failure_persistence: None,
         ..ProptestConfig::default()
     }
+}
+
+thread_local! {
+    static IN_PRODUCT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs product code with its caught panics kept quiet. A panic that escapes
+/// it is a failure: it is reported after the flag is reset.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    IN_PRODUCT.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_PRODUCT.with(|q| q.set(false));
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Valid and nearly valid graphs the mutations start from.
@@ -140,7 +160,7 @@ fn check_messages(which: usize, part: u8, edits: &[(u8, usize, u8)]) {
     } else {
         m.data_body = Bytes::from(mutate(&m.data_body, edits));
     }
-    if let Ok((chunk, _)) = codec::decode_one(msgs, "fuzz") {
+    if let Ok((chunk, _)) = quietly(|| codec::decode_one(msgs, "fuzz")) {
         // Whatever decodes must be usable without panics.
         let _ = quiver_engine::chunk::nbytes(&chunk);
         let _ = format!("{:?}", chunk.columns());
@@ -171,14 +191,14 @@ proptest! {
     fn flight_ingest_takes_random_messages(header in prop::collection::vec(any::<u8>(), 0..256),
                                            body in prop::collection::vec(any::<u8>(), 0..256)) {
         let junk = FlightData { data_header: header.into(), data_body: body.into(), ..Default::default() };
-        let _ = codec::decode_one(vec![junk], "fuzz");
+        let _ = quietly(|| codec::decode_one(vec![junk], "fuzz"));
     }
 
     #[test]
     fn ipc_file_ingest_takes_mutated_files(which in 0..2usize, edits in edits()) {
         let bytes = mutate(&FILES[which], &edits);
         let _ = ipcfile::batch_location(&bytes);
-        if let Ok(chunk) = ipcfile::decode(Buffer::from(bytes)) {
+        if let Ok(chunk) = quietly(|| ipcfile::decode(Buffer::from(bytes))) {
             let _ = format!("{:?}", chunk.columns());
         }
     }
@@ -226,6 +246,29 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
 mod regressions {
     use super::*;
 
+    /// A footer block whose body length is negative (-1) overflowed
+    /// `meta + body` in `batch_location` (found by the CI fuzz pass).
+    #[test]
+    fn ipc_file_with_a_negative_body_length() {
+        for file in FILES.iter() {
+            let (_, body) = ipcfile::batch_location(file).unwrap();
+            let len = (body.len() as i64).to_le_bytes();
+            let footer_len =
+                i32::from_le_bytes(file[file.len() - 10..file.len() - 6].try_into().unwrap())
+                    as usize;
+            let footer_start = file.len() - 10 - footer_len;
+            let at = footer_start
+                + file[footer_start..]
+                    .windows(8)
+                    .position(|w| w == len)
+                    .expect("the block's body length is in the footer");
+            let mut bad = file.clone();
+            bad[at..at + 8].copy_from_slice(&(-1i64).to_le_bytes());
+            assert!(ipcfile::batch_location(&bad).is_err());
+            assert!(quietly(|| ipcfile::decode(Buffer::from(bad))).is_err());
+        }
+    }
+
     /// A record batch message whose buffer offset points past the body made
     /// Arrow's file decoder panic (slice offset 1778384960 of a 320-byte
     /// block). Every byte of the batch metadata, overwritten, must give an
@@ -238,7 +281,7 @@ mod regressions {
                 for byte in [0x6a, 0xff, 0x00] {
                     let mut bad = file.clone();
                     bad[at] = byte;
-                    let _ = ipcfile::decode(Buffer::from(bad));
+                    let _ = quietly(|| ipcfile::decode(Buffer::from(bad)));
                 }
             }
         }

@@ -102,11 +102,12 @@ pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
     }
     let b = blocks.get(0);
     let start = usize::try_from(b.offset()).map_err(|_| corrupt("block offset"))?;
-    let meta = b.metaDataLength() as usize;
-    let body = b.bodyLength() as usize;
+    let meta = usize::try_from(b.metaDataLength()).map_err(|_| corrupt("metadata length"))?;
+    let body = usize::try_from(b.bodyLength()).map_err(|_| corrupt("body length"))?;
     if meta < 8
-        || start
-            .checked_add(meta + body)
+        || meta
+            .checked_add(body)
+            .and_then(|len| start.checked_add(len))
             .is_none_or(|end| end > footer_start)
     {
         return Err(corrupt("block out of bounds"));
@@ -141,7 +142,11 @@ fn decode_unchecked(buf: Buffer) -> Result<Chunk> {
         FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(true);
     let block_data = |b: &Block| -> Result<Buffer> {
         let start = usize::try_from(b.offset()).map_err(|_| corrupt("block offset"))?;
-        let len = b.metaDataLength() as usize + b.bodyLength() as usize;
+        let len = usize::try_from(b.metaDataLength())
+            .ok()
+            .zip(usize::try_from(b.bodyLength()).ok())
+            .and_then(|(m, b)| m.checked_add(b))
+            .ok_or_else(|| corrupt("block length"))?;
         if start.checked_add(len).is_none_or(|end| end > footer_start) {
             return Err(corrupt("block out of bounds"));
         }
