@@ -63,6 +63,21 @@ struct WorkerLink {
     info: WorkerInfo,
     tx: mpsc::UnboundedSender<ToWorker>,
     status: WorkerStatus,
+    /// Moving average of its tasks' run time, in microseconds.
+    task_micros: f64,
+    /// Tasks queued on it beyond its threads.
+    extra_slots: usize,
+}
+
+/// How much work, in time, the center keeps queued on each worker thread
+/// beyond the running task: enough to hide a control round trip.
+const QUEUED_WORK_MICROS: f64 = 4000.0;
+/// Bounds of the tasks queued per worker beyond its threads.
+const EXTRA_SLOTS: (usize, usize) = (4, 256);
+
+/// Tasks to queue beyond `nthreads` for tasks of `micros` each.
+fn extra_slots(nthreads: usize, micros: f64) -> usize {
+    ((QUEUED_WORK_MICROS / micros.max(1.0)) as usize * nthreads).clamp(EXTRA_SLOTS.0, EXTRA_SLOTS.1)
 }
 
 type Waiter = oneshot::Sender<std::result::Result<(), Status>>;
@@ -219,6 +234,8 @@ impl CenterCore {
                 info: info.clone(),
                 tx,
                 status: WorkerStatus::default(),
+                task_micros: QUEUED_WORK_MICROS,
+                extra_slots: EXTRA_SLOTS.0,
             },
         );
         tracing::info!(worker, address = %info.address, "worker joined");
@@ -235,6 +252,26 @@ impl CenterCore {
         if st.workers.remove(&worker).is_some() {
             tracing::warn!(worker, "worker removed: {why}");
             let _ = self.handle(&mut st, Event::RemoveWorker { worker });
+        }
+    }
+
+    /// Short tasks need more of them queued on a worker to keep it busy
+    /// across a report/run round trip; long ones fewer (memory, balance).
+    fn pace(self: &Arc<Self>, st: &mut State, worker: WorkerId, finished: &[Finished]) {
+        let Some(link) = st.workers.get_mut(&worker) else {
+            return;
+        };
+        for f in finished.iter().filter(|f| f.micros > 0) {
+            link.task_micros = 0.9 * link.task_micros + 0.1 * f.micros as f64;
+        }
+        let extra = extra_slots(link.info.nthreads.max(1), link.task_micros);
+        if extra != link.extra_slots {
+            link.extra_slots = extra;
+            let mut out = Vec::new();
+            st.scheduler.set_extra_slots(worker, extra, &mut out);
+            for c in out {
+                self.carry_out(st, c);
+            }
         }
     }
 
@@ -864,6 +901,7 @@ impl FlightService for CenterService {
                     .into_iter()
                     .partition(|f| !f.unreachable.is_empty());
                 let mut st = core.lock();
+                core.pace(&mut st, worker, &report.finished);
                 for f in report.finished {
                     let _ = core.handle(
                         &mut st,

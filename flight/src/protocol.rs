@@ -153,6 +153,10 @@ pub struct Finished {
     pub key: Key,
     /// Result size.
     pub nbytes: u64,
+    /// How long the task ran, in microseconds (sets how many tasks the
+    /// center keeps queued on the worker).
+    #[serde(default)]
+    pub micros: u64,
 }
 
 /// One failed task in a `report`.

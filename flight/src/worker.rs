@@ -118,7 +118,8 @@ struct Routes {
 }
 
 enum Outcome {
-    Finished(Key, u64),
+    /// Key, bytes, microseconds it ran.
+    Finished(Key, u64, u64),
     /// Key, error, attempt, and the holders an input could not be fetched from.
     Failed(Key, String, u32, Vec<String>),
 }
@@ -261,19 +262,16 @@ impl WorkerCore {
             }
         };
         let this = self.clone();
+        // Looked up by key: a gather over thousands of inputs stays linear.
+        let fetched: FxHashMap<Key, Chunk> = fetched.into_iter().collect();
         self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
-            let input = |k: &Key| {
-                fetched
-                    .iter()
-                    .find(|(x, _)| x == k)
-                    .map(|(_, c)| c.clone())
-                    .or_else(|| this.store.get(k))
-            };
+            let input = |k: &Key| fetched.get(k).cloned().or_else(|| this.store.get(k));
+            let start = std::time::Instant::now();
             let outcome = match evaluate(ops, &t.task, &input) {
                 Ok(c) => {
                     let n = chunk::nbytes(&c) as u64;
                     this.store.put(t.key.clone(), c);
-                    Outcome::Finished(t.key, n)
+                    Outcome::Finished(t.key, n, start.elapsed().as_micros() as u64)
                 }
                 Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt, vec![]),
             };
@@ -541,7 +539,8 @@ impl FlightService for WorkerService {
     }
 
     /// Several chunks in one stream (peers batch small inputs): the first
-    /// message's PATH descriptor names the keys; each chunk follows in order.
+    /// message's PATH descriptor names the keys; each chunk follows in order,
+    /// its schema message only when the schema differs from the previous one.
     async fn do_exchange(
         &self,
         req: Request<Streaming<FlightData>>,
@@ -561,6 +560,7 @@ impl FlightService for WorkerService {
         };
         let mut out = Vec::with_capacity(2 * keys.len());
         let mut sent = 0;
+        let mut last_schema = None;
         for k in keys {
             let key = Key::new(&k).ok_or_else(|| Status::invalid_argument("an empty key"))?;
             let (c, file) = self
@@ -568,8 +568,14 @@ impl FlightService for WorkerService {
                 .store
                 .get_with_file(&key)
                 .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-            let msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
+            let mut msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
             sent += codec::body_bytes(&msgs);
+            // A schema is sent when it changes; the reader keeps the last one.
+            if last_schema.as_ref() == Some(c.schema_ref()) {
+                msgs.remove(0);
+            } else {
+                last_schema = Some(c.schema());
+            }
             out.extend(msgs.into_iter().map(Ok));
         }
         self.0.routes.flight_sent.fetch_add(sent, Ordering::Relaxed);
@@ -683,7 +689,11 @@ async fn report_loop(
             ..Default::default()
         };
         let mut add = |o: Outcome| match o {
-            Outcome::Finished(key, nbytes) => report.finished.push(Finished { key, nbytes }),
+            Outcome::Finished(key, nbytes, micros) => report.finished.push(Finished {
+                key,
+                nbytes,
+                micros,
+            }),
             Outcome::Failed(key, error, attempt, unreachable) => report.failed.push(Failed {
                 key,
                 error,

@@ -87,6 +87,8 @@ struct WorkerState {
     last_seen: Instant,
     /// Retiring: takes no new tasks.
     closing: bool,
+    /// Tasks queued beyond its threads (default: the config's `extra_slots`).
+    extra_slots: Option<usize>,
 }
 
 /// What a client can learn about a key.
@@ -146,6 +148,7 @@ impl Scheduler {
                     queue: Queue::new(),
                     last_seen: now,
                     closing: false,
+                    extra_slots: None,
                 };
                 self.workers.insert(worker, w);
                 self.fill(worker, out);
@@ -499,7 +502,16 @@ impl Scheduler {
     }
 
     fn capacity(&self, w: &WorkerState) -> usize {
-        w.info.nthreads.max(1) + self.config.extra_slots
+        w.info.nthreads.max(1) + w.extra_slots.unwrap_or(self.config.extra_slots)
+    }
+
+    /// Sets how many tasks `worker` gets queued beyond its threads (the
+    /// driver paces it by task length) and fills it up to the new depth.
+    pub fn set_extra_slots(&mut self, worker: WorkerId, extra: usize, out: &mut Vec<Command>) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.extra_slots = Some(extra);
+            self.fill(worker, out);
+        }
     }
 
     fn least_loaded_with_room(&self) -> Option<WorkerId> {

@@ -1,0 +1,228 @@
+//! Scheduler overhead end to end, through real processes: a `quiver center`
+//! and 4 `quiver worker`s on this host run no-op tasks submitted by a client
+//! (a pool map of N tasks gathered by one task; a graph of G tasks), and the
+//! center's peak memory per task is read from /proc.
+//!
+//! `cargo bench --bench overhead [-- --quick] [--map N] [--graph G] [--rounds R] [--json FILE]`
+//! (defaults: N = 100,000, G = 1,000,000, R = 3; `--quick`: 2,000 and 10,000, one round).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver::{Call, Client, Connect, Graph, Key, Task};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A center and workers, killed on drop.
+struct Cluster {
+    address: String,
+    center: Child,
+    workers: Vec<Child>,
+}
+
+impl Cluster {
+    fn start(workers: usize) -> Cluster {
+        let bin = env!("CARGO_BIN_EXE_quiver");
+        let mut center = Command::new(bin)
+            .args(["center", "--port", "0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start quiver center");
+        let mut lines = BufReader::new(center.stdout.take().expect("stdout")).lines();
+        let line = lines.next().expect("center address").expect("read");
+        std::thread::spawn(move || lines.for_each(drop));
+        let address = line.rsplit(' ').next().expect("address").to_string();
+        let workers = (0..workers)
+            .map(|i| {
+                Command::new(bin)
+                    .args(["worker", &address, "--name", &format!("w{i}")])
+                    .env("RUST_LOG", "warn")
+                    .spawn()
+                    .expect("start quiver worker")
+            })
+            .collect();
+        let c = Cluster {
+            address,
+            center,
+            workers,
+        };
+        let client = Client::connect(&c.address).expect("connect");
+        drop(client);
+        let start = Instant::now();
+        while c.joined() < c.workers.len() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "workers did not join"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn joined(&self) -> usize {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(["status", &self.address, "--json"])
+            .output()
+            .expect("quiver status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["workers"].as_array().map_or(0, Vec::len)
+    }
+
+    /// The center's (current, peak) resident bytes.
+    fn center_memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.center.id()))
+            .unwrap_or_default();
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = self.center.kill();
+        let _ = self.center.wait();
+    }
+}
+
+/// A pool map of `n` no-op tasks, gathered by one task: returns seconds.
+fn map(client: &Client, n: usize) -> f64 {
+    let pool = client.pool();
+    let start = Instant::now();
+    let handles = pool
+        .map("noop", (0..n).map(|i| Call::new().arg(i)))
+        .expect("map");
+    let submitted = start.elapsed();
+    handles.last().expect("one").wait().expect("wait");
+    let last_done = start.elapsed();
+    let all = pool.apply("noop", &handles).expect("gather");
+    all.wait().expect("wait");
+    eprintln!(
+        "  map of {n}: submitted after {submitted:.3?}, last task done {last_done:.3?}, gathered {:.3?}",
+        start.elapsed()
+    );
+    let secs = start.elapsed().as_secs_f64();
+    pool.delete(handles);
+    secs
+}
+
+/// A graph of `g` no-op tasks: leaves, a layer reading two leaves each (so no
+/// leaf is fused away), then a 100-way tree to one key. Returns (tasks, seconds).
+fn graph(client: &Client, g: usize) -> (usize, f64) {
+    let half = (g / 2).max(1);
+    let mut graph = Graph::new();
+    let leaf = |i: usize| Key::from(format!("l{i}").as_str());
+    for i in 0..half {
+        graph.insert(leaf(i), Task::new("noop").arg(i));
+    }
+    let mut level: Vec<Key> = (0..half)
+        .map(|i| {
+            let k = Key::from(format!("m{i}").as_str());
+            graph.insert(
+                k.clone(),
+                Task::new("noop").arg(leaf(i)).arg(leaf((i + 1) % half)),
+            );
+            k
+        })
+        .collect();
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        level = level
+            .chunks(100)
+            .enumerate()
+            .map(|(j, c)| {
+                let k = Key::from(format!("t{depth}-{j}").as_str());
+                graph.insert(k.clone(), Task::new("noop").arg(c.to_vec()));
+                k
+            })
+            .collect();
+    }
+    let tasks = graph.len();
+    let start = Instant::now();
+    client.get(&graph, &level).expect("graph");
+    (tasks, start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let (n, g) = if quick {
+        (2_000, 10_000)
+    } else {
+        (100_000, 1_000_000)
+    };
+    let n = value("--map").unwrap_or(n);
+    let g = value("--graph").unwrap_or(g);
+    let rounds = value("--rounds").unwrap_or(if quick { 1 } else { 3 });
+    let json = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "target/overhead.json".into());
+
+    let cluster = Cluster::start(4);
+    let client = Client::connect(&cluster.address).expect("connect");
+    let (base_rss, _) = cluster.center_memory();
+    let mut tasks = 0;
+    let graphs: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let (t, s) = graph(&client, g);
+            tasks = t;
+            s
+        })
+        .collect();
+    let graph_secs = median(graphs.clone());
+    // The graph runs first, so the center's peak memory is the graph's.
+    let (_, peak) = cluster.center_memory();
+    let per_task = peak.saturating_sub(base_rss) as f64 / tasks as f64;
+    let maps: Vec<f64> = (0..rounds).map(|_| map(&client, n)).collect();
+    let map_secs = median(maps.clone());
+
+    println!("scheduler overhead: center + 4 worker processes on this host, no-op tasks");
+    println!(
+        "pool map of {n} tasks + gather : median {map_secs:.3} s  → {:.0} tasks/s  (runs {maps:.3?})",
+        (n + 1) as f64 / map_secs
+    );
+    println!(
+        "graph of {tasks} tasks         : median {graph_secs:.3} s  → {:.0} tasks/s  (runs {graphs:.3?})",
+        tasks as f64 / graph_secs
+    );
+    println!(
+        "center memory: {:.1} MiB at start, peak {:.1} MiB → {per_task:.0} bytes per task of the graph",
+        base_rss as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    );
+    let out = serde_json::json!([
+        {"scenario": "map", "tasks": n + 1, "seconds": map_secs, "tasks_per_sec": (n + 1) as f64 / map_secs, "runs": maps},
+        {"scenario": "graph", "tasks": tasks, "seconds": graph_secs, "tasks_per_sec": tasks as f64 / graph_secs, "runs": graphs,
+         "center_base_rss": base_rss, "center_peak_rss": peak, "center_bytes_per_task": per_task},
+    ]);
+    if let Err(e) = std::fs::write(&json, serde_json::to_vec_pretty(&out).expect("json")) {
+        eprintln!("cannot write {json}: {e}");
+    }
+}
