@@ -216,3 +216,24 @@ fn ten_thousand_bad_requests_leave_the_cluster_serving() {
         );
     }
 }
+
+#[test]
+fn an_oversized_message_is_refused_and_the_cluster_serves_on() {
+    let args = ["--max-message", "1MiB"];
+    let mut cluster = TestCluster::start_with(2, &args, &args);
+    let big = arrow::array::Float64Array::from(vec![1.0; 1 << 20]); // 8 MiB
+    let mut msgs = codec::encode(&chunk::from_array(std::sync::Arc::new(big)), None).unwrap();
+    msgs[0].flight_descriptor = Some(path("big"));
+    let code = cluster.block_on(async {
+        let mut c = net::connect(&cluster.address).await.unwrap();
+        put(&mut c, msgs).await.unwrap_err()
+    });
+    assert_eq!(code.code(), Code::OutOfRange, "{code}");
+    assert!(code.message().contains("too large"), "{}", code.message());
+    assert!(cluster.all_alive());
+    let client = Client::connect(&cluster.address).unwrap();
+    assert_eq!(
+        seed::run("graph", &client, 4, 1000).unwrap(),
+        seed::floor(1, 4, 1000)
+    );
+}

@@ -78,3 +78,67 @@ fn an_unwritable_spill_dir_keeps_data_in_memory_with_an_error_logged() {
         "the error names the path: {log}"
     );
 }
+
+#[test]
+fn a_full_spill_disk_keeps_data_in_memory_and_leaves_no_partial_file() {
+    // The worker gets a 4 MiB tmpfs as spill dir in a mount namespace of its
+    // own (gone with the process); each 8 MB spill fails with ENOSPC.
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("unshare -m is not available (not root?): skipping");
+        return;
+    }
+    let spill = tempfile::tempdir().unwrap();
+    let dir = spill.path().to_str().unwrap().to_string();
+    let mut cluster = TestCluster::start(0, &[]);
+    let log = spill.path().with_extension("log");
+    let script = format!(
+        "mount -t tmpfs -o size=4m quiver-test-full {dir} && exec {} worker {} --name w0 \
+         --memory-limit 16MiB --spill-dir {dir}",
+        common::quiver_bin(),
+        cluster.address
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let i = cluster.adopt_worker(child);
+    assert!(cluster.wait_workers(1, Duration::from_secs(30)));
+    let client = Client::connect(&cluster.address).unwrap();
+    assert_eq!(
+        seed::run("pool", &client, 6, 1_000_000).unwrap(),
+        seed::floor(1, 6, 1_000_000)
+    );
+    assert!(cluster.all_alive(), "the worker survived a full disk");
+    // Look inside the worker's mount namespace: nothing half-written remains.
+    let inside = std::path::PathBuf::from(format!("/proc/{pid}/root{dir}"));
+    let mut left = Vec::new();
+    let mut dirs = vec![inside.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d)
+            .expect("the worker's spill dir is readable")
+            .flatten()
+        {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                left.push(e.path());
+            }
+        }
+    }
+    cluster.kill_worker(i);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("spill failed, chunk kept in memory"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    let failures = log.matches("spill failed").count();
+    assert!(
+        failures <= 4,
+        "{failures} spill attempts on a full disk: spilling should rest"
+    );
+    assert!(left.is_empty(), "partial spill files remain: {left:?}");
+}

@@ -17,8 +17,22 @@ use crate::error::{Error, Result};
 use quiver_engine::Key;
 use tonic::service::interceptor::InterceptedService;
 
-/// Largest message either side accepts: a chunk travels as one message.
-pub const MAX_MESSAGE: usize = 1 << 40;
+/// Largest message either side accepts by default: a chunk travels as one
+/// message, and the largest chunk (2^34 float64s) is 128 GiB.
+pub const MAX_MESSAGE: usize = 128 << 30;
+
+static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets this process's message limit (`--max-message`) before its first
+/// server or connection; a bigger message is refused with `OUT_OF_RANGE`.
+pub fn set_max_message(bytes: usize) -> bool {
+    MAX.set(bytes).is_ok()
+}
+
+/// This process's message limit.
+pub fn max_message() -> usize {
+    *MAX.get_or_init(|| MAX_MESSAGE)
+}
 /// HTTP/2 stream window: large enough that a chunk streams without stalls.
 const STREAM_WINDOW: u32 = 64 << 20;
 /// HTTP/2 connection window.
@@ -50,8 +64,8 @@ pub fn service<S: FlightService>(
     svc: S,
 ) -> InterceptedService<FlightServiceServer<S>, RequireToken> {
     let server = FlightServiceServer::new(svc)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(max_message())
+        .max_encoding_message_size(max_message());
     InterceptedService::new(server, RequireToken::from_process())
 }
 
@@ -119,8 +133,8 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
     })?;
     Ok(
         FlightServiceClient::with_interceptor(channel, AddToken::from_process())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
+            .max_decoding_message_size(max_message())
+            .max_encoding_message_size(max_message()),
     )
 }
 

@@ -35,6 +35,9 @@ struct Cli {
     /// CA certificate (PEM) every connection verifies servers against; turns TLS on for clients.
     #[arg(long, global = true, env = "QUIVER_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Largest Flight message accepted or sent (a chunk is one message), e.g. 1GiB.
+    #[arg(long, global = true, env = "QUIVER_MAX_MESSAGE", value_parser = parse_size)]
+    max_message: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -372,6 +375,11 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("QUIVER_TOKEN", t) };
     }
     quiver::flight::auth::set_token(cli.token.clone());
+    if let Some(m) = cli.max_message {
+        // SAFETY: set before any other thread of this process starts.
+        unsafe { std::env::set_var("QUIVER_MAX_MESSAGE", m.to_string()) };
+        net::set_max_message(usize::try_from(m).unwrap_or(usize::MAX));
+    }
     if let Err(e) = setup_tls(&cli) {
         eprintln!("quiver: {e}");
         return ExitCode::FAILURE;

@@ -116,6 +116,12 @@ impl TestCluster {
         std::fs::read_to_string(self.spill.path().join(format!("w{i}.log"))).unwrap_or_default()
     }
 
+    /// Takes a worker started some other way (to be killed with the rest); returns its index.
+    pub fn adopt_worker(&mut self, child: Child) -> usize {
+        self.workers.push(Some(child));
+        self.workers.len() - 1
+    }
+
     /// The worker process `i`.
     pub fn worker(&mut self, i: usize) -> &mut Child {
         self.workers[i].as_mut().expect("worker killed")

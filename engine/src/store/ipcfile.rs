@@ -180,14 +180,8 @@ pub struct TempIpcFile {
 impl TempIpcFile {
     /// Writes `chunk` to `path`, owned from now on.
     pub fn create(path: PathBuf, chunk: &Chunk) -> Result<Self> {
-        match write(&path, chunk) {
-            Ok(len) => Ok(TempIpcFile { path, len }),
-            Err(e) => {
-                // A full disk leaves a partial file behind: not ours to keep.
-                let _ = std::fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        let len = write(&path, chunk)?;
+        Ok(TempIpcFile { path, len })
     }
 
     /// Where the file is.

@@ -85,7 +85,13 @@ pub struct ChunkStore {
     inner: Mutex<Inner>,
     spill_count: AtomicU64,
     spill_errors: AtomicU64,
+    /// After a failed spill (full disk), no new attempt before this instant:
+    /// each attempt writes and deletes a file, which helps nobody.
+    spill_paused_until: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long spilling rests after a failure.
+const SPILL_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ChunkStore {
     /// An empty store.
@@ -95,6 +101,7 @@ impl ChunkStore {
             inner: Mutex::default(),
             spill_count: AtomicU64::new(0),
             spill_errors: AtomicU64::new(0),
+            spill_paused_until: Mutex::new(None),
         }
     }
 
@@ -130,16 +137,31 @@ impl ChunkStore {
             inner.lru.insert(tick, key);
             inner.memory_bytes += nbytes;
             inner.peak_memory_bytes = inner.peak_memory_bytes.max(inner.memory_bytes);
-            inner.choose_victims(self.config.memory_limit)
+            if self.spill_resting() {
+                vec![]
+            } else {
+                inner.choose_victims(self.config.memory_limit)
+            }
         };
         for (key, chunk) in victims {
             self.spill(key, &chunk);
         }
     }
 
+    fn spill_resting(&self) -> bool {
+        let until = *self
+            .spill_paused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
     /// Spills least recently used chunks until the store holds at most
     /// `target` bytes in memory (memory pressure seen from outside the store).
     pub fn spill_down_to(&self, target: usize) {
+        if self.spill_resting() {
+            return;
+        }
         let victims = self.lock().choose_victims(target);
         for (key, chunk) in victims {
             self.spill(key, &chunk);
@@ -176,8 +198,13 @@ impl ChunkStore {
             }
             Ok(_) => {} // replaced while spilling: the new value stays, the file goes
             Err(e) => {
-                tracing::error!(%key, "spill failed, chunk kept in memory: {e}");
+                tracing::error!(%key, "spill failed, chunk kept in memory (spilling rests {SPILL_BACKOFF:?}): {e}");
                 self.spill_errors.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .spill_paused_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some(std::time::Instant::now() + SPILL_BACKOFF);
                 entry.place = Place::Memory;
                 inner.lru.insert(entry.tick, key);
             }
