@@ -83,14 +83,19 @@ fn an_unwritable_spill_dir_keeps_data_in_memory_with_an_error_logged() {
 fn a_full_spill_disk_keeps_data_in_memory_and_leaves_no_partial_file() {
     // The worker gets a 4 MiB tmpfs as spill dir in a mount namespace of its
     // own (gone with the process); each 8 MB spill fails with ENOSPC.
+    let spill = tempfile::tempdir().unwrap();
     let probe = std::process::Command::new("unshare")
-        .args(["-m", "true"])
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=1m quiver-probe {}",
+            spill.path().display()
+        ))
+        .stderr(std::process::Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("unshare -m is not available (not root?): skipping");
+        eprintln!("cannot mount a tmpfs in a new mount namespace here (not root?): skipping");
         return;
     }
-    let spill = tempfile::tempdir().unwrap();
     let dir = spill.path().to_str().unwrap().to_string();
     let mut cluster = TestCluster::start(0, &[]);
     let log = spill.path().with_extension("log");
