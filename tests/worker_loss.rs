@@ -187,6 +187,29 @@ fn workers_join_a_restarted_center_by_themselves() {
 
 #[test]
 fn sigterm_retires_a_worker_without_losing_or_recomputing_data() {
+    retire_the_busiest_worker(|_, pid| {
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    });
+}
+
+#[test]
+fn quiver_retire_retires_a_worker_without_losing_or_recomputing_data() {
+    retire_the_busiest_worker(|address, _| {
+        Command::new(common::quiver_bin())
+            .args(["retire", address])
+            .status()
+            .unwrap()
+            .success()
+    });
+}
+
+/// Fills three workers, retires the one holding most with `retire(address, pid)`,
+/// and checks that nothing was lost or recomputed.
+fn retire_the_busiest_worker(retire: impl Fn(&str, u32) -> bool) {
     let mut cluster = TestCluster::start(3, &[]);
     let client = Client::connect(&cluster.address).unwrap();
     let pool = client.pool();
@@ -216,13 +239,7 @@ fn sigterm_retires_a_worker_without_losing_or_recomputing_data() {
         .name;
     let index: usize = name.trim_start_matches('w').parse().unwrap();
     let pid = cluster.worker(index).id();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(retire(&holder, pid));
     let exit = cluster.worker(index).wait().unwrap();
     assert!(exit.success(), "a retiring worker exits cleanly: {exit:?}");
     assert_eq!(cluster.status().unwrap().workers.len(), 2);

@@ -56,6 +56,10 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
     ),
     ("status", "This worker's figures"),
     (
+        "retire",
+        "Leave the cluster as on SIGTERM: hand data to peers, then exit",
+    ),
+    (
         "gather",
         "Internal: fetch keys from peers and keep them: {\"inputs\": [...]} -> {\"stored\": [...]}",
     ),

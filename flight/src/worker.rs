@@ -142,6 +142,8 @@ pub struct WorkerCore {
     stop: tokio::sync::watch::Receiver<bool>,
     /// Outcomes not yet reported to the center (a retiring worker waits for 0).
     unreported: AtomicUsize,
+    /// Someone asked this worker to retire (`quiver retire`).
+    retire_requested: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -618,6 +620,10 @@ impl FlightService for WorkerService {
                 json_result(&published)
             }
             "status" => json_result(&core.status()),
+            "retire" => {
+                core.retire_requested.notify_one();
+                json_result(&serde_json::json!({}))
+            }
             "gather" => {
                 let g: Gather = parse(&r#type, &body)?;
                 let fetched = core
@@ -903,6 +909,7 @@ pub async fn run(
         shm_dir,
         stop: stop_rx.clone(),
         unreported: AtomicUsize::new(0),
+        retire_requested: tokio::sync::Notify::new(),
     });
     tokio::spawn(report_loop(
         core.clone(),
@@ -982,6 +989,10 @@ pub async fn run(
         },
         r = heartbeat => r,
         () = shutdown => {
+            retire(&core, &mut center).await;
+            Ok(())
+        }
+        () = core.retire_requested.notified() => {
             retire(&core, &mut center).await;
             Ok(())
         }

@@ -99,6 +99,11 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         center_timeout: u64,
     },
+    /// Retire a worker: it hands its data to peers, then exits (as on SIGTERM).
+    Retire {
+        /// The worker's host:port (see `quiver status`).
+        worker: String,
+    },
     /// Start a center and W workers on this host; stop them all on Ctrl-C.
     Local {
         /// Worker processes.
@@ -452,6 +457,16 @@ fn main() -> ExitCode {
             nthreads,
             no_shm,
         } => local(workers, port, memory_limit, nthreads, no_shm),
+        Cmd::Retire { worker } => runtime(1).and_then(|rt| {
+            rt.block_on(async {
+                let mut c = net::connect(&worker).await.map_err(|e| e.to_string())?;
+                net::action(&mut c, "retire", vec![])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("worker {worker} is retiring: its data goes to peers, then it exits");
+                Ok(())
+            })
+        }),
         Cmd::Status { center, json } => (|| {
             let backend = RemoteBackend::connect(&center).map_err(|e| e.to_string())?;
             let s = backend.cluster().map_err(|e| e.to_string())?;
