@@ -9,12 +9,16 @@ use std::process::{Command, Output};
 
 use common::TestCluster;
 
-/// The directory cargo put this test in, and the library next to it.
+/// Where cargo put libquiver_ffi for this test: built as a dependency, it
+/// stays in `deps/` next to the test binary (only `cargo build -p quiver-ffi`
+/// copies it up to `target/<profile>/`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test path");
-    exe.parent() // deps
-        .and_then(Path::parent)
-        .expect("target/<profile>")
+    let deps = exe.parent().expect("target/<profile>/deps");
+    [deps, deps.parent().expect("target/<profile>")]
+        .into_iter()
+        .find(|d| d.join("libquiver_ffi.so").exists())
+        .unwrap_or(deps)
         .to_path_buf()
 }
 
@@ -29,7 +33,7 @@ fn seed_c() -> &'static Path {
             "libquiver_ffi.so missing in {}",
             lib.display()
         );
-        let out = lib.join("c-seed");
+        let out = lib.join("c-seed-test");
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let status = Command::new(&cc)
             .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g"])
