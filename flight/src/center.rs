@@ -98,6 +98,19 @@ pub struct CenterCore {
     config: CenterConfig,
 }
 
+impl State {
+    /// The link of worker `id` at `address`: ids restart with the center, so a
+    /// worker from before a restart may name another one (`NOT_FOUND` then).
+    fn link(&mut self, id: WorkerId, address: &str) -> Result<&mut WorkerLink, Status> {
+        self.workers
+            .get_mut(&id)
+            .filter(|l| address.is_empty() || l.info.address == address)
+            .ok_or_else(|| {
+                Status::not_found(format!("worker {id} at {address} is not in this cluster"))
+            })
+    }
+}
+
 impl CenterCore {
     /// A center with no workers yet.
     pub fn new(config: CenterConfig) -> Arc<Self> {
@@ -227,7 +240,6 @@ impl CenterCore {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(self.clone().sender(worker, info.address.clone(), rx));
-        tokio::spawn(self.clone().watch(worker, info.address.clone()));
         st.workers.insert(
             worker,
             WorkerLink {
@@ -406,10 +418,7 @@ impl CenterCore {
 
     /// Removes a worker as soon as its connection breaks (a killed process
     /// closes its sockets): a `watch` stream that the worker never ends.
-    async fn watch(self: Arc<Self>, worker: WorkerId, address: String) {
-        let Ok(mut client) = net::connect(&address).await else {
-            return self.remove_worker(worker, "unreachable");
-        };
+    async fn watch(self: Arc<Self>, worker: WorkerId, mut client: FlightClient) {
         let action = arrow_flight::Action::new("watch", "");
         if let Ok(stream) = client.do_action(action).await {
             let mut stream = stream.into_inner();
@@ -429,6 +438,8 @@ impl CenterCore {
             Ok(c) => c,
             Err(e) => return self.remove_worker(worker, &format!("unreachable: {e}")),
         };
+        // The watch shares the connection: its end is this worker's end.
+        tokio::spawn(self.clone().watch(worker, client.clone()));
         while let Some(first) = rx.recv().await {
             let (mut run, mut free) = (Run::default(), Free::default());
             let mut add = |m: ToWorker| match m {
@@ -837,17 +848,7 @@ impl FlightService for CenterService {
             "heartbeat" => {
                 let status: WorkerStatus = parse(&r#type, &body)?;
                 let mut st = core.lock();
-                let Some(link) = st
-                    .workers
-                    .get_mut(&status.worker)
-                    .filter(|l| status.address.is_empty() || l.info.address == status.address)
-                else {
-                    return Err(Status::not_found(format!(
-                        "worker {} at {} is not in this cluster",
-                        status.worker, status.address
-                    )));
-                };
-                link.status = status.clone();
+                st.link(status.worker, &status.address)?.status = status.clone();
                 core.handle(
                     &mut st,
                     Event::Heartbeat {
@@ -885,22 +886,13 @@ impl FlightService for CenterService {
             "report" => {
                 let report: Report = parse(&r#type, &body)?;
                 let worker = report.worker;
-                let known =
-                    core.lock().workers.get(&worker).is_some_and(|l| {
-                        report.address.is_empty() || l.info.address == report.address
-                    });
-                if !known {
-                    return Err(Status::not_found(format!(
-                        "worker {worker} at {} is not in this cluster",
-                        report.address
-                    )));
-                }
                 let n = (report.finished.len() + report.failed.len()) as u64;
                 let (suspect, failed): (Vec<Failed>, Vec<Failed>) = report
                     .failed
                     .into_iter()
                     .partition(|f| !f.unreachable.is_empty());
                 let mut st = core.lock();
+                st.link(worker, &report.address)?;
                 core.pace(&mut st, worker, &report.finished);
                 for f in report.finished {
                     let _ = core.handle(

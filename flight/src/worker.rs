@@ -117,6 +117,16 @@ struct Routes {
     shm_received: AtomicU64,
 }
 
+impl Routes {
+    /// Counts what a Flight decode received and had to realign.
+    fn count_flight_in(&self, d: &codec::Decoder) {
+        self.flight_received
+            .fetch_add(d.received, Ordering::Relaxed);
+        self.flight_realigned
+            .fetch_add(d.realigned, Ordering::Relaxed);
+    }
+}
+
 enum Outcome {
     /// Key, bytes, microseconds it ran.
     Finished(Key, u64, u64),
@@ -236,12 +246,7 @@ impl WorkerCore {
             match net::do_get(&mut client, key.as_str().as_bytes()).await {
                 Ok(msgs) => {
                     let (chunk, d) = codec::decode_one(msgs, key.as_str())?;
-                    self.routes
-                        .flight_received
-                        .fetch_add(d.received, Ordering::Relaxed);
-                    self.routes
-                        .flight_realigned
-                        .fetch_add(d.realigned, Ordering::Relaxed);
+                    self.routes.count_flight_in(&d);
                     return Ok(chunk);
                 }
                 Err(e) => last = Some(e),
@@ -363,12 +368,7 @@ impl WorkerCore {
                 keys.len()
             )));
         }
-        self.routes
-            .flight_received
-            .fetch_add(d.received, Ordering::Relaxed);
-        self.routes
-            .flight_realigned
-            .fetch_add(d.realigned, Ordering::Relaxed);
+        self.routes.count_flight_in(&d);
         Ok(out)
     }
 
@@ -988,11 +988,12 @@ pub async fn run(
             Err(e) => Err(Error::Io { context: "worker server".into(), source: std::io::Error::other(e) }),
         },
         r = heartbeat => r,
-        () = shutdown => {
-            retire(&core, &mut center).await;
-            Ok(())
-        }
-        () = core.retire_requested.notified() => {
+        () = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = core.retire_requested.notified() => {}
+            }
+        } => {
             retire(&core, &mut center).await;
             Ok(())
         }

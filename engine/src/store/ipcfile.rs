@@ -12,7 +12,7 @@ use arrow::buffer::Buffer;
 use arrow::ipc::convert::try_fb_to_schema;
 use arrow::ipc::reader::{FileDecoder, read_footer_length};
 use arrow::ipc::writer::{FileWriter, IpcWriteOptions};
-use arrow::ipc::{Block, MetadataVersion, root_as_footer};
+use arrow::ipc::{Block, Footer, MetadataVersion, root_as_footer};
 use memmap2::Mmap;
 
 use crate::chunk::Chunk;
@@ -78,9 +78,12 @@ pub fn map(path: &Path) -> Result<Mapped> {
     })
 }
 
-/// Where the one record batch of an IPC file lies: its flatbuffer message and its body.
-pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
-    let corrupt = |what: &str| Error::op("ipc", what.to_string());
+fn corrupt(what: &str) -> Error {
+    Error::op("ipc", what.to_string())
+}
+
+/// The footer of the IPC file in `buf`, and where it starts.
+fn footer(buf: &[u8]) -> Result<(Footer<'_>, usize)> {
     if buf.len() < 10 {
         return Err(corrupt("file shorter than an IPC footer"));
     }
@@ -91,6 +94,11 @@ pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
         .ok_or_else(|| corrupt("footer length"))?;
     let footer = root_as_footer(&buf[footer_start..buf.len() - 10])
         .map_err(|e| corrupt(&format!("bad footer: {e}")))?;
+    Ok((footer, footer_start))
+}
+
+/// The file's only record batch block (Quiver writes one batch per file).
+fn only_batch<'a>(footer: &Footer<'a>) -> Result<&'a Block> {
     let blocks = footer
         .recordBatches()
         .ok_or_else(|| corrupt("no record batches"))?;
@@ -100,16 +108,30 @@ pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
             blocks.len()
         )));
     }
-    let b = blocks.get(0);
+    Ok(blocks.get(0))
+}
+
+/// A block's start, metadata length and body length, checked to lie before
+/// the footer (lengths come from the file: negative or overflowing ones are errors).
+fn block_extent(b: &Block, footer_start: usize) -> Result<(usize, usize, usize)> {
     let start = usize::try_from(b.offset()).map_err(|_| corrupt("block offset"))?;
     let meta = usize::try_from(b.metaDataLength()).map_err(|_| corrupt("metadata length"))?;
     let body = usize::try_from(b.bodyLength()).map_err(|_| corrupt("body length"))?;
-    if meta < 8
-        || meta
-            .checked_add(body)
-            .and_then(|len| start.checked_add(len))
-            .is_none_or(|end| end > footer_start)
+    if meta
+        .checked_add(body)
+        .and_then(|len| start.checked_add(len))
+        .is_none_or(|end| end > footer_start)
     {
+        return Err(corrupt("block out of bounds"));
+    }
+    Ok((start, meta, body))
+}
+
+/// Where the one record batch of an IPC file lies: its flatbuffer message and its body.
+pub fn batch_location(buf: &[u8]) -> Result<(Range<usize>, Range<usize>)> {
+    let (footer, footer_start) = footer(buf)?;
+    let (start, meta, body) = block_extent(only_batch(&footer)?, footer_start)?;
+    if meta < 8 {
         return Err(corrupt("block out of bounds"));
     }
     // The metadata is prefixed by a continuation marker and its length (8 bytes).
@@ -126,45 +148,18 @@ pub fn decode(buf: Buffer) -> Result<Chunk> {
 }
 
 fn decode_unchecked(buf: Buffer) -> Result<Chunk> {
-    let corrupt = |what: &str| Error::op("ipc", what.to_string());
-    if buf.len() < 10 {
-        return Err(corrupt("file shorter than an IPC footer"));
-    }
-    let trailer: [u8; 10] = buf[buf.len() - 10..].try_into().expect("10 bytes");
-    let footer_len = read_footer_length(trailer)?;
-    let footer_start = (buf.len() - 10)
-        .checked_sub(footer_len)
-        .ok_or_else(|| corrupt("footer length"))?;
-    let footer = root_as_footer(&buf[footer_start..buf.len() - 10])
-        .map_err(|e| corrupt(&format!("bad footer: {e}")))?;
+    let (footer, footer_start) = footer(&buf)?;
     let schema = try_fb_to_schema(footer.schema().ok_or_else(|| corrupt("no schema"))?)?;
     let mut decoder =
         FileDecoder::new(Arc::new(schema), footer.version()).with_require_alignment(true);
     let block_data = |b: &Block| -> Result<Buffer> {
-        let start = usize::try_from(b.offset()).map_err(|_| corrupt("block offset"))?;
-        let len = usize::try_from(b.metaDataLength())
-            .ok()
-            .zip(usize::try_from(b.bodyLength()).ok())
-            .and_then(|(m, b)| m.checked_add(b))
-            .ok_or_else(|| corrupt("block length"))?;
-        if start.checked_add(len).is_none_or(|end| end > footer_start) {
-            return Err(corrupt("block out of bounds"));
-        }
-        Ok(buf.slice_with_length(start, len))
+        let (start, meta, body) = block_extent(b, footer_start)?;
+        Ok(buf.slice_with_length(start, meta + body))
     };
     for b in footer.dictionaries().iter().flatten() {
         decoder.read_dictionary(b, &block_data(b)?)?;
     }
-    let blocks = footer
-        .recordBatches()
-        .ok_or_else(|| corrupt("no record batches"))?;
-    if blocks.len() != 1 {
-        return Err(corrupt(&format!(
-            "expected one record batch, found {}",
-            blocks.len()
-        )));
-    }
-    let b = blocks.get(0);
+    let b = only_batch(&footer)?;
     decoder
         .read_record_batch(b, &block_data(b)?)?
         .ok_or_else(|| corrupt("empty batch block"))
