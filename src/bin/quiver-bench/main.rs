@@ -1,0 +1,99 @@
+//! `quiver-bench`: cluster benchmarks that need real processes and a network.
+//!
+//! `four-nodes` builds four network namespaces joined by a bridge (as root),
+//! runs `quiver center` in node 1 and a `quiver worker` in each node, and
+//! measures worker→worker transfer (pairwise, all-to-all shuffle, broadcast)
+//! against a plain TCP copy between the same namespaces.
+
+mod ceiling;
+mod nodes;
+mod plot;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "quiver-bench", version, about = "Quiver cluster benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Transfer throughput across four nodes (network namespaces when root, else loopback).
+    FourNodes(FourNodes),
+}
+
+/// Options of `four-nodes`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FourNodes {
+    /// Fewer sizes and repetitions: the whole run stays under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// One tiny size, one repetition: seconds, for the test suite.
+    #[arg(long, hide = true)]
+    smoke: bool,
+    /// Shape each node's link with `tc tbf` to this rate (e.g. 1gbit, 10gbit); unshaped by default.
+    #[arg(long)]
+    link: Option<String>,
+    /// Write every measurement as JSON here.
+    #[arg(long, default_value = "target/four-nodes.json")]
+    json: PathBuf,
+    /// Write a PNG plot (throughput vs chunk size per scenario) here.
+    #[arg(long, default_value = "target/four-nodes.png")]
+    plot: PathBuf,
+    /// Use four workers on loopback even when network namespaces are available.
+    #[arg(long)]
+    loopback: bool,
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// The `quiver` binary (default: next to this one).
+    #[arg(long)]
+    quiver: Option<PathBuf>,
+}
+
+impl FourNodes {
+    /// Chunk sizes measured, in bytes.
+    fn sizes(&self) -> Vec<usize> {
+        const MB: usize = 1 << 20;
+        if self.smoke {
+            vec![MB]
+        } else if self.quick {
+            vec![MB, 16 * MB, 64 * MB]
+        } else {
+            vec![MB, 4 * MB, 16 * MB, 64 * MB, 256 * MB]
+        }
+    }
+
+    fn reps(&self) -> usize {
+        self.reps.unwrap_or(if self.smoke { 1 } else { 3 })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Cmd::FourNodes(opts) => scenarios::four_nodes(opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quiver-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Smoke runs of `quiver-bench four-nodes` (tiny sizes, seconds): the
+//! harness keeps working, writes its JSON and plot, and removes every
+//! namespace and process it made, also when interrupted. No figure is judged.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
+
+/// The namespaces a `quiver-bench` with this pid made that still exist.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let tag = format!("qb{}n", pid % 100_000);
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    list.unwrap_or_default()
+        .split_whitespace()
+        .filter(|w| w.starts_with(&tag))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs a smoke pass, checks its JSON rows and PNG and that it left no
+/// namespace behind.
+fn smoke(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, png) = (dir.path().join("m.json"), dir.path().join("m.png"));
+    let out = Command::new(BENCH)
+        .args(["four-nodes", "--smoke", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&png)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id();
+    let out = out.wait_with_output().unwrap();
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "namespaces left behind"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "quiver-bench failed:\n{stdout}\n{stderr}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let scenarios: Vec<&str> = rows
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["pairwise", "shuffle", "broadcast"]);
+    for r in &rows {
+        for field in [
+            "chunk_bytes",
+            "bytes_per_sec",
+            "ceiling_bytes_per_sec",
+            "fraction_of_ceiling",
+        ] {
+            assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
+        }
+        assert_eq!(r["route"], "flight");
+    }
+    if stderr.contains("no plot") {
+        eprintln!("no plot on this machine: {stderr}");
+    } else {
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    }
+    stdout
+}
+
+#[test]
+fn four_nodes_on_loopback() {
+    let out = smoke(&["--loopback"]);
+    assert!(out.contains("FALLBACK: four workers on loopback"), "{out}");
+}
+
+#[test]
+fn four_nodes_in_namespaces_or_says_why_not() {
+    let out = smoke(&[]);
+    if out.contains("FALLBACK") {
+        eprintln!("network namespaces unavailable here: {out}");
+    } else {
+        assert!(out.contains("four network namespaces"), "{out}");
+    }
+}
+
+#[test]
+fn interrupted_run_removes_its_testbed() {
+    let mut child = Command::new(BENCH)
+        .args([
+            "four-nodes",
+            "--quick",
+            "--json",
+            "/dev/null",
+            "--plot",
+            "/dev/null",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let first = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    if first.contains("four network namespaces") {
+        assert_eq!(namespaces_of(pid).len(), 4, "no namespaces while running");
+    }
+    // SAFETY: kill on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "quiver-bench ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !status.success(),
+        "an interrupted run must not report success"
+    );
+    assert_eq!(
+        namespaces_of(pid),
+        Vec::<String>::new(),
+        "namespaces left after Ctrl-C"
+    );
+    let workers = Command::new("pgrep")
+        .args(["-f", &format!("quiver-bench-{pid}")])
+        .output()
+        .unwrap();
+    assert!(workers.stdout.is_empty(), "workers left after Ctrl-C");
+}
