@@ -1,4 +1,4 @@
-//! Smoke runs of `quiver-bench four-nodes` (tiny sizes, seconds): the
+//! Smoke runs of `quiver-bench` (tiny sizes, seconds): the four-nodes
 //! harness keeps working, writes its JSON and plot, and removes every
 //! namespace and process it made, also when interrupted. No figure is judged.
 
@@ -139,4 +139,28 @@ fn interrupted_run_removes_its_testbed() {
         .output()
         .unwrap();
     assert!(workers.stdout.is_empty(), "workers left after Ctrl-C");
+}
+
+#[test]
+fn overhead_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("o.json");
+    let out = Command::new(BENCH)
+        .args([
+            "overhead", "--map", "200", "--graph", "1000", "--rounds", "1", "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows[0]["scenario"], "map");
+    assert_eq!(rows[0]["tasks"], 201);
+    assert!(rows[1]["tasks"].as_u64().unwrap() >= 1000);
+    assert!(rows[1]["tasks_per_sec"].as_f64().unwrap() > 0.0);
 }

@@ -3,10 +3,12 @@
 //! `four-nodes` builds four network namespaces joined by a bridge (as root),
 //! runs `quiver center` in node 1 and a `quiver worker` in each node, and
 //! measures worker→worker transfer (pairwise, all-to-all shuffle, broadcast)
-//! against a plain TCP copy between the same namespaces.
+//! against a plain TCP copy between the same namespaces. `overhead` measures
+//! the scheduler with no-op tasks.
 
 mod ceiling;
 mod nodes;
+mod overhead;
 mod plot;
 mod scenarios;
 
@@ -29,6 +31,9 @@ struct Cli {
 enum Cmd {
     /// Transfer throughput across four nodes (network namespaces when root, else loopback).
     FourNodes(FourNodes),
+    /// Scheduler overhead: no-op tasks per second through a center and 4
+    /// worker processes, and the center's memory per task.
+    Overhead(overhead::Overhead),
 }
 
 /// Options of `four-nodes`.
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Cmd::FourNodes(opts) => scenarios::four_nodes(opts),
+        Cmd::Overhead(opts) => overhead::overhead(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,8 +68,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The `quiver` binary: `--quiver`, else next to this executable.
-fn quiver_binary(opts: &FourNodes) -> Result<PathBuf, String> {
-    let path = match &opts.quiver {
+pub fn quiver_binary(given: Option<&PathBuf>) -> Result<PathBuf, String> {
+    let path = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .map_err(|e| format!("cannot locate this executable: {e}"))?
@@ -87,19 +87,22 @@ fn quiver_binary(opts: &FourNodes) -> Result<PathBuf, String> {
 
 /// Runs `four-nodes`: measures, prints the table, writes JSON and the plot.
 pub fn four_nodes(opts: FourNodes) -> Result<(), String> {
-    let quiver = quiver_binary(&opts)?;
+    let quiver = quiver_binary(opts.quiver.as_ref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let started = Instant::now();
-    let (rows, title) = rt.block_on(async {
+    let result = rt.block_on(async {
         tokio::select! {
             r = measure(&opts, &quiver) => r,
             () = interrupted() => Err("interrupted; the testbed was removed".to_string()),
         }
-    })?;
+    });
+    // An interrupted TCP copy may leave a blocking thread behind: don't wait for it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let (rows, title) = result?;
     print_table(&rows);
     println!("({:.0} s)", started.elapsed().as_secs_f64());
     write_json(&opts.json, &rows)?;

@@ -3,28 +3,49 @@
 //! (a pool map of N tasks gathered by one task; a graph of G tasks), and the
 //! center's peak memory per task is read from /proc.
 //!
-//! `cargo bench --bench overhead [-- --quick] [--map N] [--graph G] [--rounds R] [--json FILE]`
+//! `quiver-bench overhead [--quick] [--map N] [--graph G] [--rounds R] [--json FILE]`
 //! (defaults: N = 100,000, G = 1,000,000, R = 3; `--quick`: 2,000 and 10,000, one round).
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quiver::{Call, Client, Connect, Graph, Key, Task};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Options of `overhead`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Overhead {
+    /// Small sizes, one round.
+    #[arg(long)]
+    quick: bool,
+    /// No-op tasks in the pool map (default 100,000; quick 2,000).
+    #[arg(long)]
+    map: Option<usize>,
+    /// Tasks in the graph, about (default 1,000,000; quick 10,000; 0 skips it).
+    #[arg(long)]
+    graph: Option<usize>,
+    /// Rounds; medians are reported (default 3; quick 1).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Write the figures as JSON here.
+    #[arg(long, default_value = "target/overhead.json")]
+    json: PathBuf,
+    /// The `quiver` binary (default: next to this one).
+    #[arg(long)]
+    quiver: Option<PathBuf>,
+}
 
 /// A center and workers, killed on drop.
 struct Cluster {
     address: String,
+    bin: PathBuf,
     center: Child,
     workers: Vec<Child>,
 }
 
 impl Cluster {
-    fn start(workers: usize) -> Cluster {
-        let bin = env!("CARGO_BIN_EXE_quiver");
+    fn start(bin: &Path, workers: usize) -> Cluster {
         let mut center = Command::new(bin)
             .args(["center", "--port", "0"])
             .env("RUST_LOG", "warn")
@@ -46,6 +67,7 @@ impl Cluster {
             .collect();
         let c = Cluster {
             address,
+            bin: bin.to_path_buf(),
             center,
             workers,
         };
@@ -63,7 +85,7 @@ impl Cluster {
     }
 
     fn joined(&self) -> usize {
-        let out = Command::new(env!("CARGO_BIN_EXE_quiver"))
+        let out = Command::new(&self.bin)
             .args(["status", &self.address, "--json"])
             .output()
             .expect("quiver status");
@@ -161,45 +183,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    let (n, g) = if quick {
+/// Runs `overhead`: prints the figures and writes them as JSON.
+pub fn overhead(opts: Overhead) -> Result<(), String> {
+    let bin = crate::scenarios::quiver_binary(opts.quiver.as_ref())?;
+    let (n, g) = if opts.quick {
         (2_000, 10_000)
     } else {
         (100_000, 1_000_000)
     };
-    let n = value("--map").unwrap_or(n);
-    let g = value("--graph").unwrap_or(g);
-    let rounds = value("--rounds").unwrap_or(if quick { 1 } else { 3 });
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "target/overhead.json".into());
+    let n = opts.map.unwrap_or(n);
+    let g = opts.graph.unwrap_or(g);
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
+    let json = opts.json.display().to_string();
 
-    let cluster = Cluster::start(4);
+    let cluster = Cluster::start(&bin, 4);
     let client = Client::connect(&cluster.address).expect("connect");
     let (base_rss, _) = cluster.center_memory();
     let mut tasks = 0;
-    let graphs: Vec<f64> = (0..rounds)
+    let graphs: Vec<f64> = (0..if g == 0 { 0 } else { rounds })
         .map(|_| {
             let (t, s) = graph(&client, g);
             tasks = t;
             s
         })
         .collect();
-    let graph_secs = median(graphs.clone());
+    let graph_secs = if graphs.is_empty() {
+        f64::NAN
+    } else {
+        median(graphs.clone())
+    };
     // The graph runs first, so the center's peak memory is the graph's.
     let (_, peak) = cluster.center_memory();
-    let per_task = peak.saturating_sub(base_rss) as f64 / tasks as f64;
+    let per_task = peak.saturating_sub(base_rss) as f64 / tasks.max(1) as f64;
     let maps: Vec<f64> = (0..rounds).map(|_| map(&client, n)).collect();
     let map_secs = median(maps.clone());
 
@@ -222,7 +237,7 @@ fn main() {
         {"scenario": "graph", "tasks": tasks, "seconds": graph_secs, "tasks_per_sec": tasks as f64 / graph_secs, "runs": graphs,
          "center_base_rss": base_rss, "center_peak_rss": peak, "center_bytes_per_task": per_task},
     ]);
-    if let Err(e) = std::fs::write(&json, serde_json::to_vec_pretty(&out).expect("json")) {
-        eprintln!("cannot write {json}: {e}");
-    }
+    std::fs::write(&json, serde_json::to_vec_pretty(&out).expect("json"))
+        .map_err(|e| format!("cannot write {json}: {e}"))?;
+    Ok(())
 }

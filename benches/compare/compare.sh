@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Quiver against the systems users would pick instead, on this machine, in one
+# go: the seed workload and tiny-task throughput on dask.distributed, Ray (when
+# it installs) and Quiver, then pyarrow's own Flight next to Quiver's
+# worker-to-worker route. Prints the ratios; JSON lands in target/.
+#
+#   benches/compare/compare.sh [--quick] [--arrays N] [--size M] [--rounds R] [--tiny T]
+#
+# Python packages come from the package registry into target/compare-env.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+env=target/compare-env
+if [ ! -x "$env/bin/python" ] || ! "$env/bin/python" -c "import dask.distributed, pyarrow.flight, numpy" 2>/dev/null; then
+  python3 -m venv "$env"
+  "$env/bin/pip" install --quiet "dask[distributed]" numpy pyarrow
+  "$env/bin/pip" install --quiet ray || echo "Ray did not install: it is left out of the comparison"
+fi
+cargo build --release --locked --bins --example seed
+"$env/bin/python" benches/compare/compare.py \
+  --quiver target/release/quiver --seed target/release/examples/seed \
+  --bench target/release/quiver-bench --json target/compare.json "$@"
+quick=()
+for a in "$@"; do [ "$a" = --quick ] && quick=(--quick); done
+cargo bench --locked --bench transfer -- "${quick[@]}" --pyarrow "$PWD/$env/bin/python"
