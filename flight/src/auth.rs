@@ -63,19 +63,30 @@ impl RequireToken {
 
 impl Interceptor for RequireToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = self.0 else {
-            return Ok(req);
-        };
-        match req.metadata().get("authorization").map(|v| v.to_str()) {
-            Some(Ok(v)) if carries(v, token) => Ok(req),
-            Some(_) => Err(Status::unauthenticated(
-                "wrong token: this cluster's token is set with --token or QUIVER_TOKEN",
-            )),
-            None => Err(Status::unauthenticated(
-                "this cluster needs a token: send 'authorization: Bearer <token>' \
-                 (QUIVER_TOKEN for Quiver's own clients)",
-            )),
-        }
+        let value = req.metadata().get("authorization").map(|v| v.as_bytes());
+        check(self.0, value).map(|()| req)
+    }
+}
+
+/// Server side, for calls served beneath tonic: the `authorization` header
+/// value must carry this process's token, if it has one.
+pub fn check_header(value: Option<&[u8]>) -> Result<(), Status> {
+    check(token(), value)
+}
+
+fn check(token: Option<&str>, value: Option<&[u8]>) -> Result<(), Status> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    match value.map(std::str::from_utf8) {
+        Some(Ok(v)) if carries(v, token) => Ok(()),
+        Some(_) => Err(Status::unauthenticated(
+            "wrong token: this cluster's token is set with --token or QUIVER_TOKEN",
+        )),
+        None => Err(Status::unauthenticated(
+            "this cluster needs a token: send 'authorization: Bearer <token>' \
+             (QUIVER_TOKEN for Quiver's own clients)",
+        )),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod center;
 pub mod client;
 pub mod codec;
+pub mod direct;
 pub mod error;
 pub mod net;
 pub mod protocol;

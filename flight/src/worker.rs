@@ -290,6 +290,31 @@ impl WorkerCore {
 
     /// Gets every input held elsewhere, all at once: small ones in one
     /// exchange per peer, large ones each by the best route.
+    /// The Flight messages of chunk `key` for a `DoGet`: a spilled chunk's
+    /// come straight from its mapped file; sent bytes are counted.
+    pub(crate) async fn get_messages(
+        &self,
+        key: Key,
+    ) -> std::result::Result<Vec<FlightData>, Status> {
+        let (c, file) = self
+            .store
+            .get_with_file(&key)
+            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+        // Laying a large chunk out as one IPC body is a memcpy: off the IO threads.
+        let msgs = if chunk::nbytes(&c) < SHM_MIN_BYTES as usize {
+            codec::encode(&c, file.as_ref())
+        } else {
+            tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
+                .await
+                .map_err(|e| Status::internal(format!("encode task: {e}")))?
+        }
+        .map_err(Status::from)?;
+        self.routes
+            .flight_sent
+            .fetch_add(codec::body_bytes(&msgs), Ordering::Relaxed);
+        Ok(msgs)
+    }
+
     async fn fetch_inputs(
         &self,
         inputs: &[RunInput],
@@ -493,25 +518,8 @@ impl FlightService for WorkerService {
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let key = ticket_key(req.get_ref())?;
-        let (c, file) = self
-            .0
-            .store
-            .get_with_file(&key)
-            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-        // Laying a large chunk out as one IPC body is a memcpy: off the IO threads.
-        let msgs = if chunk::nbytes(&c) < SHM_MIN_BYTES as usize {
-            codec::encode(&c, file.as_ref())
-        } else {
-            tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
-                .await
-                .map_err(|e| Status::internal(format!("encode task: {e}")))?
-        }
-        .map_err(Status::from)?;
-        self.0
-            .routes
-            .flight_sent
-            .fetch_add(codec::body_bytes(&msgs), Ordering::Relaxed);
+        // Served by `direct::DirectGet` in a running worker; kept for the trait.
+        let msgs = self.0.get_messages(ticket_key(req.get_ref())?).await?;
         Ok(Response::new(Box::pin(stream::iter(
             msgs.into_iter().map(Ok),
         ))))
@@ -976,7 +984,10 @@ pub async fn run(
         }
     };
     let server = net::server()?
-        .add_service(net::service(WorkerService(core.clone())))
+        .add_service(crate::direct::DirectGet::new(
+            net::service(WorkerService(core.clone())),
+            core.clone(),
+        ))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.changed().await;
         });
