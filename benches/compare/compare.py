@@ -26,6 +26,16 @@ def noop(x):
     return x
 
 
+def random_array(seed, m):
+    # A generator per array: worker processes may start from one global
+    # random state, and arrays drawn from it would be correlated.
+    return np.random.default_rng(seed).random(m)
+
+
+def array_sum(a):
+    return float(np.sum(a))
+
+
 def median_time(fn, rounds):
     times = []
     for _ in range(rounds):
@@ -36,8 +46,10 @@ def median_time(fn, rounds):
 
 
 def check(total, n, m):
+    # 40 sigma: loose enough never to fail by chance, tight enough that a lost
+    # array (M/2 off) shows.
     expected = n * m / 2
-    if abs(total - expected) > 6 * (n * m / 12) ** 0.5 + 1:
+    if abs(total - expected) > 40 * (n * m / 12) ** 0.5:
         raise SystemExit(f"wrong total {total}, expected about {expected}")
 
 
@@ -50,11 +62,11 @@ def run_dask(n, m, rounds, tiny):
                       dashboard_address=None) as cluster, Client(cluster) as client:
 
         def via_delayed():
-            sums = [delayed(np.sum)(delayed(np.random.random)(m)) for _ in range(n)]
+            sums = [delayed(np.sum)(delayed(random_array)(i, m)) for i in range(n)]
             check(delayed(sum)(sums).compute(), n, m)
 
         def via_map():
-            arrays = client.map(np.random.random, [m] * n, pure=False)
+            arrays = client.map(random_array, range(n), [m] * n, pure=False)
             sums = client.map(np.sum, arrays)
             del arrays
             check(client.submit(sum, sums).result(), n, m)
@@ -86,14 +98,14 @@ def run_ray(n, m, rounds, tiny):
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
     rows = []
     try:
-        rand = ray.remote(np.random.random)
-        npsum = ray.remote(np.sum)
+        rand = ray.remote(random_array)
+        npsum = ray.remote(array_sum)
         rnoop = ray.remote(noop)
 
         def seed():
             # The array refs are dropped as soon as their sum is submitted, so
             # Ray frees each array after its sum (as dask and Quiver do).
-            sums = [npsum.remote(rand.remote(m)) for _ in range(n)]
+            sums = [npsum.remote(rand.remote(i, m)) for i in range(n)]
             check(sum(ray.get(sums)), n, m)
 
         def tiny_map():
