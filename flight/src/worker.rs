@@ -288,8 +288,6 @@ impl WorkerCore {
         });
     }
 
-    /// Gets every input held elsewhere, all at once: small ones in one
-    /// exchange per peer, large ones each by the best route.
     /// The Flight messages of chunk `key` for a `DoGet`: a spilled chunk's
     /// come straight from its mapped file; sent bytes are counted.
     pub(crate) async fn get_messages(
@@ -315,6 +313,8 @@ impl WorkerCore {
         Ok(msgs)
     }
 
+    /// Gets every input held elsewhere, all at once: small ones in one
+    /// exchange per peer, large ones each by the best route.
     async fn fetch_inputs(
         &self,
         inputs: &[RunInput],

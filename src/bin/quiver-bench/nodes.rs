@@ -123,7 +123,7 @@ impl Testbed {
         }
         let reason = if loopback {
             Some("--loopback given".to_string())
-        } else if unsafe_geteuid() != 0 {
+        } else if euid() != 0 {
             Some("not root".to_string())
         } else {
             match bed.build_namespaces(link) {
@@ -366,7 +366,7 @@ async fn cluster(address: &str) -> Result<ClusterStatus, String> {
         .map_err(|e| e.to_string())
 }
 
-fn unsafe_geteuid() -> u32 {
+fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }

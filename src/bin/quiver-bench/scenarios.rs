@@ -244,7 +244,6 @@ async fn transfer(
 ) -> Result<f64, String> {
     let dests: Vec<usize> = {
         let mut d: Vec<usize> = flows.iter().map(|f| f.1).collect();
-        d.dedup();
         d.sort_unstable();
         d.dedup();
         d
