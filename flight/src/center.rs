@@ -80,6 +80,10 @@ fn extra_slots(nthreads: usize, micros: f64) -> usize {
     ((QUEUED_WORK_MICROS / micros.max(1.0)) as usize * nthreads).clamp(EXTRA_SLOTS.0, EXTRA_SLOTS.1)
 }
 
+/// Time holding the state lock beyond which workers are not blamed for
+/// heartbeats the center could not take meanwhile.
+const BUSY: Duration = Duration::from_millis(50);
+
 type Waiter = oneshot::Sender<std::result::Result<(), Status>>;
 
 struct State {
@@ -142,9 +146,15 @@ impl CenterCore {
     /// Feeds one event to the scheduler and carries out its commands.
     fn handle(self: &Arc<Self>, st: &mut State, event: Event) -> quiver_engine::Result<()> {
         let mut out = Vec::new();
-        let r = st.scheduler.handle(event, Instant::now(), &mut out);
+        let start = Instant::now();
+        let r = st.scheduler.handle(event, start, &mut out);
         for c in out {
             self.carry_out(st, c);
+        }
+        let busy = start.elapsed();
+        if busy > BUSY {
+            tracing::debug!("one event held the center for {busy:?}");
+            st.scheduler.excuse(busy);
         }
         r
     }

@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -503,6 +503,15 @@ impl Scheduler {
 
     fn capacity(&self, w: &WorkerState) -> usize {
         w.info.nthreads.max(1) + w.extra_slots.unwrap_or(self.config.extra_slots)
+    }
+
+    /// Adds `busy` to every worker's silence allowance: while the driver was
+    /// busy with one event (a huge submission) it could not hear heartbeats,
+    /// so that time must not count as the workers' silence.
+    pub fn excuse(&mut self, busy: Duration) {
+        for w in self.workers.values_mut() {
+            w.last_seen += busy;
+        }
     }
 
     /// Sets how many tasks `worker` gets queued beyond its threads (the

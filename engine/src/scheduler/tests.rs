@@ -404,6 +404,18 @@ fn silent_workers_are_removed_at_the_next_tick() {
 }
 
 #[test]
+fn time_the_driver_was_busy_does_not_count_as_silence() {
+    let mut env = Env::new(2, 1);
+    env.now += Duration::from_secs(25);
+    env.s.excuse(Duration::from_secs(20));
+    env.event(Event::Tick).unwrap();
+    assert_eq!(env.s.workers().count(), 2);
+    env.now += Duration::from_secs(30);
+    env.event(Event::Tick).unwrap();
+    assert_eq!(env.s.workers().count(), 0);
+}
+
+#[test]
 fn scattered_data_lost_with_its_worker_is_an_error_for_its_holder() {
     let mut env = Env::new(2, 1);
     env.stores.get_mut(&0).unwrap().insert("s".into(), 1.0);
