@@ -824,6 +824,8 @@ impl FlightService for CenterService {
         match r#type.as_str() {
             "submit" => {
                 let submission = Submission::from_json(&body).map_err(|e| engine_status(&e))?;
+                // The text of a million-task graph is tens of MB: not held through scheduling.
+                drop(body);
                 let keys = submission.keys.clone();
                 let mut st = core.lock();
                 core.handle(&mut st, Event::Submit { client, submission })

@@ -108,7 +108,8 @@ pub enum KeyStatus {
 pub struct Scheduler {
     config: SchedulerConfig,
     ops: Arc<OpRegistry>,
-    tasks: FxHashMap<TaskId, TaskState>,
+    /// Boxed: the table keeps twice the slots it fills, and a slot is then a pointer.
+    tasks: FxHashMap<TaskId, Box<TaskState>>,
     index: FxHashMap<Key, TaskId>,
     next_id: TaskId,
     generation: u64,
@@ -266,6 +267,8 @@ impl Scheduler {
         if self.config.fuse {
             order = fuse_roots(order, &keys);
         }
+        self.tasks.reserve(order.len());
+        self.index.reserve(order.len());
         for (pos, (key, node)) in order.into_iter().enumerate() {
             let id = self.next_id;
             self.next_id += 1;
@@ -280,7 +283,7 @@ impl Scheduler {
             self.index.insert(key.clone(), id);
             self.tasks.insert(
                 id,
-                TaskState {
+                Box::new(TaskState {
                     key,
                     task: Some(task),
                     deps,
@@ -296,7 +299,7 @@ impl Scheduler {
                     error: None,
                     attempts: 0,
                     deaths: 0,
-                },
+                }),
             );
         }
         for k in &keys {
@@ -344,7 +347,7 @@ impl Scheduler {
         self.index.insert(key.clone(), id);
         self.tasks.insert(
             id,
-            TaskState {
+            Box::new(TaskState {
                 key: key.clone(),
                 task: None,
                 deps: vec![],
@@ -360,7 +363,7 @@ impl Scheduler {
                 error: None,
                 attempts: 0,
                 deaths: 0,
-            },
+            }),
         );
         self.transitions += 1;
         self.hold(client, id);
@@ -542,7 +545,7 @@ impl Scheduler {
                 return;
             }
             let valid =
-                |tasks: &FxHashMap<TaskId, TaskState>, id: &TaskId, on: Option<WorkerId>| {
+                |tasks: &FxHashMap<TaskId, Box<TaskState>>, id: &TaskId, on: Option<WorkerId>| {
                     tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
                 };
             let w = self.workers.get_mut(&worker).expect("checked");
@@ -702,7 +705,7 @@ impl Scheduler {
             }
             let downstream: Arc<str> = Arc::from(format!("dependency '{key}' failed: {error}"));
             for u in dependents {
-                if self.tasks.get(&u).is_some_and(TaskState::pending) {
+                if self.tasks.get(&u).is_some_and(|t| t.pending()) {
                     work.push((u, downstream.clone()));
                 }
             }
