@@ -262,20 +262,7 @@ impl Graph {
         known: &dyn Fn(&Key) -> bool,
     ) -> Result<()> {
         for (key, node) in &self.nodes {
-            if key.as_str().len() > MAX_KEY_LEN {
-                let head: String = key.as_str().chars().take(40).collect();
-                return Err(Error::invalid(
-                    &Key::from(format!("{head}…").as_str()),
-                    format!(
-                        "key is {} bytes long; the limit is {MAX_KEY_LEN}",
-                        key.as_str().len()
-                    ),
-                ));
-            }
-            match node {
-                Node::Task(t) => ops.check(key, t)?,
-                Node::Literal(v) => check_literal(key, v)?,
-            }
+            check_node(key, node, ops)?;
             for dep in node.dependencies() {
                 if !self.nodes.contains_key(&dep) && !known(&dep) {
                     return Err(Error::invalid(key, format!("missing dependency '{dep}'")));
@@ -329,6 +316,24 @@ impl Graph {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks one node on its own: key length, op and arguments, or literal.
+pub(crate) fn check_node(key: &Key, node: &Node, ops: &OpRegistry) -> Result<()> {
+    if key.as_str().len() > MAX_KEY_LEN {
+        let head: String = key.as_str().chars().take(40).collect();
+        return Err(Error::invalid(
+            &Key::from(format!("{head}…").as_str()),
+            format!(
+                "key is {} bytes long; the limit is {MAX_KEY_LEN}",
+                key.as_str().len()
+            ),
+        ));
+    }
+    match node {
+        Node::Task(t) => ops.check(key, t),
+        Node::Literal(v) => check_literal(key, v),
     }
 }
 

@@ -9,11 +9,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{ClientId, Command, Event, SchedulerConfig, WorkerId, WorkerInfo, is_stale};
 use crate::error::{Error, Result};
-use crate::graph::{Arg, Node, Submission, Task};
+use crate::graph::{Submission, Task};
 use crate::key::Key;
 use crate::ops::OpRegistry;
 
 mod check;
+mod plan;
 mod query;
 mod retire;
 
@@ -230,50 +231,25 @@ impl Scheduler {
     }
 
     fn submit(&mut self, client: ClientId, sub: Submission, out: &mut Vec<Command>) -> Result<()> {
-        let Submission { mut graph, keys } = sub;
-        let known = |k: &Key| self.index.contains_key(k);
-        graph.validate(&keys, &self.ops, &known)?;
+        let Submission { graph, keys } = sub;
+        let planned = plan::plan(graph, &keys, &self.ops, &self.index, self.config.fuse)?;
         self.generation += 1;
         let generation = self.generation;
-        // Depth-first post-order from the wanted keys over the new nodes: it is the
-        // priority, and it culls nodes nobody asked for.
-        let mut order: Vec<(Key, Node)> = Vec::new();
-        let mut seen: FxHashSet<Key> = FxHashSet::default();
-        for root in keys.iter().rev() {
-            if self.index.contains_key(root) || !seen.insert(root.clone()) {
-                continue;
-            }
-            let node = graph.nodes.remove(root).expect("validated");
-            let mut deps = node.dependencies();
-            deps.reverse();
-            let mut stack = vec![(root.clone(), deps, node)];
-            while let Some((_, deps, _)) = stack.last_mut() {
-                match deps.pop() {
-                    Some(d) => {
-                        if !self.index.contains_key(&d) && seen.insert(d.clone()) {
-                            let n = graph.nodes.remove(&d).expect("validated");
-                            let mut dd = n.dependencies();
-                            dd.reverse();
-                            stack.push((d, dd, n));
-                        }
-                    }
-                    None => {
-                        let (k, _, n) = stack.pop().expect("non-empty");
-                        order.push((k, n));
-                    }
-                }
-            }
-        }
-        if self.config.fuse {
-            order = fuse_roots(order, &keys);
-        }
-        self.tasks.reserve(order.len());
-        self.index.reserve(order.len());
-        for (pos, (key, node)) in order.into_iter().enumerate() {
+        self.tasks.reserve(planned.len());
+        self.index.reserve(planned.len());
+        let first = self.next_id;
+        for (pos, p) in planned.into_iter().enumerate() {
             let id = self.next_id;
             self.next_id += 1;
-            let task = node.into_task();
-            let deps: Vec<TaskId> = task.dependencies().iter().map(|d| self.index[d]).collect();
+            let (key, task) = (p.key, p.task);
+            let deps: Vec<TaskId> = p
+                .deps
+                .iter()
+                .map(|d| match *d {
+                    plan::Dep::New(at) => first + at as TaskId,
+                    plan::Dep::Known(id) => id,
+                })
+                .collect();
             let root = deps.is_empty();
             for d in &deps {
                 let dt = self.tasks.get_mut(d).expect("dependency is live");
@@ -866,59 +842,5 @@ impl Scheduler {
         for w in ids {
             self.fill(w, out);
         }
-    }
-}
-
-/// Fuses each new input-less node that is referenced exactly once, and is not
-/// wanted, into the task that reads it (as an inline [`Arg::Task`]). Only roots
-/// are fused, so inline tasks never nest and evaluation depth stays one.
-fn fuse_roots(order: Vec<(Key, Node)>, wanted: &[Key]) -> Vec<(Key, Node)> {
-    let mut uses: FxHashMap<Key, u32> = FxHashMap::default();
-    for (_, node) in &order {
-        if let Node::Task(t) = node {
-            t.args
-                .iter()
-                .for_each(|a| a.for_each_ref(&mut |k| *uses.entry(k.clone()).or_default() += 1));
-        }
-    }
-    let fusable = |k: &Key, n: &Node| {
-        uses.get(k) == Some(&1) && !wanted.contains(k) && n.dependencies().is_empty()
-    };
-    let mut roots: FxHashMap<Key, Node> = FxHashMap::default();
-    let mut out = Vec::with_capacity(order.len());
-    for (key, node) in order {
-        if fusable(&key, &node) {
-            roots.insert(key, node);
-            continue;
-        }
-        let node = match node {
-            Node::Task(t) if t.args.iter().any(|a| refs_any(a, &roots)) => {
-                let mut t = (*t).clone();
-                t.args = t.args.into_iter().map(|a| inline(a, &mut roots)).collect();
-                Node::Task(Arc::new(t))
-            }
-            other => other,
-        };
-        out.push((key, node));
-    }
-    // Roots whose consumer was already known stay tasks of their own.
-    out.extend(roots);
-    out
-}
-
-fn refs_any(a: &Arg, roots: &FxHashMap<Key, Node>) -> bool {
-    let mut hit = false;
-    a.for_each_ref(&mut |k| hit |= roots.contains_key(k));
-    hit
-}
-
-fn inline(a: Arg, roots: &mut FxHashMap<Key, Node>) -> Arg {
-    match a {
-        Arg::Ref(k) => match roots.remove(&k) {
-            Some(n) => Arg::Task(Box::new((*n.into_task()).clone())),
-            None => Arg::Ref(k),
-        },
-        Arg::List(items) => Arg::List(items.into_iter().map(|i| inline(i, roots)).collect()),
-        other => other,
     }
 }

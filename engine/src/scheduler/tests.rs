@@ -290,6 +290,49 @@ fn fusion_runs_each_root_inside_its_single_consumer() {
 }
 
 #[test]
+fn a_refused_submission_names_the_key_and_changes_nothing() {
+    let mut env = Env::new(1, 1);
+    let cycle = |g: &mut Graph, a: &str, b: &str| {
+        g.insert(a, sum_of(&[b.into()]));
+        g.insert(b, sum_of(&[a.into()]));
+    };
+    let mut g = seed_graph(3);
+    cycle(&mut g, "p", "q");
+    g.insert("total", sum_of(&["sum-0".into(), "p".into()]));
+    let e = env.submit(1, g, &["total"]).unwrap_err().to_string();
+    assert!(
+        e.contains("cycle") && (e.contains("'p'") || e.contains("'q'")),
+        "{e}"
+    );
+    // A cycle nobody asked for is refused too.
+    let mut g = seed_graph(3);
+    cycle(&mut g, "p", "q");
+    let e = env.submit(1, g, &["total"]).unwrap_err().to_string();
+    assert!(e.contains("cycle"), "{e}");
+    let mut g = seed_graph(3);
+    g.insert("total", sum_of(&["sum-0".into(), "nowhere".into()]));
+    let e = env.submit(1, g, &["total"]).unwrap_err().to_string();
+    assert!(
+        e.contains("total") && e.contains("missing dependency 'nowhere'"),
+        "{e}"
+    );
+    let e = env
+        .submit(1, seed_graph(3), &["absent"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("absent") && e.contains("not in the graph"),
+        "{e}"
+    );
+    assert_eq!(env.s.status(&"total".into()), KeyStatus::Unknown);
+    assert!(env.running.is_empty());
+    // And the same graph, fixed, runs.
+    env.submit(1, seed_graph(3), &["total"]).unwrap();
+    env.run_all();
+    assert_eq!(env.value("total"), 1.0 + 2.0 + 3.0 + 1.0);
+}
+
+#[test]
 fn tasks_go_where_their_input_bytes_are() {
     let mut env = Env::new(3, 1);
     env.stores.get_mut(&2).unwrap().insert("big".into(), 5.0);
