@@ -19,7 +19,7 @@ pub struct Overhead {
     /// Small sizes, one round.
     #[arg(long)]
     quick: bool,
-    /// No-op tasks in the pool map (default 100,000; quick 2,000).
+    /// No-op tasks in the pool map (default 100,000; quick 2,000; 0 skips it).
     #[arg(long)]
     map: Option<usize>,
     /// Tasks in the graph, about (default 1,000,000; quick 10,000; 0 skips it).
@@ -178,9 +178,10 @@ fn graph(client: &Client, g: usize) -> (usize, f64) {
     (tasks, start.elapsed().as_secs_f64())
 }
 
+/// The median; NaN for no runs (a skipped part).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs `overhead`: prints the figures and writes them as JSON.
@@ -207,15 +208,13 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
             s
         })
         .collect();
-    let graph_secs = if graphs.is_empty() {
-        f64::NAN
-    } else {
-        median(graphs.clone())
-    };
+    let graph_secs = median(graphs.clone());
     // The graph runs first, so the center's peak memory is the graph's.
     let (_, peak) = cluster.center_memory();
     let per_task = peak.saturating_sub(base_rss) as f64 / tasks.max(1) as f64;
-    let maps: Vec<f64> = (0..rounds).map(|_| map(&client, n)).collect();
+    let maps: Vec<f64> = (0..if n == 0 { 0 } else { rounds })
+        .map(|_| map(&client, n))
+        .collect();
     let map_secs = median(maps.clone());
 
     println!("scheduler overhead: center + 4 worker processes on this host, no-op tasks");
