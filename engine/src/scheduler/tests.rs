@@ -618,3 +618,123 @@ fn a_retiring_worker_hands_over_its_data_and_nothing_is_recomputed() {
         (0..6).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0
     );
 }
+
+/// The overhead bench's graph in small: leaves, a layer reading two leaves
+/// each, a 4-way tree to one key (returned).
+fn two_layer_tree(g: &mut Graph, n: usize) -> String {
+    for i in 0..n {
+        g.insert_literal(format!("l{i}").as_str(), i as f64);
+    }
+    let mut level: Vec<String> = (0..n)
+        .map(|i| {
+            let k = format!("m{i}");
+            g.insert(
+                k.as_str(),
+                sum_of(&[format!("l{i}"), format!("l{}", (i + 1) % n)]),
+            );
+            k
+        })
+        .collect();
+    let mut depth = 0;
+    while level.len() > 1 {
+        depth += 1;
+        level = level
+            .chunks(4)
+            .enumerate()
+            .map(|(j, c)| {
+                let k = format!("t{depth}-{j}");
+                g.insert(k.as_str(), sum_of(c));
+                k
+            })
+            .collect();
+    }
+    level.remove(0)
+}
+
+#[test]
+fn live_workers_removed_and_rejoining_under_new_ids_finish_the_graph() {
+    let mut reference = Env::new(1, 1);
+    let mut g = Graph::new();
+    let top = two_layer_tree(&mut g, 12);
+    reference.submit(1, g, &[top.as_str()]).unwrap();
+    reference.run_all();
+    let want = reference.value(&top);
+    for cut in 0..40 {
+        for fuse in [false, true] {
+            let config = SchedulerConfig {
+                fuse,
+                ..Default::default()
+            };
+            let mut env = Env::with_config(2, 2, config);
+            let mut g = Graph::new();
+            two_layer_tree(&mut g, 12);
+            env.submit(1, g, &[top.as_str()]).unwrap();
+            for _ in 0..cut {
+                if env.running.is_empty() {
+                    break;
+                }
+                env.finish(0);
+            }
+            // The center stops hearing both; the processes live on, drop their
+            // data, join again under new ids, and report their old runs.
+            env.event(Event::RemoveWorker { worker: 0 }).unwrap();
+            env.event(Event::RemoveWorker { worker: 1 }).unwrap();
+            let old = std::mem::take(&mut env.running);
+            let old_stores = std::mem::take(&mut env.stores);
+            let renamed = [env.add_worker(2), env.add_worker(2)];
+            for (w, key, task, inputs, attempt) in old {
+                let w = renamed[w as usize];
+                let inline: f64 = task
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        Arg::Literal(v) => v.as_f64().unwrap_or(0.0),
+                        Arg::List(items) => items
+                            .iter()
+                            .map(|i| match i {
+                                Arg::Task(t) => match &t.args[0] {
+                                    Arg::Literal(v) => v.as_f64().unwrap(),
+                                    _ => 0.0,
+                                },
+                                _ => 0.0,
+                            })
+                            .sum(),
+                        _ => 0.0,
+                    })
+                    .sum();
+                let fetched: Option<f64> = inputs
+                    .iter()
+                    .map(|(k, hs)| hs.iter().find_map(|h| old_stores.get(h)?.get(k).copied()))
+                    .sum();
+                let v = match task.op.as_str() {
+                    "literal" => Some(inline),
+                    _ => fetched.map(|f| f + inline + 1.0),
+                };
+                let event = match v {
+                    Some(v) => {
+                        env.stores.get_mut(&w).unwrap().insert(key.clone(), v);
+                        Event::TaskFinished {
+                            worker: w,
+                            key,
+                            nbytes: 8,
+                        }
+                    }
+                    None => Event::TaskFailed {
+                        worker: w,
+                        key,
+                        error: "input gone".into(),
+                        attempt,
+                    },
+                };
+                env.event(event).unwrap();
+            }
+            env.run_all();
+            assert!(
+                matches!(env.s.status(&top.as_str().into()), KeyStatus::Memory(_)),
+                "cut {cut}, fuse {fuse}: {:?}",
+                env.s.status(&top.as_str().into())
+            );
+            assert_eq!(env.value(&top), want, "cut {cut}, fuse {fuse}");
+        }
+    }
+}
