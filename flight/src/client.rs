@@ -22,6 +22,8 @@ use quiver_engine::{Backend, Chunk, Client, Key, Submission};
 
 /// How often a client tells the center its session is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Times a fetch asks the center where a key is before it gives up.
+const FETCH_ROUNDS: usize = 3;
 
 /// A [`Backend`] on a remote center.
 pub struct RemoteBackend {
@@ -191,20 +193,40 @@ impl Backend for RemoteBackend {
             })
     }
 
+    /// Fetches from each holder the center names, asking it again (up to
+    /// [`FETCH_ROUNDS`] times) when none answers.
     fn fetch(&self, key: &Key) -> quiver_engine::Result<Chunk> {
         self.rt
             .block_on(async {
-                let info = self.info(key, None).await?;
-                let location = info
-                    .endpoint
-                    .iter()
-                    .flat_map(|e| e.location.iter())
-                    .map(|l| l.uri.clone())
-                    .next()
-                    .ok_or_else(|| Error::Protocol(format!("no endpoint for '{key}'")))?;
-                let mut w = self.worker(net::host_port(&location)).await?;
-                let msgs = net::do_get(&mut w, key.as_str().as_bytes()).await?;
-                Ok(codec::decode_one(msgs, key.as_str())?.0)
+                // A holder can die after the center named it: the center learns of
+                // it at once (its watch stream closes), so asking again gets another
+                // holder, or the error that says the data was lost.
+                let mut last = None;
+                for _ in 0..FETCH_ROUNDS {
+                    let info = self.info(key, None).await?;
+                    let locations: Vec<String> = info
+                        .endpoint
+                        .iter()
+                        .flat_map(|e| e.location.iter())
+                        .map(|l| l.uri.clone())
+                        .collect();
+                    if locations.is_empty() {
+                        return Err(Error::Protocol(format!("no endpoint for '{key}'")));
+                    }
+                    for location in locations {
+                        let got = async {
+                            let mut w = self.worker(net::host_port(&location)).await?;
+                            let msgs = net::do_get(&mut w, key.as_str().as_bytes()).await?;
+                            Ok::<_, Error>(codec::decode_one(msgs, key.as_str())?.0)
+                        };
+                        match got.await {
+                            Ok(chunk) => return Ok(chunk),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(last.expect("at least one holder was tried"))
             })
             .map_err(|e| to_engine(e, Some(key)))
     }

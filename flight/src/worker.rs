@@ -128,8 +128,9 @@ impl Routes {
 }
 
 enum Outcome {
-    /// Key, bytes, microseconds it ran.
-    Finished(Key, u64, u64),
+    /// Key, bytes, microseconds it ran, and the id this worker had when it
+    /// stored the result.
+    Finished(Key, u64, u64, u32),
     /// Key, error, attempt, and the holders an input could not be fetched from.
     Failed(Key, String, u32, Vec<String>),
 }
@@ -277,8 +278,12 @@ impl WorkerCore {
             let outcome = match evaluate(ops, &t.task, &input) {
                 Ok(c) => {
                     let n = chunk::nbytes(&c) as u64;
+                    // Read before storing: if the worker joins the center again in
+                    // between, its data (this chunk included) is dropped, and so is
+                    // this outcome, which names the old id.
+                    let stored_as = this.id.load(Ordering::Relaxed);
                     this.store.put(t.key.clone(), c);
-                    Outcome::Finished(t.key, n, start.elapsed().as_micros() as u64)
+                    Outcome::Finished(t.key, n, start.elapsed().as_micros() as u64, stored_as)
                 }
                 Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt, vec![]),
             };
@@ -703,7 +708,9 @@ async fn report_loop(
             ..Default::default()
         };
         let mut add = |o: Outcome| match o {
-            Outcome::Finished(key, nbytes, micros) => report.finished.push(Finished {
+            // Stored before the worker joined again: the chunk was dropped then.
+            Outcome::Finished(_, _, _, stored_as) if stored_as != report.worker => {}
+            Outcome::Finished(key, nbytes, micros, _) => report.finished.push(Finished {
                 key,
                 nbytes,
                 micros,
