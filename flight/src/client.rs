@@ -12,6 +12,7 @@ use arrow_flight::FlightDescriptor;
 use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tonic::Request;
+use tonic::transport::Channel;
 
 use crate::codec;
 use crate::error::Error;
@@ -30,7 +31,7 @@ pub struct RemoteBackend {
     rt: tokio::runtime::Runtime,
     center: FlightClient,
     session: String,
-    workers: Mutex<FxHashMap<String, FlightClient>>,
+    workers: Mutex<FxHashMap<String, Channel>>,
 }
 
 /// Maps a Flight status from the center back to the engine error a caller can act on.
@@ -131,7 +132,7 @@ impl RemoteBackend {
         Ok(first.map(|r| r.body).unwrap_or_default())
     }
 
-    async fn worker(&self, address: &str) -> Result<FlightClient, Error> {
+    async fn worker(&self, address: &str) -> Result<Channel, Error> {
         if let Some(c) = self
             .workers
             .lock()
@@ -140,7 +141,7 @@ impl RemoteBackend {
         {
             return Ok(c.clone());
         }
-        let c = net::connect(address).await?;
+        let c = net::channel(address).await?;
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -215,8 +216,8 @@ impl Backend for RemoteBackend {
                     }
                     for location in locations {
                         let got = async {
-                            let mut w = self.worker(net::host_port(&location)).await?;
-                            let msgs = net::do_get(&mut w, key.as_str().as_bytes()).await?;
+                            let w = self.worker(net::host_port(&location)).await?;
+                            let msgs = net::get(w, key.as_str().as_bytes()).await?;
                             Ok::<_, Error>(codec::decode_one(msgs, key.as_str())?.0)
                         };
                         match got.await {
@@ -275,7 +276,7 @@ pub fn connect(address: &str) -> Result<Client, Error> {
 
 /// Gets a key from the worker that holds it, skipping the center (used by benches).
 pub async fn fetch_from(worker: &str, key: &Key) -> Result<(Chunk, codec::Decoder), Error> {
-    let mut c = net::connect(worker).await?;
-    let msgs = net::do_get(&mut c, key.as_str().as_bytes()).await?;
+    let c = net::channel(worker).await?;
+    let msgs = net::get(c, key.as_str().as_bytes()).await?;
     codec::decode_one(msgs, key.as_str())
 }

@@ -1,47 +1,162 @@
 //! Chunks as Flight streams, without per-value encoding.
 //!
-//! Sending: a chunk in memory is laid out once as an IPC message (its buffers
-//! copied into one body, the only copy); a spilled chunk's body is a slice of
-//! its mapped file, sent as it is. Receiving: the arrays point into the
-//! received body when it is aligned; otherwise the body is copied once into an
-//! aligned buffer and the copy is counted, never hidden.
+//! Sending: a chunk in memory becomes IPC messages whose bodies are the
+//! chunk's own buffers (with padding between them), uncopied; a spilled
+//! chunk's body is a slice of its mapped file, sent as it is. Only a caller
+//! that needs one contiguous body ([`Message::into_flight_data`]) copies.
+//! Receiving: the arrays point into the received body when it is aligned;
+//! otherwise the body is copied once into an aligned buffer and the copy is
+//! counted, never hidden.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::buffer::Buffer;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::reader::RecordBatchDecoder;
-use arrow::ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::{MessageHeader, root_as_message};
 use arrow_flight::{FlightData, SchemaAsIpc};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, Result};
 use quiver_engine::Chunk;
 use quiver_engine::store::ipcfile;
 
-/// The Flight messages of one chunk: its schema, then its batch.
-pub fn encode(chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<FlightData>> {
-    let opts = IpcWriteOptions::default();
-    let schema: FlightData = SchemaAsIpc::new(chunk.schema_ref(), &opts).into();
+/// One Flight message whose body is kept as the slices it is made of.
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    /// Every field but the body (`data_body` is empty).
+    pub head: FlightData,
+    /// The body, in order: the chunk's buffers and the padding between them.
+    pub body: Vec<Bytes>,
+}
+
+impl Message {
+    /// Bytes in the body.
+    pub fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+
+    /// As one `FlightData`: a body of one slice is kept, several are joined (a copy).
+    pub fn into_flight_data(self) -> FlightData {
+        let mut m = self.head;
+        m.data_body = match self.body.len() {
+            0 => Bytes::new(),
+            1 => self.body.into_iter().next().expect("one slice"),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.body.iter().map(Bytes::len).sum());
+                for part in &self.body {
+                    joined.extend_from_slice(part);
+                }
+                joined.freeze()
+            }
+        };
+        m
+    }
+}
+
+/// The Flight messages of one chunk, bodies uncopied: its schema, any
+/// dictionaries, then its batch.
+pub fn encode_messages(chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<Message>> {
     if let Some(file) = spilled {
+        let opts = IpcWriteOptions::default();
+        let schema: FlightData = SchemaAsIpc::new(chunk.schema_ref(), &opts).into();
         let (meta, body) = ipcfile::batch_location(file)?;
         let batch = FlightData {
             data_header: file.slice(meta),
-            data_body: file.slice(body),
             ..Default::default()
         };
-        return Ok(vec![schema, batch]);
+        return Ok(vec![
+            Message {
+                head: schema,
+                body: vec![],
+            },
+            Message {
+                head: batch,
+                body: vec![file.slice(body)],
+            },
+        ]);
     }
-    let generator = IpcDataGenerator::default();
-    let mut tracker = DictionaryTracker::new(false);
-    let mut ctx = IpcWriteContext::default();
-    let (dicts, batch) = generator.encode(chunk, &mut tracker, &opts, &mut ctx)?;
-    let mut out = vec![schema];
-    out.extend(dicts.into_iter().map(FlightData::from));
-    out.push(batch.into());
+    let parts = StreamEncoder::try_new(chunk.schema_ref())?.encode(chunk)?;
+    split_stream(parts)
+}
+
+/// The Flight messages of one chunk, each body contiguous (joined if need be).
+pub fn encode(chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<FlightData>> {
+    Ok(encode_messages(chunk, spilled)?
+        .into_iter()
+        .map(Message::into_flight_data)
+        .collect())
+}
+
+/// Cuts an IPC stream, given as the buffers it was written in, into
+/// messages: each a continuation marker and length, the flatbuffer header
+/// (padded), then `bodyLength` bytes of body taken as slices of the buffers.
+fn split_stream(parts: Vec<Buffer>) -> Result<Vec<Message>> {
+    let mut rope = Rope(parts.into());
+    let mut out = Vec::new();
+    while !rope.is_empty() {
+        let prefix = rope.take_joined(8)?;
+        let len = i32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+        if prefix[..4] != [0xff; 4] || len <= 0 {
+            return Err(Error::Protocol(format!(
+                "the IPC writer framed a message oddly (prefix {prefix:?})"
+            )));
+        }
+        let header = rope.take_joined(len as usize)?;
+        let body_len = root_as_message(&header)
+            .map_err(|e| Error::Protocol(format!("the IPC writer's header: {e}")))?
+            .bodyLength();
+        let body = rope.take(usize::try_from(body_len).unwrap_or(usize::MAX))?;
+        out.push(Message {
+            head: FlightData {
+                data_header: header,
+                ..Default::default()
+            },
+            body,
+        });
+    }
     Ok(out)
+}
+
+/// Buffers read front to back, cut into ranges without copying where a
+/// range lies in one buffer.
+struct Rope(VecDeque<Buffer>);
+
+impl Rope {
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|b| b.is_empty())
+    }
+
+    /// The next `n` bytes as slices of the buffers they lie in.
+    fn take(&mut self, mut n: usize) -> Result<Vec<Bytes>> {
+        let mut out = Vec::new();
+        while n > 0 {
+            let front = self
+                .0
+                .pop_front()
+                .ok_or_else(|| Error::Protocol("the IPC writer's stream ended early".into()))?;
+            if front.len() > n {
+                self.0.push_front(front.slice(n));
+                out.push(Bytes::from_owner(front.slice_with_length(0, n)));
+                n = 0;
+            } else if !front.is_empty() {
+                n -= front.len();
+                out.push(Bytes::from_owner(front));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next `n` bytes in one piece (for small framing and headers).
+    fn take_joined(&mut self, n: usize) -> Result<Bytes> {
+        let mut parts = self.take(n)?;
+        if parts.len() == 1 {
+            return Ok(parts.pop().expect("one part"));
+        }
+        Ok(parts.concat().into())
+    }
 }
 
 /// Bytes of the bodies of `messages` (what a transfer moves).
@@ -211,6 +326,28 @@ mod tests {
             assert_eq!(d.realigned, 0);
         }
         assert_eq!(d.received, 80_000);
+    }
+
+    #[test]
+    fn a_chunk_in_memory_is_sent_as_its_own_buffers() {
+        let c = floats(10_000);
+        let values = c.column(0).as_primitive::<Float64Type>().values().as_ptr();
+        let msgs = encode_messages(&c, None).unwrap();
+        let batch = msgs.last().unwrap();
+        assert!(
+            batch.body.iter().any(|b| b.as_ptr() == values.cast()),
+            "the values buffer must be sent in place"
+        );
+        assert!(batch.body_len().is_multiple_of(64) && batch.body_len() >= 80_000);
+        let (back, _) = decode_one(msgs.into_iter().map(Message::into_flight_data), "t").unwrap();
+        assert_eq!(back, c);
+        let strings: Chunk = chunk::from_array(Arc::new(arrow::array::StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("ccc"),
+        ])));
+        let (back, _) = decode_one(encode(&strings, None).unwrap(), "t").unwrap();
+        assert_eq!(back, strings);
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! The worker's `DoGet`, served beneath tonic: each message's IPC body goes to
-//! the transport as the `Bytes` it already is (the encoded chunk, or a slice of
-//! its mapped spill file), where tonic's prost encoder would first copy it into
-//! a fresh buffer of its own. Every other call reaches the generated Flight
-//! service unchanged; clients see ordinary gRPC either way.
+//! `DoGet` beneath tonic, both ends. Serving: each message's IPC body goes to
+//! the transport as the slices it already is (the chunk's own buffers, or a
+//! slice of its mapped spill file), where tonic's prost encoder would first
+//! copy it into a fresh buffer of its own. Fetching: a large body is copied
+//! once, from the transport's frames into a 64-byte-aligned buffer of its exact
+//! size, where tonic would grow a buffer of its own and the arrays, landing
+//! unaligned in it, would need a second copy. Every other call goes through
+//! the generated Flight service; both ends speak ordinary gRPC.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,16 +13,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arrow::buffer::MutableBuffer;
 use arrow_flight::{FlightData, Ticket};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use prost::Message;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
+use crate::auth::AddToken;
+use crate::codec;
 use crate::worker::WorkerCore;
 
 /// The route served here.
@@ -28,6 +36,9 @@ const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 const BODY_TAG: u64 = (1000 << 3) | 2;
 /// A ticket is a key: anything larger is not a `DoGet` request of ours.
 const MAX_REQUEST: usize = 1 << 20;
+/// Bodies from this size on are read straight into an aligned buffer;
+/// smaller messages are decoded whole by prost.
+const DIRECT_BODY: usize = 64 << 10;
 
 /// Wraps the worker's Flight service, answering `DoGet` itself.
 #[derive(Clone)]
@@ -103,7 +114,7 @@ async fn do_get(
         None => return Err(Status::invalid_argument("an empty DoGet request")),
     };
     let key = crate::service::ticket_key(&ticket)?;
-    let msgs = core.get_messages(key).await?;
+    let msgs = core.get_messages(key)?;
     let mut frames = Vec::with_capacity(2 * msgs.len() + 1);
     for m in msgs {
         frames.extend(frame(m)?);
@@ -120,17 +131,17 @@ async fn do_get(
         .map_err(|e| Status::internal(format!("DoGet response: {e}")))
 }
 
-/// One `FlightData` as a gRPC message: a small head (length prefix, the
-/// other fields, the body's tag and length) and the body itself, uncopied.
-fn frame(mut m: FlightData) -> Result<Vec<Frame<Bytes>>, Status> {
-    let body = std::mem::take(&mut m.data_body);
-    let head_len = m.encoded_len();
-    let body_field = if body.is_empty() {
+/// One message as a gRPC message: a small head (length prefix, the other
+/// fields, the body's tag and length) and the body's slices, uncopied.
+fn frame(m: codec::Message) -> Result<Vec<Frame<Bytes>>, Status> {
+    let body_len = m.body_len();
+    let head_len = m.head.encoded_len();
+    let body_field = if body_len == 0 {
         0
     } else {
         prost::length_delimiter_len(BODY_TAG as usize)
-            + prost::length_delimiter_len(body.len())
-            + body.len()
+            + prost::length_delimiter_len(body_len)
+            + body_len
     };
     let total = head_len + body_field;
     let limit = crate::net::max_message().min(u32::MAX as usize);
@@ -142,33 +153,252 @@ fn frame(mut m: FlightData) -> Result<Vec<Frame<Bytes>>, Status> {
     let mut head = BytesMut::with_capacity(5 + head_len + 20);
     head.put_u8(0);
     head.put_u32(total as u32);
-    m.encode(&mut head)
+    m.head
+        .encode(&mut head)
         .map_err(|e| Status::internal(format!("encoding a message head: {e}")))?;
-    if body.is_empty() {
-        return Ok(vec![Frame::data(head.freeze())]);
+    if body_len > 0 {
+        prost::encoding::encode_varint(BODY_TAG, &mut head);
+        prost::encoding::encode_varint(body_len as u64, &mut head);
     }
-    prost::encoding::encode_varint(BODY_TAG, &mut head);
-    prost::encoding::encode_varint(body.len() as u64, &mut head);
-    Ok(vec![Frame::data(head.freeze()), Frame::data(body)])
+    let mut frames = Vec::with_capacity(1 + m.body.len());
+    frames.push(Frame::data(head.freeze()));
+    frames.extend(m.body.into_iter().filter(|b| !b.is_empty()).map(Frame::data));
+    Ok(frames)
+}
+
+/// `DoGet` of `ticket` from the Flight service on `channel`, every message
+/// collected; a large body lands in a 64-byte-aligned buffer of its own.
+pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Status> {
+    let ticket = Ticket {
+        ticket: Bytes::copy_from_slice(ticket),
+    };
+    let mut request = BytesMut::with_capacity(5 + ticket.encoded_len());
+    request.put_u8(0);
+    request.put_u32(ticket.encoded_len() as u32);
+    ticket
+        .encode(&mut request)
+        .map_err(|e| Status::internal(format!("encoding a ticket: {e}")))?;
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(DO_GET)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Body::new(Full::new(request.freeze())))
+        .map_err(|e| Status::internal(format!("DoGet request: {e}")))?;
+    let mut svc = InterceptedService::new(channel, AddToken::from_process());
+    futures::future::poll_fn(|cx| svc.poll_ready(cx))
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    let response = svc
+        .call(request)
+        .await
+        .map_err(|e| Status::from_error(e.into()))?;
+    let (parts, body) = response.into_parts();
+    // A call refused at once answers with its status in the headers.
+    if let Some(status) = Status::from_header_map(&parts.headers)
+        && status.code() != Code::Ok
+    {
+        return Err(status);
+    }
+    if parts.status != http::StatusCode::OK {
+        return Err(Status::unknown(format!(
+            "DoGet answered with HTTP status {}",
+            parts.status
+        )));
+    }
+    let mut reader = Reader {
+        body: Body::new(body),
+        current: Bytes::new(),
+        trailers: None,
+    };
+    let mut messages = Vec::new();
+    while reader.more().await? {
+        let prefix = reader.take(5).await?;
+        if prefix[0] != 0 {
+            return Err(Status::internal(
+                "DoGet answered with a compressed message; none was asked for",
+            ));
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        let limit = crate::net::max_message();
+        if len > limit {
+            return Err(Status::out_of_range(format!(
+                "a message of {len} bytes is over the limit of {limit} bytes"
+            )));
+        }
+        messages.push(reader.message(len).await?);
+    }
+    let trailers = reader.trailers.unwrap_or_default();
+    match Status::from_header_map(&trailers).or_else(|| Status::from_header_map(&parts.headers)) {
+        Some(status) if status.code() == Code::Ok => Ok(messages),
+        Some(status) => Err(status),
+        None => Err(Status::internal("the DoGet response ended without a status")),
+    }
+}
+
+/// Reads a gRPC response body frame by frame.
+struct Reader {
+    body: Body,
+    /// The unread rest of the current data frame.
+    current: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Reader {
+    /// Whether data follows (false at the trailers or the end).
+    async fn more(&mut self) -> Result<bool, Status> {
+        while self.current.is_empty() {
+            match self.body.frame().await.transpose()? {
+                Some(frame) => match frame.into_data() {
+                    Ok(data) => self.current = data,
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers.get_or_insert_default().extend(t);
+                        }
+                    }
+                },
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn more_or_fail(&mut self) -> Result<(), Status> {
+        if self.more().await? {
+            Ok(())
+        } else {
+            Err(Status::internal("the DoGet response ended inside a message"))
+        }
+    }
+
+    /// The next `n` bytes, copied only when they span frames.
+    async fn take(&mut self, n: usize) -> Result<Bytes, Status> {
+        self.more_or_fail().await?;
+        if self.current.len() >= n {
+            return Ok(self.current.split_to(n));
+        }
+        let mut out = BytesMut::with_capacity(n);
+        while out.len() < n {
+            self.more_or_fail().await?;
+            let k = (n - out.len()).min(self.current.len());
+            out.extend_from_slice(&self.current.split_to(k));
+        }
+        Ok(out.freeze())
+    }
+
+    /// A protobuf varint and the bytes it took.
+    async fn varint(&mut self) -> Result<(u64, usize), Status> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            self.more_or_fail().await?;
+            let b = self.current.get_u8();
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok((value, i + 1));
+            }
+        }
+        Err(Status::internal("a malformed varint in a DoGet message"))
+    }
+
+    /// The next `n` bytes in a 64-byte-aligned buffer of exactly that size:
+    /// one copy from the frames, and none later to align the arrays.
+    async fn take_aligned(&mut self, n: usize) -> Result<Bytes, Status> {
+        let mut buf = MutableBuffer::with_capacity(n);
+        while buf.len() < n {
+            self.more_or_fail().await?;
+            let k = (n - buf.len()).min(self.current.len());
+            buf.extend_from_slice(&self.current.split_to(k));
+        }
+        Ok(Bytes::from_owner(arrow::buffer::Buffer::from(buf)))
+    }
+
+    /// One `FlightData` of `len` bytes. A large body is read into its own
+    /// aligned buffer; every other field goes through prost.
+    async fn message(&mut self, len: usize) -> Result<FlightData, Status> {
+        if len < DIRECT_BODY {
+            let bytes = self.take(len).await?;
+            return FlightData::decode(bytes)
+                .map_err(|e| Status::internal(format!("not a FlightData message: {e}")));
+        }
+        let bad = || Status::internal("a DoGet message's fields overrun its length");
+        let mut rest = BytesMut::new();
+        let mut body = None;
+        let mut left = len;
+        while left > 0 {
+            let (tag, n) = self.varint().await?;
+            left = left.checked_sub(n).ok_or_else(bad)?;
+            let fixed = |wire| if wire == 1 { 8 } else { 4 };
+            match tag & 7 {
+                0 => {
+                    let (v, n) = self.varint().await?;
+                    left = left.checked_sub(n).ok_or_else(bad)?;
+                    prost::encoding::encode_varint(tag, &mut rest);
+                    prost::encoding::encode_varint(v, &mut rest);
+                }
+                wire @ (1 | 5) => {
+                    let l = fixed(wire);
+                    left = left.checked_sub(l).ok_or_else(bad)?;
+                    prost::encoding::encode_varint(tag, &mut rest);
+                    rest.extend_from_slice(&self.take(l).await?);
+                }
+                2 => {
+                    let (l, n) = self.varint().await?;
+                    let l = usize::try_from(l).map_err(|_| bad())?;
+                    left = left
+                        .checked_sub(n)
+                        .and_then(|x| x.checked_sub(l))
+                        .ok_or_else(bad)?;
+                    if tag == BODY_TAG && l >= DIRECT_BODY {
+                        body = Some(self.take_aligned(l).await?);
+                    } else {
+                        prost::encoding::encode_varint(tag, &mut rest);
+                        prost::encoding::encode_varint(l as u64, &mut rest);
+                        rest.extend_from_slice(&self.take(l).await?);
+                    }
+                }
+                _ => return Err(Status::internal("an unknown wire type in a DoGet message")),
+            }
+        }
+        let mut m = FlightData::decode(rest.freeze())
+            .map_err(|e| Status::internal(format!("not a FlightData message: {e}")))?;
+        if let Some(body) = body {
+            m.data_body = body;
+        }
+        Ok(m)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_framed_message_decodes_as_the_original() {
-        let m = FlightData {
+    fn message() -> FlightData {
+        FlightData {
             data_header: Bytes::from_static(b"header"),
             app_metadata: Bytes::from_static(b"meta"),
             data_body: Bytes::from(vec![7u8; 100_000]),
             ..Default::default()
+        }
+    }
+
+    fn split(m: FlightData) -> codec::Message {
+        let mut head = m;
+        let body = std::mem::take(&mut head.data_body);
+        let body = if body.is_empty() {
+            vec![]
+        } else {
+            vec![body.slice(..1000), body.slice(1000..)]
         };
-        let frames = frame(m.clone()).unwrap();
-        assert_eq!(frames.len(), 2);
-        let body_ptr = frames[1].data_ref().unwrap().as_ptr();
+        codec::Message { head, body }
+    }
+
+    #[test]
+    fn a_framed_message_decodes_as_the_original() {
+        let m = message();
+        let frames = frame(split(m.clone())).unwrap();
+        assert_eq!(frames.len(), 3);
         assert_eq!(
-            body_ptr,
+            frames[1].data_ref().unwrap().as_ptr(),
             m.data_body.as_ptr(),
             "the body must not be copied"
         );
@@ -184,9 +414,47 @@ mod tests {
             data_header: Bytes::from_static(b"schema"),
             ..Default::default()
         };
-        let frames = frame(empty.clone()).unwrap();
+        let frames = frame(split(empty.clone())).unwrap();
         assert_eq!(frames.len(), 1);
         let wire = frames[0].data_ref().unwrap();
         assert_eq!(FlightData::decode(&wire[5..]).unwrap(), empty);
+    }
+
+    /// A reader over `wire` cut into frames of `size` bytes.
+    fn reader(wire: &[u8], size: usize) -> Reader {
+        let frames: Vec<_> = wire
+            .chunks(size)
+            .map(|c| Ok::<_, Status>(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        Reader {
+            body: Body::new(StreamBody::new(futures::stream::iter(frames))),
+            current: Bytes::new(),
+            trailers: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_into_an_aligned_buffer_whatever_the_framing() {
+        let m = message();
+        // Body first, as another writer may order the fields.
+        let mut wire = Vec::new();
+        prost::encoding::encode_varint(BODY_TAG, &mut wire);
+        prost::encoding::encode_varint(m.data_body.len() as u64, &mut wire);
+        wire.extend_from_slice(&m.data_body);
+        let head = FlightData {
+            data_body: Bytes::new(),
+            ..m.clone()
+        };
+        head.encode(&mut wire).unwrap();
+        for size in [1, 7, 4096, wire.len()] {
+            let got = reader(&wire, size).message(wire.len()).await.unwrap();
+            assert_eq!(got, m, "frames of {size} bytes");
+            assert!(got.data_body.as_ptr().addr().is_multiple_of(64));
+        }
+        for cut in [1, 3, wire.len() / 2, wire.len() - 1] {
+            let short = &wire[..cut];
+            assert!(reader(short, 4096).message(wire.len()).await.is_err());
+        }
+        assert!(reader(&wire, 4096).message(wire.len() - 10).await.is_err());
     }
 }

@@ -99,6 +99,18 @@ pub fn host_port(address: &str) -> &str {
 
 /// Connects to the Flight service at `address` (`host:port` or `grpc://host:port`).
 pub async fn connect(address: &str) -> Result<FlightClient> {
+    Ok(client(channel(address).await?))
+}
+
+/// A Flight client on `channel`, carrying the process's token.
+pub fn client(channel: Channel) -> FlightClient {
+    FlightServiceClient::with_interceptor(channel, AddToken::from_process())
+        .max_decoding_message_size(max_message())
+        .max_encoding_message_size(max_message())
+}
+
+/// A tuned channel to the Flight service at `address` (`host:port` or `grpc://host:port`).
+pub async fn channel(address: &str) -> Result<Channel> {
     let hp = host_port(address);
     let fail = |reason: String| Error::Connect {
         address: hp.to_string(),
@@ -122,7 +134,7 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
         .max_frame_size(FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| {
+    endpoint.connect().await.map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -130,12 +142,7 @@ pub async fn connect(address: &str) -> Result<FlightClient> {
             src = s.source();
         }
         fail(msg)
-    })?;
-    Ok(
-        FlightServiceClient::with_interceptor(channel, AddToken::from_process())
-            .max_decoding_message_size(max_message())
-            .max_encoding_message_size(max_message()),
-    )
+    })
 }
 
 /// How long a control action may take before the peer is deemed unresponsive
@@ -211,7 +218,15 @@ pub async fn action_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&reply).map_err(|e| Error::Protocol(format!("reply to {name}: {e}")))
 }
 
-/// `DoGet` of `ticket`, collected.
+/// `DoGet` of `ticket` on `channel`, collected, each large body in an
+/// aligned buffer of its own ([`crate::direct::get`]).
+pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>> {
+    crate::direct::get(channel, ticket)
+        .await
+        .map_err(|s| Error::remote(format!("get '{}'", String::from_utf8_lossy(ticket)), s))
+}
+
+/// `DoGet` of `ticket` through tonic, collected.
 pub async fn do_get(client: &mut FlightClient, ticket: &[u8]) -> Result<Vec<FlightData>> {
     let what = || format!("get '{}'", String::from_utf8_lossy(ticket));
     let stream = client

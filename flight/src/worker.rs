@@ -20,6 +20,7 @@ use arrow_flight::{
 use futures::{StreamExt, TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
@@ -146,7 +147,7 @@ pub struct WorkerCore {
     outcomes: mpsc::UnboundedSender<Outcome>,
     routes: Routes,
     running: AtomicUsize,
-    peers: Mutex<FxHashMap<String, (FlightClient, Arc<Semaphore>)>>,
+    peers: Mutex<FxHashMap<String, (Channel, Arc<Semaphore>)>>,
     published: Mutex<FxHashMap<Key, Arc<TempIpcFile>>>,
     shm_dir: PathBuf,
     /// Becomes true when the worker stops (ends `watch` streams).
@@ -198,14 +199,14 @@ impl WorkerCore {
         &self.store
     }
 
-    async fn peer(&self, address: &str) -> Result<(FlightClient, Arc<Semaphore>)> {
+    async fn peer(&self, address: &str) -> Result<(Channel, Arc<Semaphore>)> {
         if let Some(p) = lock(&self.peers).get(address) {
             return Ok(p.clone());
         }
-        let client = net::connect(address).await?;
+        let channel = net::channel(address).await?;
         let sem = Arc::new(Semaphore::new(PEER_BUDGET_MB as usize));
-        lock(&self.peers).insert(address.to_string(), (client.clone(), sem.clone()));
-        Ok((client, sem))
+        lock(&self.peers).insert(address.to_string(), (channel.clone(), sem.clone()));
+        Ok((channel, sem))
     }
 
     /// Gets a chunk held by a peer: shared memory on the same host, Flight otherwise.
@@ -214,7 +215,7 @@ impl WorkerCore {
         let mut order: Vec<&Holder> = holders.iter().collect();
         order.sort_by_key(|h| h.host_id != self.host_id);
         for h in order {
-            let (mut client, sem) = match self.peer(&h.address).await {
+            let (channel, sem) = match self.peer(&h.address).await {
                 Ok(p) => p,
                 Err(e) => {
                     last = Some(e);
@@ -228,7 +229,7 @@ impl WorkerCore {
                 .map_err(|_| Error::Protocol("peer closed".into()))?;
             if h.host_id == self.host_id && !self.no_shm && nbytes >= SHM_MIN_BYTES {
                 match net::action_json::<Published>(
-                    &mut client,
+                    &mut net::client(channel.clone()),
                     "publish",
                     &Publish { key: key.clone() },
                 )
@@ -244,7 +245,7 @@ impl WorkerCore {
                     Err(e) => tracing::debug!(%key, "shared memory refused, using Flight: {e}"),
                 }
             }
-            match net::do_get(&mut client, key.as_str().as_bytes()).await {
+            match net::get(channel, key.as_str().as_bytes()).await {
                 Ok(msgs) => {
                     let (chunk, d) = codec::decode_one(msgs, key.as_str())?;
                     self.routes.count_flight_in(&d);
@@ -293,28 +294,22 @@ impl WorkerCore {
         });
     }
 
-    /// The Flight messages of chunk `key` for a `DoGet`: a spilled chunk's
-    /// come straight from its mapped file; sent bytes are counted.
-    pub(crate) async fn get_messages(
+    /// The Flight messages of chunk `key` for a `DoGet`, bodies uncopied: a
+    /// chunk in memory sends its own buffers, a spilled one slices of its
+    /// mapped file; sent bytes are counted.
+    pub(crate) fn get_messages(
         &self,
         key: Key,
-    ) -> std::result::Result<Vec<FlightData>, Status> {
+    ) -> std::result::Result<Vec<codec::Message>, Status> {
         let (c, file) = self
             .store
             .get_with_file(&key)
             .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-        // Laying a large chunk out as one IPC body is a memcpy: off the IO threads.
-        let msgs = if chunk::nbytes(&c) < SHM_MIN_BYTES as usize {
-            codec::encode(&c, file.as_ref())
-        } else {
-            tokio::task::spawn_blocking(move || codec::encode(&c, file.as_ref()))
-                .await
-                .map_err(|e| Status::internal(format!("encode task: {e}")))?
-        }
-        .map_err(Status::from)?;
+        let msgs = codec::encode_messages(&c, file.as_ref()).map_err(Status::from)?;
+        let sent: usize = msgs.iter().map(codec::Message::body_len).sum();
         self.routes
             .flight_sent
-            .fetch_add(codec::body_bytes(&msgs), Ordering::Relaxed);
+            .fetch_add(sent as u64, Ordering::Relaxed);
         Ok(msgs)
     }
 
@@ -379,8 +374,8 @@ impl WorkerCore {
 
     /// Gets several small chunks from one peer in one `DoExchange`.
     async fn fetch_many(&self, address: &str, keys: &[Key]) -> Result<Vec<(Key, Chunk)>> {
-        let (mut client, _) = self.peer(address).await?;
-        let msgs = net::get_many(&mut client, keys).await?;
+        let (channel, _) = self.peer(address).await?;
+        let msgs = net::get_many(&mut net::client(channel), keys).await?;
         let mut d = codec::Decoder::default();
         let mut out = Vec::with_capacity(keys.len());
         for m in msgs {
@@ -524,9 +519,9 @@ impl FlightService for WorkerService {
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         // Served by `direct::DirectGet` in a running worker; kept for the trait.
-        let msgs = self.0.get_messages(ticket_key(req.get_ref())?).await?;
+        let msgs = self.0.get_messages(ticket_key(req.get_ref())?)?;
         Ok(Response::new(Box::pin(stream::iter(
-            msgs.into_iter().map(Ok),
+            msgs.into_iter().map(|m| Ok(m.into_flight_data())),
         ))))
     }
 
