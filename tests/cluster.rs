@@ -139,11 +139,12 @@ fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64) {
 fn a_gigabyte_moves_between_workers_by_flight_and_by_shared_memory() {
     let floats = (1u64 << 30) / 8;
     let bytes = floats * 8;
-    let (flight, shm, _) = move_array(&["--no-shm"], floats);
+    let (flight, shm, realigned) = move_array(&["--no-shm"], floats);
     assert!(
         flight >= bytes && flight < bytes + (1 << 20),
         "flight route moved {flight}"
     );
+    assert_eq!(realigned, 0, "a received body is used where it landed");
     assert_eq!(shm, 0);
     let (flight, shm, _) = move_array(&["--host-id", "same-host"], floats);
     assert!(
