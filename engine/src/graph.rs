@@ -252,70 +252,11 @@ impl Graph {
         self.nodes.is_empty()
     }
 
-    /// Checks the graph before it is accepted: every op known with fitting arguments,
-    /// every dependency present (in the graph or, per `known`, already in the cluster),
-    /// no cycles, every wanted key present. Errors name the key and the problem.
-    pub fn validate(
-        &self,
-        wanted: &[Key],
-        ops: &OpRegistry,
-        known: &dyn Fn(&Key) -> bool,
-    ) -> Result<()> {
-        for (key, node) in &self.nodes {
-            check_node(key, node, ops)?;
-            for dep in node.dependencies() {
-                if !self.nodes.contains_key(&dep) && !known(&dep) {
-                    return Err(Error::invalid(key, format!("missing dependency '{dep}'")));
-                }
-            }
-        }
-        for k in wanted {
-            if !self.nodes.contains_key(k) && !known(k) {
-                return Err(Error::invalid(k, "requested key is not in the graph"));
-            }
-        }
-        self.check_acyclic()
-    }
-
-    fn check_acyclic(&self) -> Result<()> {
-        // Iterative three-colour DFS: graphs may be far deeper than the stack.
-        let mut done: FxHashSet<&Key> = FxHashSet::default();
-        let mut on_path: FxHashSet<&Key> = FxHashSet::default();
-        for start in self.nodes.keys() {
-            if done.contains(start) {
-                continue;
-            }
-            let mut stack: Vec<(&Key, Vec<Key>)> = vec![(start, self.nodes[start].dependencies())];
-            on_path.insert(start);
-            while let Some((key, deps)) = stack.last_mut() {
-                let key = *key;
-                match deps.pop() {
-                    Some(dep) => {
-                        let Some((dep_key, node)) = self.nodes.get_key_value(&dep) else {
-                            continue;
-                        };
-                        if on_path.contains(dep_key) {
-                            return Err(Error::invalid(
-                                key,
-                                format!(
-                                    "cycle: '{key}' depends on '{dep}', which depends back on it"
-                                ),
-                            ));
-                        }
-                        if !done.contains(dep_key) {
-                            on_path.insert(dep_key);
-                            stack.push((dep_key, node.dependencies()));
-                        }
-                    }
-                    None => {
-                        on_path.remove(key);
-                        done.insert(key);
-                        stack.pop();
-                    }
-                }
-            }
-        }
-        Ok(())
+    /// Checks the graph as a submission asking for `wanted` is checked: every
+    /// op known with fitting arguments, every dependency present, no cycles,
+    /// every wanted key present. Errors name the key and the problem.
+    pub fn validate(&self, wanted: &[Key], ops: &OpRegistry) -> Result<()> {
+        crate::scheduler::check_graph(self, wanted, ops)
     }
 }
 
@@ -395,9 +336,7 @@ mod tests {
         assert_eq!(x.kwargs["seed"], 0);
         let text = serde_json::to_string(&s).unwrap();
         assert_eq!(Submission::from_json(text.as_bytes()).unwrap(), s);
-        s.graph
-            .validate(&s.keys, &OpRegistry::builtin(), &|_| false)
-            .unwrap();
+        s.graph.validate(&s.keys, &OpRegistry::builtin()).unwrap();
     }
 
     #[test]
@@ -405,7 +344,7 @@ mod tests {
         let ops = OpRegistry::builtin();
         let check = |json: &str| {
             let s = Submission::from_json(json.as_bytes())?;
-            s.graph.validate(&s.keys, &ops, &|_| false)
+            s.graph.validate(&s.keys, &ops)
         };
         let err = |json: &str| check(json).unwrap_err().to_string();
         let e = err(r#"{"graph": {"a": {"op": "nope"}}, "keys": ["a"]}"#);
@@ -446,6 +385,6 @@ mod tests {
                 Task::new("neg").arg(Key::from(format!("k{}", i - 1).as_str())),
             );
         }
-        g.validate(&[], &OpRegistry::builtin(), &|_| false).unwrap();
+        g.validate(&[], &OpRegistry::builtin()).unwrap();
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{Submission, Task};
 use crate::key::Key;
 
+pub(crate) use state::check_graph;
 pub use state::{KeyStatus, Scheduler};
 
 /// A worker's id, given by the driver when the worker joins.

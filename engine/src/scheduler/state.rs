@@ -18,6 +18,8 @@ mod plan;
 mod query;
 mod retire;
 
+pub(crate) use plan::check as check_graph;
+
 type TaskId = u64;
 /// (has no inputs, submission generation, depth-first position): lower runs first.
 /// Tasks that consume data go before tasks that only make it, across submissions

@@ -16,8 +16,9 @@ use crate::ops::OpRegistry;
 /// An input of a planned task.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Dep {
-    /// The task at this position of the plan.
-    New(usize),
+    /// A task of this submission: while planning, the graph node of this
+    /// number; in the plan returned, the task at this position.
+    New(u32),
     /// A task the scheduler already has.
     Known(TaskId),
 }
@@ -29,13 +30,6 @@ pub(super) struct Planned {
     pub task: Arc<Task>,
     /// Inputs without repeats, in argument order.
     pub deps: Vec<Dep>,
-}
-
-/// A reference resolved while numbering: a node of this graph, or a known task.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum Ref {
-    Local(u32),
-    Known(TaskId),
 }
 
 /// Checks `graph` and plans the tasks that compute `wanted`. A key the
@@ -54,12 +48,12 @@ pub(super) fn plan(
         graph.nodes.into_iter().map(|(k, n)| (k, Some(n))).unzip();
     let local: FxHashMap<&Key, u32> = keys.iter().zip(0..).collect();
     let resolve = |k: &Key| match index.get(k) {
-        Some(id) => Some(Ref::Known(*id)),
-        None => local.get(k).map(|i| Ref::Local(*i)),
+        Some(id) => Some(Dep::Known(*id)),
+        None => local.get(k).map(|i| Dep::New(*i)),
     };
 
     // Every reference of every node, repeats kept (fusing counts them).
-    let mut refs: Vec<Vec<Ref>> = Vec::with_capacity(keys.len());
+    let mut refs: Vec<Vec<Dep>> = Vec::with_capacity(keys.len());
     for (key, node) in keys.iter().zip(&nodes) {
         let node = node.as_ref().expect("all present");
         check_node(key, node, ops)?;
@@ -82,25 +76,25 @@ pub(super) fn plan(
     let mut is_wanted = vec![false; keys.len()];
     for k in wanted {
         match resolve(k) {
-            Some(Ref::Local(i)) => {
+            Some(Dep::New(i)) => {
                 is_wanted[i as usize] = true;
                 roots.push(i);
             }
-            Some(Ref::Known(_)) => {}
+            Some(Dep::Known(_)) => {}
             None => return Err(Error::invalid(k, "requested key is not in the graph")),
         }
     }
 
     // Depth-first from the wanted keys (the last first, as they are popped),
     // then from every other node only to find cycles.
-    let unique = |r: &[Ref]| -> Vec<Ref> {
+    let unique = |r: &[Dep]| -> Vec<Dep> {
         if r.len() < 2 {
             return r.to_vec();
         }
         let mut seen = FxHashSet::default();
         r.iter().copied().filter(|x| seen.insert(*x)).collect()
     };
-    let deps: Vec<Vec<Ref>> = refs.iter().map(|r| unique(r)).collect();
+    let deps: Vec<Vec<Dep>> = refs.iter().map(|r| unique(r)).collect();
     const NEW: u8 = 0;
     const ON_PATH: u8 = 1;
     const DONE: u8 = 2;
@@ -122,7 +116,7 @@ pub(super) fn plan(
             match deps[n].get(*next) {
                 Some(dep) => {
                     *next += 1;
-                    let Ref::Local(d) = *dep else { continue };
+                    let Dep::New(d) = *dep else { continue };
                     match colour[d as usize] {
                         NEW => {
                             colour[d as usize] = ON_PATH;
@@ -157,7 +151,7 @@ pub(super) fn plan(
         let mut uses = vec![0u32; keys.len()];
         for &i in &order {
             for r in &refs[i as usize] {
-                if let Ref::Local(d) = r {
+                if let Dep::New(d) = r {
                     uses[*d as usize] += 1;
                 }
             }
@@ -168,7 +162,7 @@ pub(super) fn plan(
         }
     }
 
-    let mut position = vec![usize::MAX; keys.len()];
+    let mut position = vec![u32::MAX; keys.len()];
     let mut out = Vec::with_capacity(order.len());
     for &i in &order {
         let i = i as usize;
@@ -178,7 +172,7 @@ pub(super) fn plan(
         let mut task = nodes[i].take().expect("planned once").into_task();
         let inlines = deps[i]
             .iter()
-            .any(|d| matches!(d, Ref::Local(j) if fused[*j as usize]));
+            .any(|d| matches!(d, Dep::New(j) if fused[*j as usize]));
         if inlines {
             let mut t = Arc::unwrap_or_clone(task);
             let mut take = |k: &Key| match local.get(k) {
@@ -193,12 +187,12 @@ pub(super) fn plan(
         let deps = deps[i]
             .iter()
             .filter_map(|d| match *d {
-                Ref::Known(id) => Some(Dep::Known(id)),
-                Ref::Local(j) if fused[j as usize] => None,
-                Ref::Local(j) => Some(Dep::New(position[j as usize])),
+                Dep::Known(id) => Some(Dep::Known(id)),
+                Dep::New(j) if fused[j as usize] => None,
+                Dep::New(j) => Some(Dep::New(position[j as usize])),
             })
             .collect();
-        position[i] = out.len();
+        position[i] = out.len() as u32;
         out.push(Planned {
             key: keys[i].clone(),
             task,
@@ -206,6 +200,12 @@ pub(super) fn plan(
         });
     }
     Ok(out)
+}
+
+/// Checks `graph` as a submission asking for `wanted` is checked, with no
+/// task known beforehand.
+pub(crate) fn check(graph: &Graph, wanted: &[Key], ops: &OpRegistry) -> Result<()> {
+    plan(graph.clone(), wanted, ops, &FxHashMap::default(), false).map(drop)
 }
 
 /// `a` with each reference that `take` yields a task for replaced by that task.
