@@ -162,7 +162,12 @@ fn frame(m: codec::Message) -> Result<Vec<Frame<Bytes>>, Status> {
     }
     let mut frames = Vec::with_capacity(1 + m.body.len());
     frames.push(Frame::data(head.freeze()));
-    frames.extend(m.body.into_iter().filter(|b| !b.is_empty()).map(Frame::data));
+    frames.extend(
+        m.body
+            .into_iter()
+            .filter(|b| !b.is_empty())
+            .map(Frame::data),
+    );
     Ok(frames)
 }
 
@@ -232,7 +237,9 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
     match Status::from_header_map(&trailers).or_else(|| Status::from_header_map(&parts.headers)) {
         Some(status) if status.code() == Code::Ok => Ok(messages),
         Some(status) => Err(status),
-        None => Err(Status::internal("the DoGet response ended without a status")),
+        None => Err(Status::internal(
+            "the DoGet response ended without a status",
+        )),
     }
 }
 
@@ -267,7 +274,9 @@ impl Reader {
         if self.more().await? {
             Ok(())
         } else {
-            Err(Status::internal("the DoGet response ended inside a message"))
+            Err(Status::internal(
+                "the DoGet response ended inside a message",
+            ))
         }
     }
 
