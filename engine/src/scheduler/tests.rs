@@ -15,6 +15,39 @@ use crate::ops::OpRegistry;
 /// A run the fake driver has been told to carry out.
 type Run = (WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>, u32);
 
+/// What `task` computes in these tests: a literal's value, or one more than
+/// the sum of its inputs (read from `stores`; `None` if one is gone) and of
+/// the literal roots fused into it.
+fn compute(
+    task: &Task,
+    inputs: &[(Key, Vec<WorkerId>)],
+    stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>,
+) -> Option<f64> {
+    fn literal(a: &Arg) -> f64 {
+        match a {
+            Arg::Literal(v) => v.as_f64().unwrap(),
+            _ => unreachable!("only literal roots in these graphs"),
+        }
+    }
+    fn inline_values(a: &Arg) -> f64 {
+        match a {
+            Arg::Task(t) => literal(&t.args[0]),
+            Arg::List(items) => items.iter().map(inline_values).sum(),
+            _ => 0.0,
+        }
+    }
+    if task.op == "literal" {
+        return Some(literal(&task.args[0]));
+    }
+    let mut total = 0.0;
+    for (k, holders) in inputs {
+        total += holders
+            .iter()
+            .find_map(|w| stores.get(w)?.get(k).copied())?;
+    }
+    Some(total + task.args.iter().map(inline_values).sum::<f64>() + 1.0)
+}
+
 /// Simulated workers: each store maps key → value; tasks are `literal` or `sum`.
 struct Env {
     s: Scheduler,
@@ -116,63 +149,34 @@ impl Env {
         if !self.stores.contains_key(&worker) {
             return;
         }
-        let value =
-            |k: &Key, holders: &[WorkerId], stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>| {
-                holders.iter().find_map(|w| stores.get(w)?.get(k).copied())
-            };
-        let v = match task.op.as_str() {
-            "literal" => match &task.args[0] {
-                Arg::Literal(v) => v.as_f64().unwrap(),
-                _ => unreachable!(),
-            },
-            "fail" => {
-                let error = "boom".to_string();
-                self.event(Event::TaskFailed {
-                    worker,
-                    key,
-                    error,
-                    attempt,
-                })
-                .unwrap();
-                return;
-            }
-            _ => {
-                let mut total = 0.0;
-                for (k, holders) in &inputs {
-                    let Some(v) = value(k, holders, &self.stores) else {
-                        // A run made stale by a worker's death may find its inputs gone;
-                        // a current one never does. The stale run's failure is ignored.
-                        assert_ne!(
-                            self.s.processing_on(&key),
-                            Some((worker, attempt)),
-                            "{key}: {k} not where the scheduler said"
-                        );
-                        let error = format!("input {k} unavailable");
-                        self.event(Event::TaskFailed {
-                            worker,
-                            key,
-                            error,
-                            attempt,
-                        })
-                        .unwrap();
-                        return;
-                    };
-                    total += v;
-                }
-                // Roots fused into this task are evaluated in place.
-                fn inline_values(a: &Arg) -> f64 {
-                    match a {
-                        Arg::Task(t) => match &t.args[0] {
-                            Arg::Literal(v) => v.as_f64().unwrap(),
-                            _ => unreachable!("only literal roots in these graphs"),
-                        },
-                        Arg::List(items) => items.iter().map(inline_values).sum(),
-                        _ => 0.0,
-                    }
-                }
-                total += task.args.iter().map(inline_values).sum::<f64>();
-                total + 1.0
-            }
+        if task.op == "fail" {
+            let error = "boom".to_string();
+            self.event(Event::TaskFailed {
+                worker,
+                key,
+                error,
+                attempt,
+            })
+            .unwrap();
+            return;
+        }
+        let Some(v) = compute(&task, &inputs, &self.stores) else {
+            // A run made stale by a worker's death may find its inputs gone; a
+            // current one never does. The stale run's failure is ignored.
+            assert_ne!(
+                self.s.processing_on(&key),
+                Some((worker, attempt)),
+                "{key}: an input is not where the scheduler said"
+            );
+            let error = "an input is unavailable".to_string();
+            self.event(Event::TaskFailed {
+                worker,
+                key,
+                error,
+                attempt,
+            })
+            .unwrap();
+            return;
         };
         self.stores.get_mut(&worker).unwrap().insert(key.clone(), v);
         self.event(Event::TaskFinished {
@@ -684,32 +688,7 @@ fn live_workers_removed_and_rejoining_under_new_ids_finish_the_graph() {
             let renamed = [env.add_worker(2), env.add_worker(2)];
             for (w, key, task, inputs, attempt) in old {
                 let w = renamed[w as usize];
-                let inline: f64 = task
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        Arg::Literal(v) => v.as_f64().unwrap_or(0.0),
-                        Arg::List(items) => items
-                            .iter()
-                            .map(|i| match i {
-                                Arg::Task(t) => match &t.args[0] {
-                                    Arg::Literal(v) => v.as_f64().unwrap(),
-                                    _ => 0.0,
-                                },
-                                _ => 0.0,
-                            })
-                            .sum(),
-                        _ => 0.0,
-                    })
-                    .sum();
-                let fetched: Option<f64> = inputs
-                    .iter()
-                    .map(|(k, hs)| hs.iter().find_map(|h| old_stores.get(h)?.get(k).copied()))
-                    .sum();
-                let v = match task.op.as_str() {
-                    "literal" => Some(inline),
-                    _ => fetched.map(|f| f + inline + 1.0),
-                };
+                let v = compute(&task, &inputs, &old_stores);
                 let event = match v {
                     Some(v) => {
                         env.stores.get_mut(&w).unwrap().insert(key.clone(), v);
