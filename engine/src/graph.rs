@@ -39,15 +39,6 @@ impl Arg {
         }
     }
 
-    fn to_json(&self) -> Json {
-        match self {
-            Arg::Ref(k) => serde_json::json!({ "key": k.as_str() }),
-            Arg::Literal(v) => v.clone(),
-            Arg::List(items) => Json::Array(items.iter().map(Arg::to_json).collect()),
-            Arg::Task(t) => serde_json::json!({ "task": t }),
-        }
-    }
-
     fn from_json(v: Json) -> std::result::Result<Arg, String> {
         Ok(match v {
             Json::Array(items) => Arg::List(
@@ -78,8 +69,24 @@ impl Arg {
 }
 
 impl Serialize for Arg {
+    // Written straight out, not through a JSON value built per argument: a map
+    // of 100,000 calls has as many, and so do the inputs of a large gather.
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
+        use serde::ser::SerializeMap;
+        match self {
+            Arg::Ref(k) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("key", k.as_str())?;
+                m.end()
+            }
+            Arg::Literal(v) => v.serialize(s),
+            Arg::List(items) => s.collect_seq(items),
+            Arg::Task(t) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("task", t)?;
+                m.end()
+            }
+        }
     }
 }
 

@@ -55,12 +55,14 @@ impl Default for CenterConfig {
 const DEFAULT_WAIT: Duration = Duration::from_secs(3600);
 
 enum ToWorker {
-    Run(RunTask),
+    Run(RunTask<Arc<Holder>>),
     Free(Key),
 }
 
 struct WorkerLink {
     info: WorkerInfo,
+    /// Its address and host id, as `run` messages name it.
+    holder: Arc<Holder>,
     tx: mpsc::UnboundedSender<ToWorker>,
     status: WorkerStatus,
     /// Moving average of its tasks' run time, in microseconds.
@@ -174,10 +176,7 @@ impl CenterCore {
                         let holders = ws
                             .iter()
                             .filter_map(|w| st.workers.get(w))
-                            .map(|l| Holder {
-                                address: l.info.address.clone(),
-                                host_id: l.info.host_id.clone(),
-                            })
+                            .map(|l| l.holder.clone())
                             .collect();
                         let n = st.scheduler.nbytes(&k).unwrap_or(0);
                         (k, holders, n)
@@ -253,6 +252,10 @@ impl CenterCore {
         st.workers.insert(
             worker,
             WorkerLink {
+                holder: Arc::new(Holder {
+                    address: info.address.clone(),
+                    host_id: info.host_id.clone(),
+                }),
                 info: info.clone(),
                 tx,
                 status: WorkerStatus::default(),
@@ -451,15 +454,16 @@ impl CenterCore {
         // The watch shares the connection: its end is this worker's end.
         tokio::spawn(self.clone().watch(worker, client.clone()));
         while let Some(first) = rx.recv().await {
-            let (mut run, mut free) = (Run::default(), Free::default());
+            let (mut tasks, mut free) = (Vec::new(), Free::default());
             let mut add = |m: ToWorker| match m {
-                ToWorker::Run(t) => run.tasks.push(t),
+                ToWorker::Run(t) => tasks.push(t),
                 ToWorker::Free(k) => free.keys.push(k),
             };
             add(first);
             while let Ok(m) = rx.try_recv() {
                 add(m);
             }
+            let run = Run::new(tasks);
             for (name, body) in [
                 ("free", serde_json::to_vec(&free)),
                 ("run", serde_json::to_vec(&run)),

@@ -1,5 +1,9 @@
 //! The wire contract: every DoAction name and JSON body, mirroring docs/PROTOCOL.md.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use quiver_engine::Key;
@@ -208,25 +212,89 @@ pub struct Holder {
 /// One input of a task to run: its key, the workers holding it, its size in bytes.
 pub type RunInput = (Key, Vec<Holder>, u64);
 
-/// One task in a `run` body.
+/// One task to run. `H` names a worker holding an input: on the wire, its
+/// position in [`Run::holders`] (a large gather names the same few workers
+/// for thousands of inputs).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunTask {
+pub struct RunTask<H = u32> {
     /// The key to produce.
     pub key: Key,
     /// What to run.
     pub task: Task,
-    /// Each input, where it lives, and its size in bytes.
-    pub inputs: Vec<RunInput>,
+    /// Each input, the workers holding it, and its size in bytes.
+    pub inputs: Vec<(Key, Vec<H>, u64)>,
     /// Which run of this task this is; echoed back if it fails.
     #[serde(default)]
     pub attempt: u32,
 }
 
+impl<H> RunTask<H> {
+    /// The same task with each holder replaced by `f` of it.
+    pub fn map_holders<G, E>(
+        self,
+        mut f: impl FnMut(&H) -> std::result::Result<G, E>,
+    ) -> std::result::Result<RunTask<G>, E> {
+        let inputs = self
+            .inputs
+            .into_iter()
+            .map(|(k, hs, n)| Ok((k, hs.iter().map(&mut f).collect::<Result<_, E>>()?, n)))
+            .collect::<Result<_, E>>()?;
+        Ok(RunTask {
+            key: self.key,
+            task: self.task,
+            inputs,
+            attempt: self.attempt,
+        })
+    }
+}
+
 /// `run` body.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Run {
+    /// The workers the tasks' inputs live on, each listed once.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
     /// The tasks.
     pub tasks: Vec<RunTask>,
+}
+
+impl Run {
+    /// A `run` body for `tasks`, listing each holder (one `Arc`) once.
+    pub fn new(tasks: Vec<RunTask<Arc<Holder>>>) -> Run {
+        let mut holders = Vec::new();
+        let mut listed: FxHashMap<usize, u32> = FxHashMap::default();
+        let tasks = tasks
+            .into_iter()
+            .map(|t| {
+                t.map_holders(|h| {
+                    Ok::<_, Infallible>(*listed.entry(Arc::as_ptr(h).addr()).or_insert_with(|| {
+                        holders.push(Holder::clone(h));
+                        holders.len() as u32 - 1
+                    }))
+                })
+            })
+            .collect::<Result<_, Infallible>>()
+            .unwrap_or_else(|e| match e {});
+        Run { holders, tasks }
+    }
+
+    /// The tasks, each input's holders looked up in the list.
+    pub fn resolve(self) -> Result<Vec<RunTask<Holder>>, String> {
+        let holders = self.holders;
+        self.tasks
+            .into_iter()
+            .map(|t| {
+                t.map_holders(|&i| {
+                    holders.get(i as usize).cloned().ok_or_else(|| {
+                        format!(
+                            "a run input names holder {i}; the message lists {}",
+                            holders.len()
+                        )
+                    })
+                })
+            })
+            .collect()
+    }
 }
 
 /// `free` body.
@@ -327,4 +395,41 @@ pub struct Gather {
 pub struct Gathered {
     /// (key, bytes) for each stored key.
     pub stored: Vec<(Key, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_lists_each_holder_once_and_refuses_an_unlisted_one() {
+        let holder = |a: &str| {
+            Arc::new(Holder {
+                address: a.into(),
+                host_id: "h".into(),
+            })
+        };
+        let (a, b) = (holder("a:1"), holder("b:1"));
+        let task = |inputs: Vec<(Key, Vec<Arc<Holder>>, u64)>| RunTask {
+            key: Key::from("t"),
+            task: Task::new("sum"),
+            inputs,
+            attempt: 0,
+        };
+        let run = Run::new(vec![
+            task(vec![(Key::from("x"), vec![a.clone(), b.clone()], 8)]),
+            task(vec![(Key::from("y"), vec![b.clone()], 8)]),
+        ]);
+        assert_eq!(run.holders.len(), 2);
+        let json = serde_json::to_string(&run).unwrap();
+        assert_eq!(json.matches("a:1").count(), 1, "{json}");
+        let back: Run = serde_json::from_str(&json).unwrap();
+        let tasks = back.clone().resolve().unwrap();
+        assert_eq!(tasks[0].inputs[0].1[1].address, "b:1");
+        assert_eq!(tasks[1].inputs[0].1[0].address, "b:1");
+        let mut bad = back;
+        bad.holders.pop();
+        let e = bad.resolve().unwrap_err();
+        assert!(e.contains("holder 1") && e.contains("lists 1"), "{e}");
+    }
 }

@@ -257,7 +257,7 @@ impl WorkerCore {
         Err(last.unwrap_or_else(|| Error::Protocol(format!("no holder given for '{key}'"))))
     }
 
-    async fn run(self: Arc<Self>, t: RunTask) {
+    async fn run(self: Arc<Self>, t: RunTask<Holder>) {
         self.running.fetch_add(1, Ordering::Relaxed);
         let fetched = match self.fetch_inputs(&t.inputs).await {
             Ok(f) => f,
@@ -601,7 +601,9 @@ impl FlightService for WorkerService {
         match r#type.as_str() {
             "run" => {
                 let run: Run = parse(&r#type, &body)?;
-                for t in run.tasks {
+                // Every holder named must be listed before any task is accepted.
+                let tasks = run.resolve().map_err(Status::invalid_argument)?;
+                for t in tasks {
                     tokio::spawn(core.clone().run(t));
                 }
                 json_result(&serde_json::json!({}))
