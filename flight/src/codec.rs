@@ -59,27 +59,57 @@ impl Message {
 /// The Flight messages of one chunk, bodies uncopied: its schema, any
 /// dictionaries, then its batch.
 pub fn encode_messages(chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<Message>> {
-    if let Some(file) = spilled {
-        let opts = IpcWriteOptions::default();
-        let schema: FlightData = SchemaAsIpc::new(chunk.schema_ref(), &opts).into();
-        let (meta, body) = ipcfile::batch_location(file)?;
-        let batch = FlightData {
-            data_header: file.slice(meta),
-            ..Default::default()
-        };
-        return Ok(vec![
-            Message {
-                head: schema,
+    Encoder::default().messages(chunk, spilled)
+}
+
+/// Encodes chunks one after another as one Flight stream, bodies uncopied: a
+/// schema message only when the schema changes (a reader keeps the last one).
+#[derive(Default)]
+pub struct Encoder {
+    schema: Option<SchemaRef>,
+    /// Encodes batches of `schema`, once it has been used (its own schema
+    /// message, already sent, is dropped).
+    stream: Option<StreamEncoder>,
+}
+
+impl Encoder {
+    /// The messages that carry `chunk` next. A spilled chunk's body is a
+    /// slice of its mapped file; a chunk in memory sends its own buffers.
+    pub fn messages(&mut self, chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<Message>> {
+        let mut out = Vec::new();
+        if self.schema.as_ref() != Some(chunk.schema_ref()) {
+            let opts = IpcWriteOptions::default();
+            out.push(Message {
+                head: SchemaAsIpc::new(chunk.schema_ref(), &opts).into(),
                 body: vec![],
-            },
-            Message {
-                head: batch,
+            });
+            self.schema = Some(chunk.schema());
+            self.stream = None;
+        }
+        if let Some(file) = spilled {
+            let (meta, body) = ipcfile::batch_location(file)?;
+            out.push(Message {
+                head: FlightData {
+                    data_header: file.slice(meta),
+                    ..Default::default()
+                },
                 body: vec![file.slice(body)],
-            },
-        ]);
+            });
+            return Ok(out);
+        }
+        let (stream, fresh) = match self.stream.take() {
+            Some(s) => (s, false),
+            None => (StreamEncoder::try_new(chunk.schema_ref())?, true),
+        };
+        let stream = self.stream.insert(stream);
+        let mut messages = split_stream(stream.encode(chunk)?)?;
+        if fresh {
+            // The stream's own schema message: the one above is already out.
+            messages.remove(0);
+        }
+        out.extend(messages);
+        Ok(out)
     }
-    let parts = StreamEncoder::try_new(chunk.schema_ref())?.encode(chunk)?;
-    split_stream(parts)
 }
 
 /// The Flight messages of one chunk, each body contiguous (joined if need be).
@@ -348,6 +378,36 @@ mod tests {
         ])));
         let (back, _) = decode_one(encode(&strings, None).unwrap(), "t").unwrap();
         assert_eq!(back, strings);
+    }
+
+    #[test]
+    fn a_stream_of_chunks_sends_a_schema_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.arrow");
+        ipcfile::write(&path, &floats(30)).unwrap();
+        let mapped = ipcfile::map(&path).unwrap();
+        let strings: Chunk =
+            chunk::from_array(Arc::new(arrow::array::StringArray::from(vec!["a", "bb"])));
+        let chunks = [
+            (floats(10), None),
+            (floats(20), None),
+            (mapped.chunk.clone(), Some(&mapped.bytes)),
+            (strings.clone(), None),
+            (floats(40), None),
+        ];
+        let mut e = Encoder::default();
+        let mut d = Decoder::default();
+        let mut schemas = 0;
+        for (c, file) in &chunks {
+            let mut got = None;
+            for m in e.messages(c, *file).unwrap() {
+                let head = root_as_message(&m.head.data_header[..]).unwrap();
+                schemas += usize::from(head.header_type() == MessageHeader::Schema);
+                got = got.or(d.push(m.into_flight_data()).unwrap());
+            }
+            assert_eq!(got.as_ref(), Some(c));
+        }
+        assert_eq!(schemas, 3, "floats, strings, floats again");
     }
 
     #[test]

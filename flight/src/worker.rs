@@ -570,7 +570,7 @@ impl FlightService for WorkerService {
         };
         let mut out = Vec::with_capacity(2 * keys.len());
         let mut sent = 0;
-        let mut last_schema = None;
+        let mut encoder = codec::Encoder::default();
         for k in keys {
             let key = Key::new(&k).ok_or_else(|| Status::invalid_argument("an empty key"))?;
             let (c, file) = self
@@ -578,15 +578,9 @@ impl FlightService for WorkerService {
                 .store
                 .get_with_file(&key)
                 .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-            let mut msgs = codec::encode(&c, file.as_ref()).map_err(Status::from)?;
-            sent += codec::body_bytes(&msgs);
-            // A schema is sent when it changes; the reader keeps the last one.
-            if last_schema.as_ref() == Some(c.schema_ref()) {
-                msgs.remove(0);
-            } else {
-                last_schema = Some(c.schema());
-            }
-            out.extend(msgs.into_iter().map(Ok));
+            let msgs = encoder.messages(&c, file.as_ref()).map_err(Status::from)?;
+            sent += msgs.iter().map(codec::Message::body_len).sum::<usize>() as u64;
+            out.extend(msgs.into_iter().map(|m| Ok(m.into_flight_data())));
         }
         self.0.routes.flight_sent.fetch_add(sent, Ordering::Relaxed);
         Ok(Response::new(Box::pin(stream::iter(out))))
