@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arrow::buffer::MutableBuffer;
 use arrow_flight::{FlightData, Ticket};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Frame;
@@ -310,15 +309,23 @@ impl Reader {
     }
 
     /// The next `n` bytes in a 64-byte-aligned buffer of exactly that size:
-    /// one copy from the frames, and none later to align the arrays.
+    /// one copy from the frames, and none later to align the arrays. A size
+    /// the process cannot allocate is an error, not an abort.
     async fn take_aligned(&mut self, n: usize) -> Result<Bytes, Status> {
-        let mut buf = MutableBuffer::with_capacity(n);
-        while buf.len() < n {
+        const ALIGN: usize = 64;
+        let mut v: Vec<u8> = Vec::new();
+        v.try_reserve_exact(n.saturating_add(ALIGN - 1))
+            .map_err(|_| Status::resource_exhausted(format!("no memory for a {n}-byte body")))?;
+        let pad = v.as_ptr().align_offset(ALIGN);
+        v.resize(pad, 0);
+        while v.len() < pad + n {
             self.more_or_fail().await?;
-            let k = (n - buf.len()).min(self.current.len());
-            buf.extend_from_slice(&self.current.split_to(k));
+            let k = (pad + n - v.len()).min(self.current.len());
+            v.extend_from_slice(&self.current.split_to(k));
         }
-        Ok(Bytes::from_owner(arrow::buffer::Buffer::from(buf)))
+        Ok(Bytes::from_owner(
+            arrow::buffer::Buffer::from_vec(v).slice(pad),
+        ))
     }
 
     /// One `FlightData` of `len` bytes. A large body is read into its own
@@ -460,6 +467,11 @@ mod tests {
             assert_eq!(got, m, "frames of {size} bytes");
             assert!(got.data_body.as_ptr().addr().is_multiple_of(64));
         }
+        let mut huge = Vec::new();
+        prost::encoding::encode_varint(BODY_TAG, &mut huge);
+        prost::encoding::encode_varint(1 << 62, &mut huge);
+        let e = reader(&huge, 4096).message(usize::MAX).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
         for cut in [1, 3, wire.len() / 2, wire.len() - 1] {
             let short = &wire[..cut];
             assert!(reader(short, 4096).message(wire.len()).await.is_err());
