@@ -478,4 +478,44 @@ mod tests {
         }
         assert!(reader(&wire, 4096).message(wire.len() - 10).await.is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever a peer sends, reading it is an answer or an error, never a panic.
+        #[test]
+        fn any_bytes_read_as_a_message_or_an_error(
+            wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            size in 1usize..64,
+            len in 0usize..400,
+            big in proptest::prelude::any::<bool>(),
+        ) {
+            let len = if big { len + DIRECT_BODY } else { len };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = rt.block_on(reader(&wire, size).message(len));
+        }
+
+        /// A real large message with a few bytes changed: the same.
+        #[test]
+        fn a_mutated_large_message_reads_as_a_message_or_an_error(
+            edits in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 1..4),
+            size in 1usize..5000,
+            shorter in 0usize..3,
+        ) {
+            let m = FlightData {
+                data_body: Bytes::from(vec![7u8; DIRECT_BODY]),
+                ..message()
+            };
+            let mut wire = Vec::new();
+            m.encode(&mut wire).unwrap();
+            let n = wire.len();
+            // Edits land in the fields, the body's tag and length, and the body's end.
+            for (at, byte) in edits {
+                let at = if at < 40 { at } else { n - (at - 39) };
+                wire[at] = byte;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = rt.block_on(reader(&wire, size).message(n - shorter));
+        }
+    }
 }
