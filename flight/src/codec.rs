@@ -4,9 +4,10 @@
 //! chunk's own buffers (with padding between them), uncopied; a spilled
 //! chunk's body is a slice of its mapped file, sent as it is. Only a caller
 //! that needs one contiguous body ([`Message::into_flight_data`]) copies.
-//! Receiving: the arrays point into the received body when it is aligned;
-//! otherwise the body is copied once into an aligned buffer and the copy is
-//! counted, never hidden.
+//! Receiving: the arrays point into the received body when it is aligned (a
+//! `DoGet` fetch receives each large body into an aligned buffer of its own,
+//! `direct::get`); otherwise the body is copied once into an aligned buffer
+//! and the copy is counted, never hidden.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
