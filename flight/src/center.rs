@@ -688,22 +688,34 @@ impl FlightService for CenterService {
         let timeout = timeout_of(&req)?;
         let key = descriptor_key(req.get_ref())?;
         let holders = self.0.wait_for(&key, timeout).await?;
-        let first = holders
-            .first()
-            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
-        let mut client = worker_client(first).await?;
-        let mut info = client
-            .get_flight_info(FlightDescriptor::new_path(vec![key.to_string()]))
-            .await?
-            .into_inner();
-        for h in &holders[1..] {
-            info = info.with_endpoint(
-                arrow_flight::FlightEndpoint::new()
-                    .with_ticket(Ticket::new(key.to_string()))
-                    .with_location(format!("{}://{h}", crate::tls::location_scheme())),
-            );
+        // A holder may have died unnoticed yet: the first that answers describes the chunk.
+        let mut last = None;
+        for (i, h) in holders.iter().enumerate() {
+            let answer = async {
+                let mut client = worker_client(h).await?;
+                client
+                    .get_flight_info(FlightDescriptor::new_path(vec![key.to_string()]))
+                    .await
+                    .map(Response::into_inner)
+            };
+            match answer.await {
+                Ok(mut info) => {
+                    for (_, other) in holders.iter().enumerate().filter(|(j, _)| *j != i) {
+                        info = info.with_endpoint(
+                            arrow_flight::FlightEndpoint::new()
+                                .with_ticket(Ticket::new(key.to_string()))
+                                .with_location(format!(
+                                    "{}://{other}",
+                                    crate::tls::location_scheme()
+                                )),
+                        );
+                    }
+                    return Ok(Response::new(info));
+                }
+                Err(s) => last = Some(s),
+            }
         }
-        Ok(Response::new(info))
+        Err(last.unwrap_or_else(|| Status::unavailable(format!("no live worker holds '{key}'"))))
     }
 
     async fn poll_flight_info(

@@ -23,8 +23,10 @@ use quiver_engine::{Backend, Chunk, Client, Key, Submission};
 
 /// How often a client tells the center its session is alive.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-/// Times a fetch asks the center where a key is before it gives up.
-const FETCH_ROUNDS: usize = 3;
+/// Times a fetch asks the center where a key is before it gives up; the
+/// pause between asks doubles from 100 ms (3.1 s in all), as a center under
+/// load may take a while to act on a worker's closed connection.
+const FETCH_ROUNDS: u32 = 6;
 
 /// A [`Backend`] on a remote center.
 pub struct RemoteBackend {
@@ -195,7 +197,8 @@ impl Backend for RemoteBackend {
     }
 
     /// Fetches from each holder the center names, asking it again (up to
-    /// [`FETCH_ROUNDS`] times) when none answers.
+    /// [`FETCH_ROUNDS`] times) when none answers, or when the center itself
+    /// could not reach one.
     fn fetch(&self, key: &Key) -> quiver_engine::Result<Chunk> {
         self.rt
             .block_on(async {
@@ -203,8 +206,22 @@ impl Backend for RemoteBackend {
                 // it at once (its watch stream closes), so asking again gets another
                 // holder, or the error that says the data was lost.
                 let mut last = None;
-                for _ in 0..FETCH_ROUNDS {
-                    let info = self.info(key, None).await?;
+                for round in 0..FETCH_ROUNDS {
+                    let pause = Duration::from_millis(100 << round);
+                    let info = match self.info(key, None).await {
+                        Ok(info) => info,
+                        // The center could not reach a holder it still believes in.
+                        Err(e)
+                            if matches!(&e, Error::Remote { status, .. }
+                                if status.code() == tonic::Code::Unavailable)
+                                && round + 1 < FETCH_ROUNDS =>
+                        {
+                            last = Some(e);
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let locations: Vec<String> = info
                         .endpoint
                         .iter()
@@ -225,7 +242,9 @@ impl Backend for RemoteBackend {
                             Err(e) => last = Some(e),
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if round + 1 < FETCH_ROUNDS {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 Err(last.expect("at least one holder was tried"))
             })
