@@ -18,7 +18,7 @@ use arrow::ipc::reader::RecordBatchDecoder;
 use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use arrow::ipc::{MessageHeader, root_as_message};
 use arrow_flight::{FlightData, SchemaAsIpc};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use quiver_engine::Chunk;
@@ -45,13 +45,7 @@ impl Message {
         m.data_body = match self.body.len() {
             0 => Bytes::new(),
             1 => self.body.into_iter().next().expect("one slice"),
-            _ => {
-                let mut joined = BytesMut::with_capacity(self.body.iter().map(Bytes::len).sum());
-                for part in &self.body {
-                    joined.extend_from_slice(part);
-                }
-                joined.freeze()
-            }
+            _ => self.body.concat().into(),
         };
         m
     }
@@ -188,11 +182,6 @@ impl Rope {
         }
         Ok(parts.concat().into())
     }
-}
-
-/// Bytes of the bodies of `messages` (what a transfer moves).
-pub fn body_bytes(messages: &[FlightData]) -> u64 {
-    messages.iter().map(|m| m.data_body.len() as u64).sum()
 }
 
 /// Decodes Flight messages into chunks.

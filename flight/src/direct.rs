@@ -286,12 +286,19 @@ impl Reader {
             return Ok(self.current.split_to(n));
         }
         let mut out = BytesMut::with_capacity(n);
-        while out.len() < n {
-            self.more_or_fail().await?;
-            let k = (n - out.len()).min(self.current.len());
-            out.extend_from_slice(&self.current.split_to(k));
-        }
+        self.append(&mut out, n).await?;
         Ok(out.freeze())
+    }
+
+    /// Appends the next `n` bytes to `out`, frame by frame.
+    async fn append(&mut self, out: &mut impl BufMut, mut n: usize) -> Result<(), Status> {
+        while n > 0 {
+            self.more_or_fail().await?;
+            let k = n.min(self.current.len());
+            out.put_slice(&self.current.split_to(k));
+            n -= k;
+        }
+        Ok(())
     }
 
     /// A protobuf varint and the bytes it took.
@@ -318,11 +325,7 @@ impl Reader {
             .map_err(|_| Status::resource_exhausted(format!("no memory for a {n}-byte body")))?;
         let pad = v.as_ptr().align_offset(ALIGN);
         v.resize(pad, 0);
-        while v.len() < pad + n {
-            self.more_or_fail().await?;
-            let k = (pad + n - v.len()).min(self.current.len());
-            v.extend_from_slice(&self.current.split_to(k));
-        }
+        self.append(&mut v, n).await?;
         Ok(Bytes::from_owner(
             arrow::buffer::Buffer::from_vec(v).slice(pad),
         ))
