@@ -20,8 +20,11 @@ use quiver::{Key, chunk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+/// A worker's large allocations go to shared memory, so peers on this host map
+/// its results instead of receiving copies (`quiver::engine::shm`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: quiver::engine::shm::SharedAlloc<mimalloc::MiMalloc> =
+    quiver::engine::shm::SharedAlloc(mimalloc::MiMalloc);
 
 const MB: usize = 1 << 20;
 

@@ -96,8 +96,9 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
 }
 
 /// Moves one array of `floats` between two workers with the given worker flags
-/// and checks the content; returns the route counters of the receiver.
-fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64) {
+/// and checks the content; returns bytes received by Flight, by shared memory,
+/// realigned after Flight, and written to shared memory to be handed over.
+fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64, u64) {
     let cluster = TestCluster::start(2, worker_args);
     let client = Client::connect(&cluster.address).unwrap();
     // Two identical arrays land on the two workers (roots spread), so `sub`
@@ -132,6 +133,7 @@ fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64) {
         sum(|r| r.flight_received),
         sum(|r| r.shm_received),
         sum(|r| r.flight_realigned),
+        sum(|r| r.shm_written),
     )
 }
 
@@ -139,18 +141,20 @@ fn move_array(worker_args: &[&str], floats: u64) -> (u64, u64, u64) {
 fn a_gigabyte_moves_between_workers_by_flight_and_by_shared_memory() {
     let floats = (1u64 << 30) / 8;
     let bytes = floats * 8;
-    let (flight, shm, realigned) = move_array(&["--no-shm"], floats);
+    let (flight, shm, realigned, _) = move_array(&["--no-shm"], floats);
     assert!(
         flight >= bytes && flight < bytes + (1 << 20),
         "flight route moved {flight}"
     );
     assert_eq!(realigned, 0, "a received body is used where it landed");
     assert_eq!(shm, 0);
-    let (flight, shm, _) = move_array(&["--host-id", "same-host"], floats);
+    let (flight, shm, _, written) = move_array(&["--host-id", "same-host"], floats);
     assert!(
         shm >= bytes && shm < bytes + (1 << 20),
         "shm route moved {shm}"
     );
+    // The array was computed in shared memory: the peer mapped it, nothing was copied.
+    assert_eq!(written, 0, "bytes copied into shared memory");
     assert!(
         flight < 1 << 20,
         "only small partials over Flight, got {flight}"

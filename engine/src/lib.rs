@@ -18,6 +18,7 @@ pub mod key;
 pub mod local;
 pub mod ops;
 pub mod scheduler;
+pub mod shm;
 pub mod store;
 
 pub use chunk::Chunk;

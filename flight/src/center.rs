@@ -550,6 +550,7 @@ impl CenterCore {
                 .flight_realigned
                 .saturating_add(w.routes.flight_realigned);
             t.routes.shm_sent = t.routes.shm_sent.saturating_add(w.routes.shm_sent);
+            t.routes.shm_written = t.routes.shm_written.saturating_add(w.routes.shm_written);
             t.routes.shm_received = t.routes.shm_received.saturating_add(w.routes.shm_received);
         }
         ClusterStatus {

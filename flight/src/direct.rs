@@ -321,7 +321,7 @@ impl Reader {
     async fn take_aligned(&mut self, n: usize) -> Result<Bytes, Status> {
         const ALIGN: usize = 64;
         let mut v: Vec<u8> = Vec::new();
-        v.try_reserve_exact(n.saturating_add(ALIGN - 1))
+        quiver_engine::shm::private(|| v.try_reserve_exact(n.saturating_add(ALIGN - 1)))
             .map_err(|_| Status::resource_exhausted(format!("no memory for a {n}-byte body")))?;
         let pad = v.as_ptr().align_offset(ALIGN);
         v.resize(pad, 0);

@@ -56,7 +56,7 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
     ("free", "Drop keys: {\"keys\": [...]}"),
     (
         "publish",
-        "Publish a key in shared memory: {\"key\": k} -> {\"path\": p, \"bytes\": n}",
+        "Publish a key in shared memory: {\"key\": k} -> {\"shared\": regions} or {\"path\": p}, with \"bytes\": n",
     ),
     ("status", "This worker's figures"),
     (
@@ -125,6 +125,10 @@ pub struct RouteCounters {
     pub flight_realigned: u64,
     /// Bytes published in shared memory for peers.
     pub shm_sent: u64,
+    /// Of those, bytes that had to be written to a shared-memory file first
+    /// (0 when chunks are shared where they lie).
+    #[serde(default)]
+    pub shm_written: u64,
     /// Bytes mapped from peers' shared memory.
     pub shm_received: u64,
 }
@@ -311,12 +315,17 @@ pub struct Publish {
     pub key: Key,
 }
 
-/// `publish` reply.
+/// `publish` reply: where the chunk already lies in shared memory, or the
+/// IPC file it was copied to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Published {
-    /// The IPC file in shared memory.
-    pub path: String,
-    /// Its size.
+    /// The chunk's own buffers, in the publisher's memfds: mapped, never copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<quiver_engine::shm::Exported>,
+    /// Otherwise the IPC file in shared memory the chunk was written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The bytes handed over.
     pub bytes: u64,
 }
 

@@ -30,7 +30,7 @@ use crate::protocol::*;
 use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse, ticket_key};
 use quiver_engine::executor::{Executor, evaluate};
 use quiver_engine::store::{ChunkStore, StoreConfig, TempIpcFile, ipcfile};
-use quiver_engine::{Chunk, Key, OpRegistry, chunk};
+use quiver_engine::{Chunk, Key, OpRegistry, chunk, shm};
 
 /// How a worker is started.
 #[derive(Clone, Debug)]
@@ -115,6 +115,7 @@ struct Routes {
     flight_received: AtomicU64,
     flight_realigned: AtomicU64,
     shm_sent: AtomicU64,
+    shm_written: AtomicU64,
     shm_received: AtomicU64,
 }
 
@@ -179,6 +180,7 @@ impl WorkerCore {
                 flight_received: r.flight_received.load(Ordering::Relaxed),
                 flight_realigned: r.flight_realigned.load(Ordering::Relaxed),
                 shm_sent: r.shm_sent.load(Ordering::Relaxed),
+                shm_written: r.shm_written.load(Ordering::Relaxed),
                 shm_received: r.shm_received.load(Ordering::Relaxed),
             },
         }
@@ -236,11 +238,20 @@ impl WorkerCore {
                 .await
                 {
                     Ok(p) => {
-                        let mapped = ipcfile::map(std::path::Path::new(&p.path))?;
+                        let chunk = match (&p.shared, &p.path) {
+                            (Some(e), _) => shm::import(e)?.0,
+                            (None, Some(path)) => ipcfile::map(std::path::Path::new(path))?.chunk,
+                            (None, None) => {
+                                return Err(Error::Protocol(format!(
+                                    "{} published '{key}' nowhere",
+                                    h.address
+                                )));
+                            }
+                        };
                         self.routes
                             .shm_received
                             .fetch_add(p.bytes, Ordering::Relaxed);
-                        return Ok(mapped.chunk);
+                        return Ok(chunk);
                     }
                     Err(e) => tracing::debug!(%key, "shared memory refused, using Flight: {e}"),
                 }
@@ -405,7 +416,8 @@ impl WorkerCore {
         }
         if let Some(f) = lock(&self.published).get(key) {
             return Ok(Published {
-                path: f.path().display().to_string(),
+                shared: None,
+                path: Some(f.path().display().to_string()),
                 bytes: f.len(),
             });
         }
@@ -413,13 +425,26 @@ impl WorkerCore {
             .store
             .get(key)
             .ok_or_else(|| quiver_engine::Error::KeyNotFound { key: key.clone() })?;
+        if let Some(e) = shm::export(&c) {
+            let bytes = e.bytes;
+            self.routes.shm_sent.fetch_add(bytes, Ordering::Relaxed);
+            return Ok(Published {
+                shared: Some(e),
+                path: None,
+                bytes,
+            });
+        }
         let path = self
             .shm_dir
             .join(format!("quiver-{}.arrow", uuid::Uuid::new_v4().simple()));
         let f = Arc::new(TempIpcFile::create(path, &c)?);
         self.routes.shm_sent.fetch_add(f.len(), Ordering::Relaxed);
+        self.routes
+            .shm_written
+            .fetch_add(f.len(), Ordering::Relaxed);
         let p = Published {
-            path: f.path().display().to_string(),
+            shared: None,
+            path: Some(f.path().display().to_string()),
             bytes: f.len(),
         };
         lock(&self.published).insert(key.clone(), f);
@@ -874,6 +899,10 @@ pub async fn run(
         )));
     }
     let host_id = config.host_id.clone().unwrap_or_else(default_host_id);
+    if !config.no_shm {
+        // Takes effect where the binary installed `shm::SharedAlloc`.
+        shm::enable();
+    }
     let reg = Register {
         protocol_version: PROTOCOL_VERSION,
         name: config.name.clone(),

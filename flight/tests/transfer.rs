@@ -12,6 +12,11 @@ use quiver_flight::protocol::Holder;
 use quiver_flight::worker::{self, WorkerConfig, WorkerCore};
 use tokio::sync::oneshot;
 
+/// As in a `quiver worker`: large allocations land in shared memory.
+#[global_allocator]
+static GLOBAL: quiver_engine::shm::SharedAlloc<std::alloc::System> =
+    quiver_engine::shm::SharedAlloc(std::alloc::System);
+
 struct Fixture {
     center: String,
     stops: Vec<oneshot::Sender<()>>,
@@ -108,31 +113,58 @@ fn holder(c: &WorkerCore) -> Vec<Holder> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_host_peers_share_memory_and_the_receiver_reads_the_map() {
+async fn same_host_peers_map_the_very_pages_a_result_was_computed_in() {
     let mut f = Fixture::new().await;
     let a = f.worker("host-1", false, u64::MAX).await;
     let b = f.worker("host-1", false, u64::MAX).await;
-    let data = floats(1 << 20);
+    let data = floats(1 << 20); // allocated after a worker enabled shared memory
     let key = Key::from("big");
     a.store().put(key.clone(), data.clone());
+    let region = mapping_of(ptr(&data)).unwrap_or_default();
+    assert!(
+        region.starts_with("/memfd:quiver-"),
+        "the result lies in '{region}', not in a shared region"
+    );
     let got = b.fetch(&key, &holder(&a), 8 << 20).await.unwrap();
     assert_eq!(got, data);
-    let p = ptr(&got);
-    let file = mapping_of(p).unwrap_or_default();
+    // Another mapping (the receiver's own) of the same memfd: no byte was copied.
+    assert_ne!(ptr(&got), ptr(&data));
+    assert_eq!(mapping_of(ptr(&got)), Some(region));
+    let (sa, sb) = (a.status().routes, b.status().routes);
+    assert_eq!(sa.shm_sent, 8 << 20, "{sa:?}");
+    assert_eq!(sa.shm_written, 0, "{sa:?}");
+    assert_eq!(sb.shm_received, 8 << 20, "{sb:?}");
+    assert_eq!(sb.flight_received, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_outside_shared_memory_is_written_once_and_mapped() {
+    let mut f = Fixture::new().await;
+    let a = f.worker("host-1", false, u64::MAX).await;
+    let b = f.worker("host-1", false, u64::MAX).await;
+    // 400 KB of offsets: below the shared-allocation size, too big to go inline.
+    let strings: Vec<String> = (0..100_000).map(|i| format!("item-{i}")).collect();
+    let data = chunk::from_array(Arc::new(arrow::array::StringArray::from(strings)));
+    let key = Key::from("strings");
+    a.store().put(key.clone(), data.clone());
+    let got = b.fetch(&key, &holder(&a), 1 << 20).await.unwrap();
+    assert_eq!(got, data);
+    let offsets = got.column(0).as_string::<i32>().offsets().as_ptr() as usize;
+    let file = mapping_of(offsets).unwrap_or_default();
     assert!(
         file.contains("quiver-") && file.ends_with(".arrow"),
-        "buffer {p:#x} is in '{file}', not a shared map"
+        "offsets at {offsets:#x} are in '{file}', not a shared file"
     );
-    let (sa, sb) = (a.status().routes, b.status().routes);
+    let sa = a.status().routes;
     assert!(
-        sa.shm_sent >= 8 << 20 && sb.shm_received == sa.shm_sent,
-        "{sa:?} {sb:?}"
+        sa.shm_written > 0 && sa.shm_written == sa.shm_sent,
+        "{sa:?}"
     );
-    assert_eq!(sb.flight_received, 0);
     // Published once: a second fetch maps the same file, nothing is written again.
-    let again = b.fetch(&key, &holder(&a), 8 << 20).await.unwrap();
-    assert_eq!(mapping_of(ptr(&again)), Some(file));
-    assert_eq!(a.status().routes.shm_sent, sa.shm_sent);
+    let again = b.fetch(&key, &holder(&a), 1 << 20).await.unwrap();
+    let offsets = again.column(0).as_string::<i32>().offsets().as_ptr() as usize;
+    assert_eq!(mapping_of(offsets), Some(file));
+    assert_eq!(a.status().routes.shm_written, sa.shm_written);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

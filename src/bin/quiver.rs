@@ -11,8 +11,11 @@ use quiver::flight::protocol::ClusterStatus;
 use quiver::flight::worker::{self, WorkerConfig};
 use quiver::flight::{client::RemoteBackend, net};
 
+/// A worker's large allocations go to shared memory, so peers on this host map
+/// its results instead of receiving copies (`quiver::engine::shm`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: quiver::engine::shm::SharedAlloc<mimalloc::MiMalloc> =
+    quiver::engine::shm::SharedAlloc(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(

@@ -1,0 +1,675 @@
+//! Chunks born in shared memory: an allocator that puts every large allocation
+//! in its own memfd, and the export/import that lets a peer on the same host
+//! map those very pages (through `/proc/PID/fd`) instead of receiving a copy.
+//!
+//! A worker installs [`SharedAlloc`] as its global allocator and calls
+//! [`enable`]; from then on the values of a chunk it computes already lie in
+//! memory a peer can map. Pages are never reused once freed (each region is
+//! its own file, closed on free), so a peer's view can never change under it.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use arrow::array::{ArrayData, ArrayDataBuilder, ArrayRef, make_array};
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
+use arrow::datatypes::{DataType, Schema};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::Chunk;
+use crate::error::{Error, Result};
+
+/// Allocations of at least this many bytes go to shared memory.
+pub const MIN_BYTES: usize = 1 << 20;
+
+/// Buffers outside shared memory may still travel inline, up to this many bytes in all.
+const INLINE_MAX: usize = 64 << 10;
+
+const PAGE: usize = 4096;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Regions alive at once are capped so that they never take the file
+/// descriptors sockets need (half the soft limit, set by [`enable`]).
+static MAX_LIVE: AtomicUsize = AtomicUsize::new(0);
+static TABLE: Mutex<Table> = Mutex::new(Table {
+    live: BTreeMap::new(),
+    free: Vec::new(),
+    free_bytes: 0,
+});
+
+/// Freed regions that no peer ever saw are kept for reuse up to this many
+/// bytes: their pages are already faulted in, as an allocator's free lists are.
+const FREE_MAX: usize = 256 << 20;
+
+/// One shared allocation: its mapping length, memfd, unique id, and whether
+/// it was ever exported (then it is closed when freed, never reused).
+#[derive(Clone, Copy)]
+struct Region {
+    len: usize,
+    fd: i32,
+    id: u64,
+    exported: bool,
+}
+
+/// Live regions by start address, and freed ones kept for reuse.
+struct Table {
+    live: BTreeMap<usize, Region>,
+    free: Vec<(usize, Region)>,
+    free_bytes: usize,
+}
+
+fn table() -> std::sync::MutexGuard<'static, Table> {
+    // Nothing panics while the table is held; a poisoned lock is still consistent.
+    TABLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The name a region's memfd carries, checked by the peer that opens it.
+fn region_name(pid: u32, id: u64) -> NameBuf {
+    let mut n = NameBuf {
+        bytes: [0; 48],
+        len: 0,
+    };
+    let _ = write!(n, "quiver-{pid}-{id}");
+    n
+}
+
+/// A fixed buffer for a memfd name, written without allocating (this runs inside the allocator).
+struct NameBuf {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl NameBuf {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for NameBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        // One byte stays free for the terminating NUL.
+        let end = self.len + s.len();
+        if end >= self.bytes.len() {
+            return Err(std::fmt::Error);
+        }
+        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Puts large allocations of this process in shared memory from [`enable`] on.
+///
+/// Smaller ones, those before `enable`, and any the kernel refuses go to `A`.
+pub struct SharedAlloc<A>(pub A);
+
+/// Starts placing large allocations in shared memory; raises the open-file
+/// limit to its hard maximum, since every live region holds a descriptor.
+pub fn enable() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let want = lim.rlim_max.min(1 << 20);
+            if want > lim.rlim_cur {
+                let raised = libc::rlimit {
+                    rlim_cur: want,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = want;
+                }
+            }
+        }
+    }
+    MAX_LIVE.store((lim.rlim_cur / 2) as usize, Ordering::Relaxed);
+    ENABLED.store(true, Ordering::Release);
+}
+
+/// Whether large allocations now go to shared memory.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(PAGE) * PAGE
+}
+
+/// A new shared region of at least `size` bytes, zeroed; null when the kernel refuses.
+///
+/// # Safety
+/// Called from the allocator: must not allocate `MIN_BYTES` or more itself.
+unsafe fn shared_alloc(size: usize, zeroed: bool) -> *mut u8 {
+    let len = round_up(size);
+    if let Some(p) = reuse(len) {
+        if zeroed {
+            // SAFETY: the region was just taken from the free list and is `len` long.
+            unsafe { std::ptr::write_bytes(p, 0, len) };
+        }
+        return p;
+    }
+    if LIVE.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE.load(Ordering::Relaxed) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        return std::ptr::null_mut();
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let name = region_name(std::process::id(), id);
+    // SAFETY: `name.bytes` is NUL-terminated (the writer leaves the last byte 0);
+    // the fd is owned here and closed on every failure path.
+    let ptr = unsafe {
+        let fd = libc::memfd_create(name.bytes.as_ptr().cast(), libc::MFD_CLOEXEC);
+        if fd < 0 {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return std::ptr::null_mut();
+        }
+        let p = if libc::ftruncate(fd, len as libc::off_t) == 0 {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        } else {
+            libc::MAP_FAILED
+        };
+        if p == libc::MAP_FAILED {
+            libc::close(fd);
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return std::ptr::null_mut();
+        }
+        let region = Region {
+            len,
+            fd,
+            id,
+            exported: false,
+        };
+        table().live.insert(p as usize, region);
+        p
+    };
+    ptr.cast()
+}
+
+/// Unmaps and closes the region at `ptr`, if it is one.
+///
+/// # Safety
+/// `ptr` must not be used afterwards if it was a region.
+unsafe fn shared_free(ptr: *mut u8) -> bool {
+    let mut t = table();
+    let Some(r) = t.live.remove(&(ptr as usize)) else {
+        return false;
+    };
+    if !r.exported && t.free_bytes + r.len <= FREE_MAX {
+        t.free_bytes += r.len;
+        t.free.push((ptr as usize, r));
+        return true;
+    }
+    drop(t);
+    // SAFETY: the region was mapped with this length and owns this fd.
+    unsafe {
+        libc::munmap(ptr.cast(), r.len);
+        libc::close(r.fd);
+    }
+    LIVE.fetch_sub(1, Ordering::Relaxed);
+    true
+}
+
+/// A freed, never exported region of `len` bytes up to twice that, now live again.
+fn reuse(len: usize) -> Option<*mut u8> {
+    let mut t = table();
+    let i = (0..t.free.len())
+        .filter(|&i| (len..=2 * len).contains(&t.free[i].1.len))
+        .min_by_key(|&i| t.free[i].1.len)?;
+    let (p, r) = t.free.swap_remove(i);
+    t.free_bytes -= r.len;
+    t.live.insert(p, r);
+    Some(p as *mut u8)
+}
+
+/// The region at `ptr`, if `ptr` starts one.
+fn region_at(ptr: *mut u8) -> Option<Region> {
+    table().live.get(&(ptr as usize)).copied()
+}
+
+thread_local! {
+    /// Set while this thread allocates memory that stays private (see [`private`]).
+    static PRIVATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with its large allocations in the inner allocator's memory, for
+/// buffers never shared in place: bytes received over Flight land there, where
+/// reused pages need no fault, instead of in fresh shared pages.
+pub fn private<R>(f: impl FnOnce() -> R) -> R {
+    let before = PRIVATE.replace(true);
+    let r = f();
+    PRIVATE.set(before);
+    r
+}
+
+fn wants_shared(layout: &Layout) -> bool {
+    layout.size() >= MIN_BYTES
+        && layout.align() <= PAGE
+        && enabled()
+        && !PRIVATE.try_with(|p| p.get()).unwrap_or(true)
+}
+
+// SAFETY: every pointer handed out is either the inner allocator's (and goes
+// back to it) or a fresh page-aligned mapping of at least the requested size
+// (found again in the region table by its start address).
+unsafe impl<A: GlobalAlloc> GlobalAlloc for SharedAlloc<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if wants_shared(&layout) {
+            // SAFETY: shared_alloc allocates nothing large itself.
+            let p = unsafe { shared_alloc(layout.size(), false) };
+            if !p.is_null() {
+                return p;
+            }
+        }
+        // SAFETY: forwarded as received.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if wants_shared(&layout) {
+            // SAFETY: as in alloc.
+            let p = unsafe { shared_alloc(layout.size(), true) };
+            if !p.is_null() {
+                return p;
+            }
+        }
+        // SAFETY: forwarded as received.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // A region's layout is always MIN_BYTES or more (realloc keeps it so).
+        // SAFETY: ptr is the caller's to free.
+        if layout.size() >= MIN_BYTES && enabled() && unsafe { shared_free(ptr) } {
+            return;
+        }
+        // SAFETY: not a region, so the inner allocator's.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let region = if layout.size() >= MIN_BYTES && enabled() {
+            region_at(ptr)
+        } else {
+            None
+        };
+        let new_layout = Layout::from_size_align(new_size, layout.align());
+        match (region, new_layout) {
+            (Some(r), Ok(_)) if new_size >= MIN_BYTES => {
+                let new_len = round_up(new_size);
+                if new_len <= r.len {
+                    // The file never shrinks: a peer may have it mapped.
+                    return ptr;
+                }
+                // SAFETY: the region's fd and mapping are ours; the file grows
+                // before the mapping does, so no page lies beyond its end.
+                unsafe {
+                    if libc::ftruncate(r.fd, new_len as libc::off_t) == 0 {
+                        let p = libc::mremap(ptr.cast(), r.len, new_len, libc::MREMAP_MAYMOVE);
+                        if p != libc::MAP_FAILED {
+                            let mut t = table();
+                            t.live.remove(&(ptr as usize));
+                            t.live.insert(p as usize, Region { len: new_len, ..r });
+                            return p.cast();
+                        }
+                    }
+                }
+                std::ptr::null_mut()
+            }
+            (None, Ok(nl)) if !wants_shared(&nl) => {
+                // SAFETY: an inner allocation, resized by its own allocator.
+                unsafe { self.0.realloc(ptr, layout, new_size) }
+            }
+            (_, Ok(nl)) => {
+                // Moving between the inner allocator and shared memory.
+                // SAFETY: both blocks are valid for the bytes copied; the old
+                // one is freed by whoever owns it.
+                unsafe {
+                    let p = self.alloc(nl);
+                    if !p.is_null() {
+                        std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                    p
+                }
+            }
+            (_, Err(_)) => std::ptr::null_mut(),
+        }
+    }
+}
+
+/// The region containing `[ptr, ptr + len)`, marked exported: its start, and the region.
+fn export_region(ptr: usize, len: usize) -> Option<(usize, Region)> {
+    let mut t = table();
+    let (&start, r) = t.live.range_mut(..=ptr).next_back()?;
+    if ptr + len > start + r.len {
+        return None;
+    }
+    r.exported = true;
+    Some((start, *r))
+}
+
+/// A memfd of the exporting process, as a peer opens it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRef {
+    /// The exporting process.
+    pub pid: u32,
+    /// Its descriptor for the memfd.
+    pub fd: i32,
+    /// The region's id, part of the memfd's name, checked on open.
+    pub id: u64,
+}
+
+/// Where one buffer's bytes are: in a region, or carried inline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Buf {
+    /// `len` bytes at `offset` in region `region` (an index into [`Exported::regions`]).
+    Shared {
+        /// Index into the export's regions.
+        region: u32,
+        /// Byte offset in the memfd.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// A small buffer that lies outside shared memory.
+    Inline(Vec<u8>),
+}
+
+/// One array of an export: its layout, with buffers as [`Buf`]s.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    data_type: DataType,
+    len: usize,
+    offset: usize,
+    /// The validity bitmap: its buffer, bit offset and length.
+    nulls: Option<(Buf, usize, usize)>,
+    buffers: Vec<Buf>,
+    children: Vec<Node>,
+}
+
+/// A chunk described by where its buffers lie, for a peer on the same host to map.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Exported {
+    /// Every memfd the buffers lie in.
+    pub regions: Vec<RegionRef>,
+    /// The bytes of all buffers.
+    pub bytes: u64,
+    schema: Schema,
+    rows: usize,
+    columns: Vec<Node>,
+}
+
+struct Exporter {
+    pid: u32,
+    regions: Vec<RegionRef>,
+    inline: usize,
+    bytes: usize,
+}
+
+impl Exporter {
+    fn buf(&mut self, b: &Buffer) -> Option<Buf> {
+        let ptr = b.as_ptr() as usize;
+        self.bytes += b.len();
+        if let Some((start, r)) = export_region(ptr, b.len()) {
+            let rr = RegionRef {
+                pid: self.pid,
+                fd: r.fd,
+                id: r.id,
+            };
+            let region = match self.regions.iter().position(|x| *x == rr) {
+                Some(i) => i,
+                None => {
+                    self.regions.push(rr);
+                    self.regions.len() - 1
+                }
+            };
+            return Some(Buf::Shared {
+                region: region as u32,
+                offset: (ptr - start) as u64,
+                len: b.len() as u64,
+            });
+        }
+        self.inline += b.len();
+        (self.inline <= INLINE_MAX).then(|| Buf::Inline(b.as_slice().to_vec()))
+    }
+
+    fn node(&mut self, d: &ArrayData) -> Option<Node> {
+        let nulls = match d.nulls() {
+            Some(n) => Some((self.buf(n.buffer())?, n.offset(), n.len())),
+            None => None,
+        };
+        Some(Node {
+            data_type: d.data_type().clone(),
+            len: d.len(),
+            offset: d.offset(),
+            nulls,
+            buffers: d
+                .buffers()
+                .iter()
+                .map(|b| self.buf(b))
+                .collect::<Option<_>>()?,
+            children: d
+                .child_data()
+                .iter()
+                .map(|c| self.node(c))
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// Describes `chunk` by the shared regions its buffers lie in, or `None` when
+/// a buffer too large to carry inline lies elsewhere (it must then be copied).
+pub fn export(chunk: &Chunk) -> Option<Exported> {
+    if !enabled() {
+        return None;
+    }
+    let mut ex = Exporter {
+        pid: std::process::id(),
+        regions: vec![],
+        inline: 0,
+        bytes: 0,
+    };
+    let columns = chunk
+        .columns()
+        .iter()
+        .map(|c| ex.node(&c.to_data()))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Exported {
+        regions: ex.regions,
+        bytes: ex.bytes as u64,
+        schema: chunk.schema().as_ref().clone(),
+        rows: chunk.num_rows(),
+        columns,
+    })
+}
+
+fn bad(what: String) -> Error {
+    Error::op("shm", what)
+}
+
+/// Opens and maps a peer's memfd read-only, after checking by its name that the
+/// descriptor still is the region exported (a closed one's number may be reused).
+fn map_region(r: &RegionRef) -> Result<bytes::Bytes> {
+    let path = format!("/proc/{}/fd/{}", r.pid, r.fd);
+    let file = File::open(&path).map_err(|e| bad(format!("cannot open {path}: {e}")))?;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| bad(format!("cannot name {path}: {e}")))?;
+    let want = format!("/memfd:{} (deleted)", region_name(r.pid, r.id).as_str());
+    if link.as_os_str() != want.as_str() {
+        return Err(bad(format!(
+            "{path} is {}, no longer region {}",
+            link.display(),
+            r.id
+        )));
+    }
+    // SAFETY: the region is never written once exported (its chunk is immutable)
+    // and never truncated; it is only read through this map.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(format!("cannot map {path}: {e}")))?;
+    Ok(bytes::Bytes::from_owner(map))
+}
+
+struct Importer {
+    maps: Vec<bytes::Bytes>,
+}
+
+impl Importer {
+    fn buf(&self, b: &Buf) -> Result<Buffer> {
+        match b {
+            Buf::Inline(v) => Ok(Buffer::from(v.clone())),
+            Buf::Shared {
+                region,
+                offset,
+                len,
+            } => {
+                let map = self
+                    .maps
+                    .get(*region as usize)
+                    .ok_or_else(|| bad(format!("no region {region}")))?;
+                let (start, len) = (*offset as usize, *len as usize);
+                if start.checked_add(len).is_none_or(|end| end > map.len()) {
+                    return Err(bad(format!(
+                        "buffer {start}+{len} beyond region of {} bytes",
+                        map.len()
+                    )));
+                }
+                Ok(Buffer::from(map.slice(start..start + len)))
+            }
+        }
+    }
+
+    fn node(&self, n: &Node) -> Result<ArrayData> {
+        let nulls = match &n.nulls {
+            Some((b, offset, len)) => {
+                let buf = self.buf(b)?;
+                if offset
+                    .checked_add(*len)
+                    .is_none_or(|end| end > buf.len() * 8)
+                {
+                    return Err(bad("validity bitmap out of bounds".into()));
+                }
+                Some(NullBuffer::new(BooleanBuffer::new(buf, *offset, *len)))
+            }
+            None => None,
+        };
+        ArrayDataBuilder::new(n.data_type.clone())
+            .len(n.len)
+            .offset(n.offset)
+            .nulls(nulls)
+            .buffers(
+                n.buffers
+                    .iter()
+                    .map(|b| self.buf(b))
+                    .collect::<Result<_>>()?,
+            )
+            .child_data(
+                n.children
+                    .iter()
+                    .map(|c| self.node(c))
+                    .collect::<Result<_>>()?,
+            )
+            .build()
+            .map_err(|e| bad(format!("invalid array: {e}")))
+    }
+}
+
+/// Maps the regions of an export and builds its chunk on them: no byte is
+/// copied but small inline buffers. Returns the chunk and the mapped bytes.
+pub fn import(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
+    let maps = e
+        .regions
+        .iter()
+        .map(map_region)
+        .collect::<Result<Vec<_>>>()?;
+    let im = Importer { maps };
+    let columns: Vec<ArrayRef> = e
+        .columns
+        .iter()
+        .map(|n| im.node(n).map(make_array))
+        .collect::<Result<_>>()?;
+    let chunk = RecordBatch::try_new_with_options(
+        Arc::new(e.schema.clone()),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(e.rows)),
+    )?;
+    Ok((chunk, im.maps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_grow_shrink_and_move_keeping_their_bytes() {
+        enable();
+        let a = SharedAlloc(std::alloc::System);
+        let small = Layout::from_size_align(4096, 64).expect("layout");
+        let big = Layout::from_size_align(MIN_BYTES, 64).expect("layout");
+        // SAFETY: every pointer is used within its current size and freed once.
+        unsafe {
+            let p = a.alloc(small);
+            std::ptr::write_bytes(p, 7, small.size());
+            let p = a.realloc(p, small, MIN_BYTES);
+            assert!(region_at(p).is_some(), "grown past the threshold: shared");
+            assert_eq!(*p.add(4095), 7);
+            std::ptr::write_bytes(p.add(4096), 9, MIN_BYTES - 4096);
+            let q = a.realloc(p, big, 3 * MIN_BYTES);
+            assert!(region_at(q).is_some());
+            assert_eq!((*q, *q.add(MIN_BYTES - 1)), (7, 9));
+            let grown = Layout::from_size_align(3 * MIN_BYTES, 64).expect("layout");
+            let r = a.realloc(q, grown, 100);
+            assert!(
+                region_at(r).is_none(),
+                "shrunk below: back to the inner allocator"
+            );
+            assert_eq!(*r.add(99), 7);
+            a.dealloc(r, Layout::from_size_align(100, 64).expect("layout"));
+            // The freed 3 MiB region (never exported) comes back, zeroed when asked.
+            let again = Layout::from_size_align(2 * MIN_BYTES, 64).expect("layout");
+            let z = a.alloc_zeroed(again);
+            assert_eq!(region_at(z).map(|r| r.len), Some(3 * MIN_BYTES));
+            assert!(
+                std::slice::from_raw_parts(z, 3 * MIN_BYTES)
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+            a.dealloc(z, again);
+            let z = a.alloc_zeroed(big);
+            assert!(
+                std::slice::from_raw_parts(z, big.size())
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+            a.dealloc(z, big);
+            assert!(region_at(z).is_none());
+        }
+    }
+
+    #[test]
+    fn an_import_names_a_closed_region_as_gone() {
+        let r = RegionRef {
+            pid: std::process::id(),
+            fd: 0,
+            id: u64::MAX,
+        };
+        let e = map_region(&r).expect_err("stdin is no region");
+        assert!(e.to_string().contains("no longer region"), "{e}");
+    }
+}
