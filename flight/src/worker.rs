@@ -230,30 +230,9 @@ impl WorkerCore {
                 .await
                 .map_err(|_| Error::Protocol("peer closed".into()))?;
             if h.host_id == self.host_id && !self.no_shm && nbytes >= SHM_MIN_BYTES {
-                match net::action_json::<Published>(
-                    &mut net::client(channel.clone()),
-                    "publish",
-                    &Publish { key: key.clone() },
-                )
-                .await
-                {
-                    Ok(p) => {
-                        let chunk = match (&p.shared, &p.path) {
-                            (Some(e), _) => shm::import(e)?.0,
-                            (None, Some(path)) => ipcfile::map(std::path::Path::new(path))?.chunk,
-                            (None, None) => {
-                                return Err(Error::Protocol(format!(
-                                    "{} published '{key}' nowhere",
-                                    h.address
-                                )));
-                            }
-                        };
-                        self.routes
-                            .shm_received
-                            .fetch_add(p.bytes, Ordering::Relaxed);
-                        return Ok(chunk);
-                    }
-                    Err(e) => tracing::debug!(%key, "shared memory refused, using Flight: {e}"),
+                match self.fetch_shared(channel.clone(), key, &h.address).await {
+                    Ok(chunk) => return Ok(chunk),
+                    Err(e) => tracing::debug!(%key, "shared memory failed, using Flight: {e}"),
                 }
             }
             match net::get(channel, key.as_str().as_bytes()).await {
@@ -266,6 +245,29 @@ impl WorkerCore {
             }
         }
         Err(last.unwrap_or_else(|| Error::Protocol(format!("no holder given for '{key}'"))))
+    }
+
+    /// Asks a same-host peer to publish `key` and maps it where it lies.
+    async fn fetch_shared(&self, channel: Channel, key: &Key, address: &str) -> Result<Chunk> {
+        let p: Published = net::action_json(
+            &mut net::client(channel),
+            "publish",
+            &Publish { key: key.clone() },
+        )
+        .await?;
+        let chunk = match (&p.shared, &p.path) {
+            (Some(e), _) => shm::import(e)?.0,
+            (None, Some(path)) => ipcfile::map(std::path::Path::new(path))?.chunk,
+            (None, None) => {
+                return Err(Error::Protocol(format!(
+                    "{address} published '{key}' nowhere"
+                )));
+            }
+        };
+        self.routes
+            .shm_received
+            .fetch_add(p.bytes, Ordering::Relaxed);
+        Ok(chunk)
     }
 
     async fn run(self: Arc<Self>, t: RunTask<Holder>) {
