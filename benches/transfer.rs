@@ -142,6 +142,7 @@ fn main() {
             let mut flight = Vec::new();
             let mut shm_first = Vec::new();
             let mut shm_mapped = Vec::new();
+            let (mut flight_read, mut shm_read) = (Vec::new(), Vec::new());
             for r in 0..reps {
                 let key = Key::from(format!("c-{size}-{r}").as_str());
                 let data = chunk::from_array(Arc::new(Float64Array::from(uniform_vec(
@@ -154,19 +155,23 @@ fn main() {
                     host_id: "host-a".into(),
                 }];
                 let t = Instant::now();
-                drop(
-                    b.fetch(&key, &from_a, size as u64)
-                        .await
-                        .expect("flight fetch"),
-                );
+                let got = b
+                    .fetch(&key, &from_a, size as u64)
+                    .await
+                    .expect("flight fetch");
                 flight.push(size as f64 / t.elapsed().as_secs_f64());
+                read_once(&got);
+                flight_read.push(size as f64 / t.elapsed().as_secs_f64());
+                drop(got);
                 let t = Instant::now();
-                drop(
-                    c.fetch(&key, &from_a, size as u64)
-                        .await
-                        .expect("shm fetch"),
-                );
+                let got = c
+                    .fetch(&key, &from_a, size as u64)
+                    .await
+                    .expect("shm fetch");
                 shm_first.push(size as f64 / t.elapsed().as_secs_f64());
+                read_once(&got);
+                shm_read.push(size as f64 / t.elapsed().as_secs_f64());
+                drop(got);
                 let t = Instant::now();
                 drop(
                     c.fetch(&key, &from_a, size as u64)
@@ -178,7 +183,9 @@ fn main() {
             }
             for (route, v) in [
                 ("flight", flight),
+                ("flight+read", flight_read),
                 ("shm-first", shm_first),
+                ("shm-first+read", shm_read),
                 ("shm-published", shm_mapped),
             ] {
                 rows.push((route, size, median(v), ceiling));
@@ -216,6 +223,17 @@ fn main() {
     ) {
         eprintln!("cannot write {json_path}: {e}");
     }
+}
+
+/// Reads every value of a fetched float64 chunk once, as a consumer would
+/// (a mapped chunk's pages are faulted in here, not by the fetch).
+fn read_once(c: &quiver::Chunk) {
+    let values = c
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64");
+    std::hint::black_box(arrow::compute::sum(values));
 }
 
 /// Runs `f` `n` times in sequence and collects the results.
