@@ -592,7 +592,14 @@ impl Importer {
 
 /// Maps the regions of an export and builds its chunk on them: no byte is
 /// copied but small inline buffers. Returns the chunk and the mapped bytes.
+///
+/// Whatever a peer describes, a layout arrow cannot build is an error, never a panic.
 pub fn import(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| import_unchecked(e)))
+        .unwrap_or_else(|_| Err(bad("a malformed export".into())))
+}
+
+fn import_unchecked(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
     let maps = e
         .regions
         .iter()
@@ -659,6 +666,93 @@ mod tests {
             );
             a.dealloc(z, big);
             assert!(region_at(z).is_none());
+        }
+    }
+
+    /// An export of `values` carried inline (no region needed).
+    fn inline_export(values: &[f64]) -> Exported {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Exported {
+            regions: vec![],
+            bytes: bytes.len() as u64,
+            schema: Schema::new(vec![arrow::datatypes::Field::new(
+                "value",
+                DataType::Float64,
+                true,
+            )]),
+            rows: values.len(),
+            columns: vec![Node {
+                data_type: DataType::Float64,
+                len: values.len(),
+                offset: 0,
+                nulls: None,
+                buffers: vec![Buf::Inline(bytes)],
+                children: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn an_import_builds_the_described_arrays_and_refuses_a_bad_layout() {
+        let (chunk, _) = import(&inline_export(&[1.0, 2.5])).expect("import");
+        let values = chunk
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>();
+        assert_eq!(values.expect("floats").values().as_ref(), [1.0, 2.5]);
+        let cases: [(&str, fn(&mut Exported)); 5] = [
+            ("longer than its buffer", |e| e.columns[0].len = 3),
+            ("offset past the end", |e| e.columns[0].offset = 9),
+            ("a missing buffer", |e| e.columns[0].buffers.clear()),
+            ("bitmap out of bounds", |e| {
+                e.columns[0].nulls = Some((Buf::Inline(vec![0xff]), 4, 8))
+            }),
+            ("an unknown region", |e| {
+                e.columns[0].buffers[0] = Buf::Shared {
+                    region: 0,
+                    offset: 0,
+                    len: 16,
+                }
+            }),
+        ];
+        for (what, tamper) in cases {
+            let mut e = inline_export(&[1.0, 2.5]);
+            tamper(&mut e);
+            let err = import(&e).expect_err(what);
+            assert!(err.to_string().contains("shm"), "{what}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever layout a peer claims over whatever bytes, import answers or errs.
+        #[test]
+        fn an_import_of_any_claimed_layout_never_panics(
+            len in 0usize..64,
+            offset in 0usize..64,
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            bits in proptest::option::of((0usize..40, 0usize..40)),
+            ty in 0usize..5,
+            rows in 0usize..64,
+        ) {
+            let data_type = [
+                DataType::Float64,
+                DataType::Int32,
+                DataType::Utf8,
+                DataType::Boolean,
+                DataType::List(Arc::new(arrow::datatypes::Field::new("item", DataType::Int8, true))),
+            ][ty].clone();
+            let mut e = inline_export(&[]);
+            e.rows = rows;
+            e.schema = Schema::new(vec![arrow::datatypes::Field::new("value", data_type.clone(), true)]);
+            e.columns[0] = Node {
+                data_type,
+                len,
+                offset,
+                nulls: bits.map(|(o, l)| (Buf::Inline(bytes.iter().take(4).copied().collect()), o, l)),
+                buffers: vec![Buf::Inline(bytes.clone()), Buf::Inline(bytes)],
+                children: vec![],
+            };
+            let _ = import(&e);
         }
     }
 

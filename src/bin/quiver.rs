@@ -215,7 +215,7 @@ fn human(b: u64) -> String {
 
 fn print_status(s: &ClusterStatus) {
     println!(
-        "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11}",
+        "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11}",
         "id",
         "address",
         "name",
@@ -226,12 +226,13 @@ fn print_status(s: &ClusterStatus) {
         "flight out",
         "flight in",
         "shm out",
+        "shm written",
         "shm in"
     );
     for w in s.workers.iter().chain([&s.totals]) {
         let r = &w.routes;
         println!(
-            "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11}",
+            "{:<4} {:<22} {:<12} {:>6} {:>11} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11}",
             if w.name == "total" {
                 "".to_string()
             } else {
@@ -246,6 +247,7 @@ fn print_status(s: &ClusterStatus) {
             human(r.flight_sent),
             human(r.flight_received),
             human(r.shm_sent),
+            human(r.shm_written),
             human(r.shm_received)
         );
     }
