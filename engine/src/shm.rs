@@ -700,7 +700,8 @@ mod tests {
             .as_any()
             .downcast_ref::<arrow::array::Float64Array>();
         assert_eq!(values.expect("floats").values().as_ref(), [1.0, 2.5]);
-        let cases: [(&str, fn(&mut Exported)); 5] = [
+        type Tamper = fn(&mut Exported);
+        let cases: [(&str, Tamper); 5] = [
             ("longer than its buffer", |e| e.columns[0].len = 3),
             ("offset past the end", |e| e.columns[0].offset = 9),
             ("a missing buffer", |e| e.columns[0].buffers.clear()),
