@@ -4,8 +4,9 @@
 //!
 //! A worker installs [`SharedAlloc`] as its global allocator and calls
 //! [`enable`]; from then on the values of a chunk it computes already lie in
-//! memory a peer can map. Pages are never reused once freed (each region is
-//! its own file, closed on free), so a peer's view can never change under it.
+//! memory a peer can map. Chunks are immutable (no op writes a buffer in
+//! place), and a region once exported is never reused (it is its own file,
+//! closed on free), so a peer's view can never change under it.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
@@ -310,49 +311,58 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SharedAlloc<A> {
         } else {
             None
         };
-        let new_layout = Layout::from_size_align(new_size, layout.align());
-        match (region, new_layout) {
-            (Some(r), Ok(_)) if new_size >= MIN_BYTES => {
-                let new_len = round_up(new_size);
-                if new_len <= r.len {
-                    // The file never shrinks: a peer may have it mapped.
-                    return ptr;
-                }
-                // SAFETY: the region's fd and mapping are ours; the file grows
-                // before the mapping does, so no page lies beyond its end.
-                unsafe {
-                    if libc::ftruncate(r.fd, new_len as libc::off_t) == 0 {
-                        let p = libc::mremap(ptr.cast(), r.len, new_len, libc::MREMAP_MAYMOVE);
-                        if p != libc::MAP_FAILED {
-                            let mut t = table();
-                            t.live.remove(&(ptr as usize));
-                            t.live.insert(p as usize, Region { len: new_len, ..r });
-                            return p.cast();
-                        }
-                    }
-                }
-                std::ptr::null_mut()
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        if let Some(r) = region.filter(|_| new_size >= MIN_BYTES) {
+            let new_len = round_up(new_size);
+            if new_len <= r.len {
+                // The file never shrinks: a peer may have it mapped.
+                return ptr;
             }
-            (None, Ok(nl)) if !wants_shared(&nl) => {
-                // SAFETY: an inner allocation, resized by its own allocator.
-                unsafe { self.0.realloc(ptr, layout, new_size) }
+            // SAFETY: the region is live and ours.
+            if let Some(p) = unsafe { grow(ptr, r, new_len) } {
+                return p;
             }
-            (_, Ok(nl)) => {
-                // Moving between the inner allocator and shared memory.
-                // SAFETY: both blocks are valid for the bytes copied; the old
-                // one is freed by whoever owns it.
-                unsafe {
-                    let p = self.alloc(nl);
-                    if !p.is_null() {
-                        std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                    p
-                }
+        } else if region.is_none() && !wants_shared(&new_layout) {
+            // SAFETY: an inner allocation, resized by its own allocator.
+            return unsafe { self.0.realloc(ptr, layout, new_size) };
+        }
+        // Moving between the inner allocator and shared memory (or a region
+        // that could not grow where it is).
+        // SAFETY: both blocks are valid for the bytes copied; the old one is
+        // freed by whoever owns it.
+        unsafe {
+            let p = self.alloc(new_layout);
+            if !p.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
             }
-            (_, Err(_)) => std::ptr::null_mut(),
+            p
         }
     }
+}
+
+/// Grows the live region `r` at `ptr` to `new_len` bytes, moving its mapping if need be.
+///
+/// # Safety
+/// `r` must be the live region starting at `ptr`.
+unsafe fn grow(ptr: *mut u8, r: Region, new_len: usize) -> Option<*mut u8> {
+    // SAFETY: the region's fd and mapping are ours; the file grows before the
+    // mapping does, so no page lies beyond its end.
+    let p = unsafe {
+        if libc::ftruncate(r.fd, new_len as libc::off_t) != 0 {
+            return None;
+        }
+        libc::mremap(ptr.cast(), r.len, new_len, libc::MREMAP_MAYMOVE)
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let mut t = table();
+    t.live.remove(&(ptr as usize));
+    t.live.insert(p as usize, Region { len: new_len, ..r });
+    Some(p.cast())
 }
 
 /// The region containing `[ptr, ptr + len)`, marked exported: its start, and the region.
