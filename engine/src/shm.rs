@@ -601,15 +601,15 @@ impl Importer {
 }
 
 /// Maps the regions of an export and builds its chunk on them: no byte is
-/// copied but small inline buffers. Returns the chunk and the mapped bytes.
+/// copied but small inline buffers.
 ///
 /// Whatever a peer describes, a layout arrow cannot build is an error, never a panic.
-pub fn import(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
+pub fn import(e: &Exported) -> Result<Chunk> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| import_unchecked(e)))
         .unwrap_or_else(|_| Err(bad("a malformed export".into())))
 }
 
-fn import_unchecked(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
+fn import_unchecked(e: &Exported) -> Result<Chunk> {
     let maps = e
         .regions
         .iter()
@@ -621,12 +621,12 @@ fn import_unchecked(e: &Exported) -> Result<(Chunk, Vec<bytes::Bytes>)> {
         .iter()
         .map(|n| im.node(n).map(make_array))
         .collect::<Result<_>>()?;
-    let chunk = RecordBatch::try_new_with_options(
+    // The arrays own their maps: nothing else needs to keep them.
+    Ok(RecordBatch::try_new_with_options(
         Arc::new(e.schema.clone()),
         columns,
         &RecordBatchOptions::new().with_row_count(Some(e.rows)),
-    )?;
-    Ok((chunk, im.maps))
+    )?)
 }
 
 #[cfg(test)]
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn an_import_builds_the_described_arrays_and_refuses_a_bad_layout() {
-        let (chunk, _) = import(&inline_export(&[1.0, 2.5])).expect("import");
+        let chunk = import(&inline_export(&[1.0, 2.5])).expect("import");
         let values = chunk
             .column(0)
             .as_any()

@@ -256,7 +256,7 @@ impl WorkerCore {
         )
         .await?;
         let chunk = match (&p.shared, &p.path) {
-            (Some(e), _) => shm::import(e)?.0,
+            (Some(e), _) => shm::import(e)?,
             (None, Some(path)) => ipcfile::map(std::path::Path::new(path))?.chunk,
             (None, None) => {
                 return Err(Error::Protocol(format!(
