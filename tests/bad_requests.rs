@@ -18,7 +18,7 @@ use quiver::{Client, Connect, chunk, seed};
 use tonic::Code;
 
 const REQUESTS: usize = 10_000;
-const KINDS: usize = 18;
+const KINDS: usize = 19;
 
 /// A tiny deterministic generator, so a failure can be replayed.
 fn noise(i: usize, len: usize) -> Vec<u8> {
@@ -140,6 +140,23 @@ async fn bad(i: usize, center: &mut FlightClient, worker: &mut FlightClient) -> 
                 Err(e) => Err(e),
             }
         }
+        17 => {
+            // The center's command stream, carrying garbage.
+            let msgs = [
+                FlightData {
+                    flight_descriptor: Some(FlightDescriptor::new_cmd("commands")),
+                    ..Default::default()
+                },
+                FlightData {
+                    app_metadata: noise(i, 24).into(),
+                    ..Default::default()
+                },
+            ];
+            match worker.do_exchange(futures::stream::iter(msgs)).await {
+                Ok(s) => s.into_inner().try_collect::<Vec<_>>().await.map(drop),
+                Err(e) => Err(e),
+            }
+        }
         _ => {
             // A client that vanishes mid-stream: a schema, then nothing, then gone.
             let mut first = good[0].clone();
@@ -186,7 +203,7 @@ fn ten_thousand_bad_requests_leave_the_cluster_serving() {
         );
         let expected = match kind {
             1 | 2 => Code::NotFound,
-            17 => Code::Cancelled,
+            18 => Code::Cancelled,
             _ => Code::InvalidArgument,
         };
         if kind != 0 && kind != 14 {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The seed workload on `quiver local --workers 4` against the embedded cluster,
-# in alternating rounds; prints each approach's median and its ratio to the
-# embedded graph run's median.
+# in alternating rounds; prints each approach's median on both, its ratio to
+# the same approach embedded, and its ratio to the embedded graph run.
 #
 #   bash benches/compare/seed_local.sh [ROUNDS] [QUIVER_BIN]
 #
@@ -26,7 +26,8 @@ done
 for _ in $(seq "$rounds"); do
     "$seed" --scheduler "127.0.0.1:$port" --approach graph --approach delayed \
         --approach array --approach pool --approach mix | sed 's/^/local /' >>"$out"
-    "$seed" --approach graph | sed 's/^/embedded /' >>"$out"
+    "$seed" --approach graph --approach delayed --approach array --approach pool \
+        --approach mix | sed 's/^/embedded /' >>"$out"
 done
 awk '
     { split($NF, kv, "="); t[$1 " " $2] = t[$1 " " $2] " " kv[2] }
@@ -36,11 +37,11 @@ awk '
         return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     }
     END {
-        e = median(t["embedded graph"])
-        printf "embedded graph %.3f s\n", e
+        g = median(t["embedded graph"])
+        printf "%-8s %10s %10s %8s %14s\n", "approach", "embedded", "local", "ratio", "ratio to graph"
         split("graph delayed array pool mix", a, " ")
         for (i = 1; i <= 5; i++) {
-            m = median(t["local " a[i]])
-            printf "local %-8s %.3f s  ratio %.2f\n", a[i], m, m / e
+            e = median(t["embedded " a[i]]); m = median(t["local " a[i]])
+            printf "%-8s %9.3fs %9.3fs %8.2f %14.2f\n", a[i], e, m, m / e, m / g
         }
     }' "$out"

@@ -429,18 +429,11 @@ impl CenterCore {
         Ok(retired)
     }
 
-    /// Removes a worker as soon as its connection breaks (a killed process
-    /// closes its sockets): a `watch` stream that the worker never ends.
-    async fn watch(self: Arc<Self>, worker: WorkerId, mut client: FlightClient) {
-        let action = arrow_flight::Action::new("watch", "");
-        if let Ok(stream) = client.do_action(action).await {
-            let mut stream = stream.into_inner();
-            while let Ok(Some(_)) = stream.message().await {}
-        }
-        self.remove_worker(worker, "its connection closed");
-    }
-
-    /// Sends a worker its commands, batching whatever has queued up.
+    /// Sends a worker its commands, batching whatever has queued up, as
+    /// messages of one `commands` exchange: a message on an open stream costs
+    /// far less than a call of its own. The worker never ends the exchange
+    /// while it lives, so its end (a killed process closes its sockets) is
+    /// this worker's end, seen at once.
     async fn sender(
         self: Arc<Self>,
         worker: WorkerId,
@@ -451,35 +444,56 @@ impl CenterCore {
             Ok(c) => c,
             Err(e) => return self.remove_worker(worker, &format!("unreachable: {e}")),
         };
-        // The watch shares the connection: its end is this worker's end.
-        tokio::spawn(self.clone().watch(worker, client.clone()));
+        let (tx, messages) = mpsc::unbounded_channel();
+        let _ = tx.send(FlightData {
+            flight_descriptor: Some(FlightDescriptor::new_cmd(COMMANDS)),
+            ..FlightData::default()
+        });
+        let outgoing = stream::unfold(
+            messages,
+            |mut m| async move { m.recv().await.map(|d| (d, m)) },
+        );
+        let mut replies = match client.do_exchange(outgoing).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return self.remove_worker(worker, &format!("commands refused: {e}")),
+        };
+        let watch = self.clone();
+        tokio::spawn(async move {
+            let why = loop {
+                match replies.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break "its connection closed".to_string(),
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        break format!("it refused a command: {}", s.message());
+                    }
+                    Err(_) => break "its connection closed".to_string(),
+                }
+            };
+            watch.remove_worker(worker, &why);
+        });
         while let Some(first) = rx.recv().await {
-            let (mut tasks, mut free) = (Vec::new(), Free::default());
+            let (mut tasks, mut commands) = (Vec::new(), Commands::default());
             let mut add = |m: ToWorker| match m {
                 ToWorker::Run(t) => tasks.push(t),
-                ToWorker::Free(k) => free.keys.push(k),
+                ToWorker::Free(k) => commands.free.push(k),
             };
             add(first);
             while let Ok(m) = rx.try_recv() {
                 add(m);
             }
-            let run = Run::new(tasks);
-            for (name, body) in [
-                ("free", serde_json::to_vec(&free)),
-                ("run", serde_json::to_vec(&run)),
-            ] {
-                let empty = if name == "free" {
-                    free.keys.is_empty()
-                } else {
-                    run.tasks.is_empty()
-                };
-                if empty {
-                    continue;
-                }
-                let Ok(body) = body else { continue };
-                if let Err(e) = net::action(&mut client, name, body).await {
-                    return self.remove_worker(worker, &format!("{name} failed: {e}"));
-                }
+            if !tasks.is_empty() {
+                commands.run = Some(Run::new(tasks));
+            }
+            let body = match serde_json::to_vec(&commands) {
+                Ok(b) => b,
+                Err(e) => return self.remove_worker(worker, &format!("commands not encoded: {e}")),
+            };
+            let message = FlightData {
+                app_metadata: body.into(),
+                ..FlightData::default()
+            };
+            if tx.send(message).is_err() {
+                return; // the exchange ended: the watch above removes the worker
             }
         }
     }

@@ -34,6 +34,54 @@ pub struct RemoteBackend {
     center: FlightClient,
     session: String,
     workers: Mutex<FxHashMap<String, Channel>>,
+    releases: Releases,
+}
+
+/// Releases waiting to be sent. Dropping handles one by one would cost a round
+/// trip each (a second for a thousand), so keys are queued and sent in batches:
+/// by a background task, and before any request that could observe them.
+#[derive(Clone)]
+struct Releases {
+    center: FlightClient,
+    header: tonic::metadata::MetadataMap,
+    pending: Arc<Mutex<Vec<Key>>>,
+    /// Held while a batch is on the wire, so requests that flush first see it applied.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Releases {
+    /// Queues `keys`; returns whether the queue was empty (no sender is on its way).
+    fn push(&self, keys: Vec<Key>) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let first = pending.is_empty();
+        pending.extend(keys);
+        first
+    }
+
+    /// Sends every queued release, after any batch already on the wire.
+    async fn flush(&self) {
+        let _sending = self.sending.lock().await;
+        let keys = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() {
+            return;
+        }
+        let result = async {
+            let body = serde_json::to_vec(&Release { keys })?;
+            let mut req = Request::new(arrow_flight::Action::new("release", body));
+            *req.metadata_mut() = self.header.clone();
+            let mut c = self.center.clone();
+            let s = c.do_action(req).await;
+            s.map_err(|s| Error::remote("action release", s))?
+                .into_inner()
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|s| Error::remote("action release", s))?;
+            Ok::<_, Error>(())
+        };
+        if let Err(e) = result.await {
+            tracing::warn!("release failed: {e}");
+        }
+    }
 }
 
 /// Maps a Flight status from the center back to the engine error a caller can act on.
@@ -87,16 +135,26 @@ impl RemoteBackend {
             )));
         }
         let session = uuid::Uuid::new_v4().to_string();
+        let mut header = tonic::metadata::MetadataMap::new();
+        if let Ok(v) = session.parse() {
+            header.insert(SESSION_HEADER, v);
+        }
+        let releases = Releases {
+            center: center.clone(),
+            header: header.clone(),
+            pending: Arc::default(),
+            sending: Arc::default(),
+        };
         let backend = Arc::new(RemoteBackend {
             rt,
             center,
             session,
             workers: Mutex::default(),
+            releases,
         });
-        // The keepalive holds no reference to the backend: the runtime (and the
-        // task with it) must be dropped outside its own threads.
-        let (mut c, ping) = (backend.center.clone(), backend.request(()));
-        let header = ping.metadata().clone();
+        // The keepalive and the release sender hold no reference to the backend:
+        // the runtime (and the tasks with it) must be dropped outside its own threads.
+        let mut c = backend.center.clone();
         backend.rt.spawn(async move {
             loop {
                 tokio::time::sleep(KEEPALIVE).await;
@@ -116,7 +174,9 @@ impl RemoteBackend {
         r
     }
 
+    /// Runs action `name` on the center, after the releases queued before it.
     async fn act(&self, name: &str, body: Vec<u8>) -> Result<bytes::Bytes, Error> {
+        self.releases.flush().await;
         let mut c = self.center.clone();
         let req = self.request(arrow_flight::Action {
             r#type: name.into(),
@@ -162,6 +222,7 @@ impl RemoteBackend {
         key: &Key,
         timeout: Option<Duration>,
     ) -> Result<arrow_flight::FlightInfo, Error> {
+        self.releases.flush().await;
         let mut c = self.center.clone();
         let mut req = self.request(FlightDescriptor::new_path(vec![key.to_string()]));
         if let Some(v) = timeout.and_then(|t| t.as_millis().to_string().parse().ok()) {
@@ -254,6 +315,7 @@ impl Backend for RemoteBackend {
     fn scatter(&self, _client: ClientId, key: Key, chunk: Chunk) -> quiver_engine::Result<()> {
         self.rt
             .block_on(async {
+                self.releases.flush().await;
                 let mut msgs = codec::encode(&chunk, None)?;
                 msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key.to_string()]));
                 let mut c = self.center.clone();
@@ -269,17 +331,21 @@ impl Backend for RemoteBackend {
             .map_err(|e| to_engine(e, Some(&key)))
     }
 
+    /// Queues the release; it reaches the center before this client's next request.
     fn release(&self, _client: ClientId, keys: Vec<Key>) {
-        let result = match serde_json::to_vec(&Release { keys }) {
-            Ok(body) => self.rt.block_on(self.act("release", body)).map(drop),
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("release failed: {e}");
+        if self.releases.push(keys) {
+            let releases = self.releases.clone();
+            self.rt.spawn(async move { releases.flush().await });
         }
     }
 
     fn client_gone(&self, _client: ClientId) {
+        // Closing the session releases everything, queued releases included.
+        self.releases
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let _ = self.rt.block_on(self.act("session-close", vec![]));
     }
 

@@ -12,7 +12,7 @@ use quiver_engine::store::StoreStats;
 
 /// Version of this contract. Bump it when a message changes shape or meaning;
 /// a worker refuses a center of another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Header naming the client session whose holds a request adds or drops.
 pub const SESSION_HEADER: &str = "x-quiver-session";
@@ -67,11 +67,11 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
         "gather",
         "Internal: fetch keys from peers and keep them: {\"inputs\": [...]} -> {\"stored\": [...]}",
     ),
-    (
-        "watch",
-        "Internal: a stream the worker never ends, so the center sees its death at once",
-    ),
 ];
+
+/// The `DoExchange` command (a CMD descriptor) on which the center sends a
+/// worker its [`Commands`]; the worker never ends its side while it lives.
+pub const COMMANDS: &str = "commands";
 
 /// `submit` reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -306,6 +306,18 @@ impl Run {
 pub struct Free {
     /// Keys to drop.
     pub keys: Vec<Key>,
+}
+
+/// One message of the `commands` exchange (its `app_metadata`): keys to
+/// drop, then tasks to run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Commands {
+    /// Keys to drop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub free: Vec<Key>,
+    /// Tasks to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Run>,
 }
 
 /// `publish` body.

@@ -307,6 +307,15 @@ impl WorkerCore {
         });
     }
 
+    /// Starts the tasks of `run`; none if any names a holder it does not list.
+    fn accept(self: &Arc<Self>, run: Run) -> std::result::Result<(), Status> {
+        let tasks = run.resolve().map_err(Status::invalid_argument)?;
+        for t in tasks {
+            tokio::spawn(self.clone().run(t));
+        }
+        Ok(())
+    }
+
     /// The Flight messages of chunk `key` for a `DoGet`, bodies uncopied: a
     /// chunk in memory sends its own buffers, a spilled one slices of its
     /// mapped file; sent bytes are counted.
@@ -589,10 +598,15 @@ impl FlightService for WorkerService {
             .ok_or_else(|| Status::invalid_argument("an empty DoExchange"))?;
         let keys = match first.flight_descriptor {
             Some(d) if !d.path.is_empty() => d.path,
+            Some(d) if d.cmd == COMMANDS.as_bytes() => {
+                let first = first.app_metadata;
+                return Ok(Response::new(commands(self.0.clone(), first, incoming)));
+            }
             _ => {
-                return Err(Status::invalid_argument(
-                    "DoExchange needs a PATH descriptor listing the keys to get",
-                ));
+                return Err(Status::invalid_argument(format!(
+                    "DoExchange needs a PATH descriptor listing the keys to get, \
+                     or the CMD descriptor '{COMMANDS}'"
+                )));
             }
         };
         let mut out = Vec::with_capacity(2 * keys.len());
@@ -621,12 +635,7 @@ impl FlightService for WorkerService {
         let core = &self.0;
         match r#type.as_str() {
             "run" => {
-                let run: Run = parse(&r#type, &body)?;
-                // Every holder named must be listed before any task is accepted.
-                let tasks = run.resolve().map_err(Status::invalid_argument)?;
-                for t in tasks {
-                    tokio::spawn(core.clone().run(t));
-                }
+                core.accept(parse(&r#type, &body)?)?;
                 json_result(&serde_json::json!({}))
             }
             "free" => {
@@ -671,16 +680,6 @@ impl FlightService for WorkerService {
                     .collect();
                 json_result(&Gathered { stored })
             }
-            "watch" => {
-                // Never yields; ends when this worker stops (or dies).
-                let mut stop = core.stop.clone();
-                let end = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                Ok(Response::new(Box::pin(
-                    stream::once(end).filter_map(|()| async { None }),
-                )))
-            }
             other => Err(Status::invalid_argument(format!(
                 "unknown action '{other}'; the worker's actions are: {}",
                 WORKER_ACTIONS
@@ -704,6 +703,52 @@ impl FlightService for WorkerService {
         });
         Ok(Response::new(Box::pin(stream::iter(actions))))
     }
+}
+
+/// Carries out the center's `commands` exchange, in order. The reply stream
+/// never yields: it ends when this worker stops (so the center sees a worker
+/// end the moment its connection closes), or with the error of a command
+/// this worker could not take.
+fn commands(
+    core: Arc<WorkerCore>,
+    first: bytes::Bytes,
+    mut incoming: Streaming<FlightData>,
+) -> BoxStream<FlightData> {
+    let (refused, refusal) = tokio::sync::oneshot::channel::<Status>();
+    let mut stop = core.stop.clone();
+    tokio::spawn(async move {
+        let mut next = Some(first);
+        loop {
+            let body = match next.take() {
+                Some(b) => b,
+                None => match incoming.message().await {
+                    Ok(Some(m)) => m.app_metadata,
+                    _ => return,
+                },
+            };
+            if body.is_empty() {
+                continue;
+            }
+            let taken = serde_json::from_slice::<Commands>(&body)
+                .map_err(|e| Status::invalid_argument(format!("bad commands message: {e}")))
+                .and_then(|c| {
+                    core.free(&c.free);
+                    c.run.map_or(Ok(()), |run| core.accept(run))
+                });
+            if let Err(status) = taken {
+                tracing::error!("the center sent {}", status.message());
+                let _ = refused.send(status);
+                return;
+            }
+        }
+    });
+    let end = async move {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            Ok(status) = refusal => Some(Err(status)),
+        }
+    };
+    Box::pin(stream::once(end).filter_map(|r| async { r }))
 }
 
 /// How long a report may wait for more outcomes while the worker has queued work.
