@@ -73,7 +73,7 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
     assert_eq!(chunk::to_f64(&out[0]).unwrap(), 20.0);
     // Scattering a key twice is refused with a message.
     let e = client
-        .scatter_as(Key::from("my-data"), data)
+        .scatter_as(Key::from("my-data"), data.clone())
         .unwrap_err()
         .to_string();
     assert!(e.contains("already exists"), "{e}");
@@ -93,6 +93,13 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("'nothing'"), "{e}");
+    // A dropped handle's release is sent in the background, but always before
+    // the client's next request: the key can be scattered again at once.
+    drop(x);
+    for round in 0..20 {
+        let again = client.scatter_as(Key::from("my-data"), data.clone());
+        assert!(again.is_ok(), "round {round}: {:?}", again.err());
+    }
 }
 
 /// Moves one array of `floats` between two workers with the given worker flags
