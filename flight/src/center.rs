@@ -185,7 +185,7 @@ impl CenterCore {
                 if let Some(l) = st.workers.get(&worker) {
                     let _ = l.tx.send(ToWorker::Run(RunTask {
                         key,
-                        task: (*task).clone(),
+                        task,
                         inputs,
                         attempt,
                     }));

@@ -223,8 +223,8 @@ pub type RunInput = (Key, Vec<Holder>, u64);
 pub struct RunTask<H = u32> {
     /// The key to produce.
     pub key: Key,
-    /// What to run.
-    pub task: Task,
+    /// What to run (shared with the center's task table: sending it copies nothing).
+    pub task: Arc<Task>,
     /// Each input, the workers holding it, and its size in bytes.
     pub inputs: Vec<(Key, Vec<H>, u64)>,
     /// Which run of this task this is; echoed back if it fails.
@@ -433,7 +433,7 @@ mod tests {
         let (a, b) = (holder("a:1"), holder("b:1"));
         let task = |inputs: Vec<(Key, Vec<Arc<Holder>>, u64)>| RunTask {
             key: Key::from("t"),
-            task: Task::new("sum"),
+            task: Arc::new(Task::new("sum")),
             inputs,
             attempt: 0,
         };

@@ -93,6 +93,22 @@ impl Cluster {
         v["workers"].as_array().map_or(0, Vec::len)
     }
 
+    /// CPU seconds the center has used so far (user + system): a steadier
+    /// figure than wall time on a shared machine.
+    fn center_cpu(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.center.id()))
+            .unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        (ticks(11) + ticks(12)) as f64 / hz
+    }
+
     /// The center's (current, peak) resident bytes.
     fn center_memory(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.center.id()))
@@ -201,9 +217,12 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
     let client = Client::connect(&cluster.address).expect("connect");
     let (base_rss, _) = cluster.center_memory();
     let mut tasks = 0;
+    let mut graph_cpu = Vec::new();
     let graphs: Vec<f64> = (0..if g == 0 { 0 } else { rounds })
         .map(|_| {
+            let cpu = cluster.center_cpu();
             let (t, s) = graph(&client, g);
+            graph_cpu.push((cluster.center_cpu() - cpu) / t as f64 * 1e6);
             tasks = t;
             s
         })
@@ -212,18 +231,25 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
     // The graph runs first, so the center's peak memory is the graph's.
     let (_, peak) = cluster.center_memory();
     let per_task = peak.saturating_sub(base_rss) as f64 / tasks.max(1) as f64;
+    let mut map_cpu = Vec::new();
     let maps: Vec<f64> = (0..if n == 0 { 0 } else { rounds })
-        .map(|_| map(&client, n))
+        .map(|_| {
+            let cpu = cluster.center_cpu();
+            let s = map(&client, n);
+            map_cpu.push((cluster.center_cpu() - cpu) / (n + 1) as f64 * 1e6);
+            s
+        })
         .collect();
+    let (map_cpu, graph_cpu) = (median(map_cpu), median(graph_cpu));
     let map_secs = median(maps.clone());
 
     println!("scheduler overhead: center + 4 worker processes on this host, no-op tasks");
     println!(
-        "pool map of {n} tasks + gather : median {map_secs:.3} s  → {:.0} tasks/s  (runs {maps:.3?})",
+        "pool map of {n} tasks + gather : median {map_secs:.3} s  → {:.0} tasks/s  (runs {maps:.3?}); center CPU {map_cpu:.1} µs/task",
         (n + 1) as f64 / map_secs
     );
     println!(
-        "graph of {tasks} tasks         : median {graph_secs:.3} s  → {:.0} tasks/s  (runs {graphs:.3?})",
+        "graph of {tasks} tasks         : median {graph_secs:.3} s  → {:.0} tasks/s  (runs {graphs:.3?}); center CPU {graph_cpu:.1} µs/task",
         tasks as f64 / graph_secs
     );
     println!(
@@ -232,8 +258,10 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
         peak as f64 / 1048576.0
     );
     let out = serde_json::json!([
-        {"scenario": "map", "tasks": n + 1, "seconds": map_secs, "tasks_per_sec": (n + 1) as f64 / map_secs, "runs": maps},
+        {"scenario": "map", "tasks": n + 1, "seconds": map_secs, "tasks_per_sec": (n + 1) as f64 / map_secs, "runs": maps,
+         "center_cpu_us_per_task": map_cpu},
         {"scenario": "graph", "tasks": tasks, "seconds": graph_secs, "tasks_per_sec": tasks as f64 / graph_secs, "runs": graphs,
+         "center_cpu_us_per_task": graph_cpu,
          "center_base_rss": base_rss, "center_peak_rss": peak, "center_bytes_per_task": per_task},
     ]);
     std::fs::write(&json, serde_json::to_vec_pretty(&out).expect("json"))
