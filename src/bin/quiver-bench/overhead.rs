@@ -96,16 +96,21 @@ impl Cluster {
     /// CPU seconds the center has used so far (user + system): a steadier
     /// figure than wall time on a shared machine.
     fn center_cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.center.id()))
-            .unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.center.id())).unwrap_or_default();
         // Fields after the command name, which is in parentheses and may hold spaces.
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        // utime and stime are fields 14 and 15 of the line: 11 and 12 from 0 after the name.
         (ticks(11) + ticks(12)) as f64 / hz
     }
 
