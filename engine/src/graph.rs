@@ -90,9 +90,94 @@ impl Serialize for Arg {
     }
 }
 
+// Read straight from the parser, not through a JSON value built per argument
+// and per node: a submission of a million tasks has millions of them. Only
+// objects that are neither a reference nor a task take the slow path.
 impl<'de> Deserialize<'de> for Arg {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        Arg::from_json(Json::deserialize(d)?).map_err(serde::de::Error::custom)
+        d.deserialize_any(ArgVisitor)
+    }
+}
+
+struct ArgVisitor;
+
+/// The scalar visits shared by [`ArgVisitor`] and [`NodeVisitor`]: each value
+/// becomes `$wrap(Json)`, as the JSON value parser would have made it.
+macro_rules! visit_scalars {
+    ($wrap:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::Bool(v)))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::from(v)))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::from(v)))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(
+                serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
+            ))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::String(v.to_string())))
+        }
+        fn visit_string<E: serde::de::Error>(
+            self,
+            v: String,
+        ) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::String(v)))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::Null))
+        }
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for ArgVisitor {
+    type Value = Arg;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an argument: a number, a list, {\"key\": k} or {\"task\": …}")
+    }
+
+    visit_scalars!(Arg::Literal);
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Arg, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(a) = seq.next_element::<Arg>()? {
+            items.push(a);
+        }
+        Ok(Arg::List(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Arg, A::Error> {
+        let mut m = Map::new();
+        if let Some(first) = map.next_key::<String>()? {
+            let value: Json = map.next_value()?;
+            // The common case, a lone {"key": "k"}, is decided without a map.
+            if let (true, Json::String(s)) = (first == "key", &value) {
+                if let Some(next) = map.next_key::<String>()? {
+                    m.insert(next, map.next_value()?);
+                } else {
+                    let key = Key::new(s).ok_or_else(|| {
+                        serde::de::Error::custom("a {\"key\": …} reference is empty")
+                    })?;
+                    return Ok(Arg::Ref(key));
+                }
+            }
+            m.insert(first, value);
+        }
+        while let Some(k) = map.next_key::<String>()? {
+            m.insert(k, map.next_value()?);
+        }
+        Arg::from_json(Json::Object(m)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -213,13 +298,75 @@ impl Serialize for Node {
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let v = Json::deserialize(d)?;
-        if v.as_object().is_some_and(|m| m.contains_key("op")) {
-            let t = Task::deserialize(v).map_err(serde::de::Error::custom)?;
-            Ok(Node::Task(Arc::new(t)))
-        } else {
-            Ok(Node::Literal(v))
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a task {\"op\": …} or a literal")
+    }
+
+    visit_scalars!(Node::Literal);
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<Json>()? {
+            items.push(v);
         }
+        Ok(Node::Literal(Json::Array(items)))
+    }
+
+    /// A task when the object has `"op"`: once `"op"` is seen (it comes first
+    /// from every writer we know), `"args"` are read as arguments directly;
+    /// anything before it is kept as JSON until the object's kind is known.
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Node, A::Error> {
+        use serde::de::Error as _;
+        let mut op: Option<String> = None;
+        let mut args: Option<Vec<Arg>> = None;
+        let mut rest = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let duplicate = || A::Error::custom(format!("duplicate field `{k}`"));
+            match k.as_str() {
+                "op" if op.is_some() => return Err(duplicate()),
+                "op" => op = Some(map.next_value()?),
+                "args" if args.is_some() || rest.contains_key("args") => return Err(duplicate()),
+                "args" if op.is_some() => args = Some(map.next_value()?),
+                _ if rest.contains_key(&k) => return Err(duplicate()),
+                _ => {
+                    let v: Json = map.next_value()?;
+                    rest.insert(k, v);
+                }
+            }
+        }
+        let Some(op) = op else {
+            return Ok(Node::Literal(Json::Object(rest)));
+        };
+        let args = match (args, rest.remove("args")) {
+            (Some(a), _) => a,
+            (None, Some(v)) => Vec::<Arg>::deserialize(v).map_err(A::Error::custom)?,
+            (None, None) => Vec::new(),
+        };
+        let kwargs = match rest.remove("kwargs") {
+            Some(Json::Object(m)) => m,
+            Some(other) => {
+                return Err(A::Error::custom(format!(
+                    "invalid type: {other}, expected \"kwargs\" to be an object"
+                )));
+            }
+            None => Map::new(),
+        };
+        Ok(Node::Task(Arc::new(Task { op, args, kwargs })))
     }
 }
 
@@ -380,6 +527,43 @@ mod tests {
         assert!(e.contains("must be a string"), "{e}");
         let e = err("{nope");
         assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn nodes_parse_the_same_whatever_order_their_fields_come_in() {
+        let node = |json: &str| serde_json::from_str::<Node>(json);
+        let first =
+            node(r#"{"op": "add", "args": [{"key": "a"}, [1, {"key": "b"}]], "kwargs": {"k": 1}}"#);
+        let last =
+            node(r#"{"kwargs": {"k": 1}, "args": [{"key": "a"}, [1, {"key": "b"}]], "op": "add"}"#);
+        let Node::Task(t) = first.unwrap() else {
+            panic!("not a task")
+        };
+        assert_eq!(Node::Task(t.clone()), last.unwrap());
+        assert_eq!(
+            t.args,
+            vec![
+                Arg::Ref("a".into()),
+                Arg::List(vec![Arg::Literal(1.into()), Arg::Ref("b".into())])
+            ]
+        );
+        // Objects that are not references stay literals, for validation to refuse.
+        let a: Arg = serde_json::from_str(r#"{"key": "a", "more": 1}"#).unwrap();
+        assert!(matches!(a, Arg::Literal(Json::Object(_))), "{a:?}");
+        assert_eq!(
+            node(r#"{"args": [1]}"#).unwrap(),
+            Node::Literal(serde_json::json!({"args": [1]}))
+        );
+        for bad in [
+            r#"{"op": "a", "op": "b"}"#,
+            r#"{"op": "a", "args": [], "args": []}"#,
+            r#"{"args": [], "op": "a", "args": []}"#,
+            r#"{"op": "a", "kwargs": 3}"#,
+            r#"{"op": 3}"#,
+            r#"{"op": "a", "args": 3}"#,
+        ] {
+            assert!(node(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
