@@ -32,7 +32,6 @@ const FETCH_ROUNDS: u32 = 6;
 pub struct RemoteBackend {
     rt: tokio::runtime::Runtime,
     center: FlightClient,
-    session: String,
     workers: Mutex<FxHashMap<String, Channel>>,
     releases: Releases,
 }
@@ -43,6 +42,7 @@ pub struct RemoteBackend {
 #[derive(Clone)]
 struct Releases {
     center: FlightClient,
+    /// The session header every request of this client carries.
     header: tonic::metadata::MetadataMap,
     pending: Arc<Mutex<Vec<Key>>>,
     /// Held while a batch is on the wire, so requests that flush first see it applied.
@@ -148,7 +148,6 @@ impl RemoteBackend {
         let backend = Arc::new(RemoteBackend {
             rt,
             center,
-            session,
             workers: Mutex::default(),
             releases,
         });
@@ -166,11 +165,10 @@ impl RemoteBackend {
         Ok(backend)
     }
 
+    /// A request carrying this client's session.
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        if let Ok(v) = self.session.parse() {
-            r.metadata_mut().insert(SESSION_HEADER, v);
-        }
+        *r.metadata_mut() = self.releases.header.clone();
         r
     }
 

@@ -715,15 +715,19 @@ fn commands(
     mut incoming: Streaming<FlightData>,
 ) -> BoxStream<FlightData> {
     let (refused, refusal) = tokio::sync::oneshot::channel::<Status>();
-    let mut stop = core.stop.clone();
+    let (mut stop, mut stopped) = (core.stop.clone(), core.stop.clone());
     tokio::spawn(async move {
         let mut next = Some(first);
         loop {
             let body = match next.take() {
                 Some(b) => b,
-                None => match incoming.message().await {
-                    Ok(Some(m)) => m.app_metadata,
-                    _ => return,
+                // A stopped worker lets go of its core even if the center keeps sending.
+                None => tokio::select! {
+                    m = incoming.message() => match m {
+                        Ok(Some(m)) => m.app_metadata,
+                        _ => return,
+                    },
+                    _ = stopped.wait_for(|s| *s) => return,
                 },
             };
             if body.is_empty() {
@@ -736,7 +740,7 @@ fn commands(
                     c.run.map_or(Ok(()), |run| core.accept(run))
                 });
             if let Err(status) = taken {
-                tracing::error!("the center sent {}", status.message());
+                tracing::warn!("refused a commands message: {}", status.message());
                 let _ = refused.send(status);
                 return;
             }
