@@ -262,7 +262,7 @@ impl Backend for RemoteBackend {
         self.rt
             .block_on(async {
                 // A holder can die after the center named it: the center learns of
-                // it at once (its watch stream closes), so asking again gets another
+                // it at once (its commands stream closes), so asking again gets another
                 // holder, or the error that says the data was lost.
                 let mut last = None;
                 for round in 0..FETCH_ROUNDS {

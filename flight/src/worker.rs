@@ -151,7 +151,7 @@ pub struct WorkerCore {
     peers: Mutex<FxHashMap<String, (Channel, Arc<Semaphore>)>>,
     published: Mutex<FxHashMap<Key, Arc<TempIpcFile>>>,
     shm_dir: PathBuf,
-    /// Becomes true when the worker stops (ends `watch` streams).
+    /// Becomes true when the worker stops (ends the `commands` exchange).
     stop: tokio::sync::watch::Receiver<bool>,
     /// Outcomes not yet reported to the center (a retiring worker waits for 0).
     unreported: AtomicUsize,
