@@ -31,9 +31,40 @@ const FETCH_ROUNDS: u32 = 6;
 /// A [`Backend`] on a remote center.
 pub struct RemoteBackend {
     rt: tokio::runtime::Runtime,
-    center: FlightClient,
+    session: Session,
     workers: Mutex<FxHashMap<String, Channel>>,
     releases: Releases,
+}
+
+/// The center, as this client's session: every request carries the session header.
+#[derive(Clone)]
+struct Session {
+    center: FlightClient,
+    header: tonic::metadata::MetadataMap,
+}
+
+impl Session {
+    fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        *r.metadata_mut() = self.header.clone();
+        r
+    }
+
+    /// Runs action `name` on the center; returns the body of its first result.
+    async fn action(&self, name: &str, body: Vec<u8>) -> Result<bytes::Bytes, Error> {
+        let mut c = self.center.clone();
+        let req = self.request(arrow_flight::Action::new(name, body));
+        let mut s = c
+            .do_action(req)
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?
+            .into_inner();
+        let first = s
+            .try_next()
+            .await
+            .map_err(|s| Error::remote(format!("action {name}"), s))?;
+        Ok(first.map(|r| r.body).unwrap_or_default())
+    }
 }
 
 /// Releases waiting to be sent. Dropping handles one by one would cost a round
@@ -41,9 +72,7 @@ pub struct RemoteBackend {
 /// by a background task, and before any request that could observe them.
 #[derive(Clone)]
 struct Releases {
-    center: FlightClient,
-    /// The session header every request of this client carries.
-    header: tonic::metadata::MetadataMap,
+    session: Session,
     pending: Arc<Mutex<Vec<Key>>>,
     /// Held while a batch is on the wire, so requests that flush first see it applied.
     sending: Arc<tokio::sync::Mutex<()>>,
@@ -65,20 +94,11 @@ impl Releases {
         if keys.is_empty() {
             return;
         }
-        let result = async {
-            let body = serde_json::to_vec(&Release { keys })?;
-            let mut req = Request::new(arrow_flight::Action::new("release", body));
-            *req.metadata_mut() = self.header.clone();
-            let mut c = self.center.clone();
-            let s = c.do_action(req).await;
-            s.map_err(|s| Error::remote("action release", s))?
-                .into_inner()
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|s| Error::remote("action release", s))?;
-            Ok::<_, Error>(())
+        let result = match serde_json::to_vec(&Release { keys }) {
+            Ok(body) => self.session.action("release", body).await.map(drop),
+            Err(e) => Err(e.into()),
         };
-        if let Err(e) = result.await {
+        if let Err(e) = result {
             tracing::warn!("release failed: {e}");
         }
     }
@@ -134,62 +154,38 @@ impl RemoteBackend {
                 status.protocol_version
             )));
         }
-        let session = uuid::Uuid::new_v4().to_string();
+        let id = uuid::Uuid::new_v4().to_string();
         let mut header = tonic::metadata::MetadataMap::new();
-        if let Ok(v) = session.parse() {
+        if let Ok(v) = id.parse() {
             header.insert(SESSION_HEADER, v);
         }
+        let session = Session { center, header };
         let releases = Releases {
-            center: center.clone(),
-            header: header.clone(),
+            session: session.clone(),
             pending: Arc::default(),
             sending: Arc::default(),
         };
-        let backend = Arc::new(RemoteBackend {
-            rt,
-            center,
-            workers: Mutex::default(),
-            releases,
-        });
         // The keepalive and the release sender hold no reference to the backend:
         // the runtime (and the tasks with it) must be dropped outside its own threads.
-        let mut c = backend.center.clone();
-        backend.rt.spawn(async move {
+        let keepalive = session.clone();
+        rt.spawn(async move {
             loop {
                 tokio::time::sleep(KEEPALIVE).await;
-                let mut req = Request::new(arrow_flight::Action::new("cluster", ""));
-                *req.metadata_mut() = header.clone();
-                let _ = c.do_action(req).await;
+                let _ = keepalive.action("cluster", vec![]).await;
             }
         });
-        Ok(backend)
-    }
-
-    /// A request carrying this client's session.
-    fn request<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        *r.metadata_mut() = self.releases.header.clone();
-        r
+        Ok(Arc::new(RemoteBackend {
+            rt,
+            session,
+            workers: Mutex::default(),
+            releases,
+        }))
     }
 
     /// Runs action `name` on the center, after the releases queued before it.
     async fn act(&self, name: &str, body: Vec<u8>) -> Result<bytes::Bytes, Error> {
         self.releases.flush().await;
-        let mut c = self.center.clone();
-        let req = self.request(arrow_flight::Action {
-            r#type: name.into(),
-            body: body.into(),
-        });
-        let mut s = c
-            .do_action(req)
-            .await
-            .map_err(|s| Error::remote(format!("action {name}"), s))?
-            .into_inner();
-        let first = s
-            .try_next()
-            .await
-            .map_err(|s| Error::remote(format!("action {name}"), s))?;
-        Ok(first.map(|r| r.body).unwrap_or_default())
+        self.session.action(name, body).await
     }
 
     async fn worker(&self, address: &str) -> Result<Channel, Error> {
@@ -221,8 +217,10 @@ impl RemoteBackend {
         timeout: Option<Duration>,
     ) -> Result<arrow_flight::FlightInfo, Error> {
         self.releases.flush().await;
-        let mut c = self.center.clone();
-        let mut req = self.request(FlightDescriptor::new_path(vec![key.to_string()]));
+        let mut c = self.session.center.clone();
+        let mut req = self
+            .session
+            .request(FlightDescriptor::new_path(vec![key.to_string()]));
         if let Some(v) = timeout.and_then(|t| t.as_millis().to_string().parse().ok()) {
             req.metadata_mut().insert(TIMEOUT_HEADER, v);
         }
@@ -316,8 +314,8 @@ impl Backend for RemoteBackend {
                 self.releases.flush().await;
                 let mut msgs = codec::encode(&chunk, None)?;
                 msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key.to_string()]));
-                let mut c = self.center.clone();
-                let r = c.do_put(self.request(stream::iter(msgs))).await;
+                let mut c = self.session.center.clone();
+                let r = c.do_put(self.session.request(stream::iter(msgs))).await;
                 let s = r
                     .map_err(|s| Error::remote(format!("put '{key}'"), s))?
                     .into_inner();
