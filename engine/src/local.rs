@@ -231,11 +231,12 @@ impl Embedded {
             } => {
                 let stores: Vec<(Key, Arc<ChunkStore>)> = inputs
                     .into_iter()
-                    .filter_map(|(k, holders)| {
-                        let w = holders
+                    .filter_map(|i| {
+                        let w = i
+                            .holders
                             .iter()
-                            .find(|w| self.workers[**w as usize].store.contains(&k))?;
-                        Some((k, self.workers[*w as usize].store.clone()))
+                            .find(|w| self.workers[**w as usize].store.contains(&i.key))?;
+                        Some((i.key, self.workers[*w as usize].store.clone()))
                     })
                     .collect();
                 let this = self.clone();

@@ -172,14 +172,14 @@ impl CenterCore {
             } => {
                 let inputs = inputs
                     .into_iter()
-                    .map(|(k, ws)| {
-                        let holders = ws
+                    .map(|i| {
+                        let holders = i
+                            .holders
                             .iter()
                             .filter_map(|w| st.workers.get(w))
                             .map(|l| l.holder.clone())
                             .collect();
-                        let n = st.scheduler.nbytes(&k).unwrap_or(0);
-                        (k, holders, n)
+                        (i.key, holders, i.nbytes)
                     })
                     .collect();
                 if let Some(l) = st.workers.get(&worker) {

@@ -156,6 +156,18 @@ pub enum Event {
     },
 }
 
+/// One input of a task to run: where it is and how big, so that a driver
+/// need not look it up again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    /// The input's key.
+    pub key: Key,
+    /// The workers holding it.
+    pub holders: Vec<WorkerId>,
+    /// Its size in bytes.
+    pub nbytes: u64,
+}
+
 /// Something the driver must carry out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -168,8 +180,8 @@ pub enum Command {
         key: Key,
         /// What to run.
         task: Arc<Task>,
-        /// Each input key and its holders.
-        inputs: Vec<(Key, Vec<WorkerId>)>,
+        /// Each input: its key, holders and size.
+        inputs: Vec<Input>,
         /// How many times this task was sent to run before (0 the first time).
         attempt: u32,
     },

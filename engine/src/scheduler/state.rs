@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::{ClientId, Command, Event, SchedulerConfig, WorkerId, WorkerInfo, is_stale};
+use super::{ClientId, Command, Event, Input, SchedulerConfig, WorkerId, WorkerInfo, is_stale};
 use crate::error::{Error, Result};
 use crate::graph::{Submission, Task};
 use crate::key::Key;
@@ -569,7 +569,11 @@ impl Scheduler {
             .iter()
             .map(|d| {
                 let dt = &self.tasks[d];
-                (dt.key.clone(), dt.who_has.clone())
+                Input {
+                    key: dt.key.clone(),
+                    holders: dt.who_has.clone(),
+                    nbytes: dt.nbytes,
+                }
             })
             .collect();
         out.push(Command::Run {

@@ -13,14 +13,14 @@ use crate::graph::{Arg, Graph, Submission, Task};
 use crate::ops::OpRegistry;
 
 /// A run the fake driver has been told to carry out.
-type Run = (WorkerId, Key, Arc<Task>, Vec<(Key, Vec<WorkerId>)>, u32);
+type Run = (WorkerId, Key, Arc<Task>, Vec<Input>, u32);
 
 /// What `task` computes in these tests: a literal's value, or one more than
 /// the sum of its inputs (read from `stores`; `None` if one is gone) and of
 /// the literal roots fused into it.
 fn compute(
     task: &Task,
-    inputs: &[(Key, Vec<WorkerId>)],
+    inputs: &[Input],
     stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>,
 ) -> Option<f64> {
     fn literal(a: &Arg) -> f64 {
@@ -40,10 +40,11 @@ fn compute(
         return Some(literal(&task.args[0]));
     }
     let mut total = 0.0;
-    for (k, holders) in inputs {
-        total += holders
+    for i in inputs {
+        total += i
+            .holders
             .iter()
-            .find_map(|w| stores.get(w)?.get(k).copied())?;
+            .find_map(|w| stores.get(w)?.get(&i.key).copied())?;
     }
     Some(total + task.args.iter().map(inline_values).sum::<f64>() + 1.0)
 }

@@ -29,12 +29,6 @@ impl Scheduler {
         }
     }
 
-    /// Size in bytes of a key in memory.
-    pub fn nbytes(&self, key: &Key) -> Option<u64> {
-        let t = &self.tasks[self.index.get(key)?];
-        (t.state == State::Memory).then_some(t.nbytes)
-    }
-
     /// Every key in memory with its size and holders.
     pub fn keys_in_memory(&self) -> Vec<(Key, u64, Vec<WorkerId>)> {
         let mut v: Vec<_> = self
