@@ -168,6 +168,68 @@ fn a_gigabyte_moves_between_workers_by_flight_and_by_shared_memory() {
     );
 }
 
+/// Retires worker `i` with `quiver retire` and waits for it to exit.
+fn retire(cluster: &mut TestCluster, i: usize) {
+    let name = format!("w{i}");
+    let status = cluster.status().unwrap();
+    let address = &status
+        .workers
+        .iter()
+        .find(|w| w.name == name)
+        .unwrap()
+        .address;
+    let ok = Command::new(quiver_bin())
+        .args(["retire", address])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "quiver retire {address}");
+    let exit = cluster.worker(i).wait().unwrap();
+    assert!(exit.success(), "{name} exits cleanly: {exit:?}");
+}
+
+#[test]
+fn data_handed_on_twice_by_shared_memory_stays_in_the_pages_it_was_computed_in() {
+    let same = ["--host-id", "same-host"];
+    let mut cluster = TestCluster::start(1, &same);
+    let first_pid = cluster.worker(0).id();
+    let client = Client::connect(&cluster.address).unwrap();
+    let pool = client.pool();
+    let floats = 4u64 << 20;
+    let a = pool
+        .apply("random", Call::new().arg(floats).kw("seed", 3))
+        .unwrap();
+    let expected = pool.apply("sum", &a).unwrap().get_f64().unwrap();
+    // w0 hands `a` to w1, which maps it; w1 hands it on to w2. Neither
+    // hand-over may copy it, though w0 is gone by the second.
+    for (from, to) in [(0, 1), (1, 2)] {
+        assert_eq!(cluster.start_worker(&same), to);
+        assert!(cluster.wait_workers(2, Duration::from_secs(30)));
+        retire(&mut cluster, from);
+    }
+    let last_pid = cluster.worker(2).id();
+    let maps = std::fs::read_to_string(format!("/proc/{last_pid}/maps")).unwrap();
+    let first_memfd = format!("/memfd:quiver-{first_pid}-");
+    let mapped: u64 = maps
+        .lines()
+        .filter(|l| l.contains(&first_memfd))
+        .map(|l| {
+            let (lo, hi) = l.split(' ').next().unwrap().split_once('-').unwrap();
+            u64::from_str_radix(hi, 16).unwrap() - u64::from_str_radix(lo, 16).unwrap()
+        })
+        .sum();
+    assert!(
+        mapped >= floats * 8,
+        "w2 maps {mapped} bytes of w0's memory:\n{maps}"
+    );
+    let status = cluster.worker_statuses();
+    assert_eq!(status.len(), 1);
+    let routes = &status[0].1.routes;
+    assert!(routes.shm_received >= floats * 8, "{routes:?}");
+    assert!(routes.flight_received < 1 << 20, "{routes:?}");
+    assert_eq!(pool.apply("sum", &a).unwrap().get_f64().unwrap(), expected);
+}
+
 #[test]
 fn a_client_that_vanishes_mid_run_leaves_the_cluster_healthy() {
     let cluster = TestCluster::start_with(2, &["--session-timeout", "2"], &[]);

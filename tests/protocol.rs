@@ -127,7 +127,7 @@ fn a_worker_of_another_protocol_version_is_refused_naming_both() {
         let e = act(&mut center, "register", register).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(
-            e.message().contains("speaks 99") && e.message().contains("speaks 2"),
+            e.message().contains("speaks 99") && e.message().contains("speaks 3"),
             "{}",
             e.message()
         );

@@ -6,7 +6,9 @@
 //! [`enable`]; from then on the values of a chunk it computes already lie in
 //! memory a peer can map. Chunks are immutable (no op writes a buffer in
 //! place), and a region once exported is never reused (it is its own file,
-//! closed on free), so a peer's view can never change under it.
+//! closed on free), so a peer's view can never change under it. A peer keeps
+//! the descriptor of each region it maps, so it can hand the chunk on to a
+//! third process, even after the region's creator is gone.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
@@ -38,14 +40,28 @@ const PAGE: usize = 4096;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Regions alive at once are capped so that they never take the file
-/// descriptors sockets need (half the soft limit, set by [`enable`]).
+/// Descriptors held for regions (this process's own, and peers' it mapped) are
+/// capped so that they never take the ones sockets need (half the soft limit,
+/// set by [`enable`]).
 static MAX_LIVE: AtomicUsize = AtomicUsize::new(0);
 static TABLE: Mutex<Table> = Mutex::new(Table {
     live: BTreeMap::new(),
     free: Vec::new(),
     free_bytes: 0,
 });
+
+/// Peers' regions mapped here, by the map's start address: a buffer lying in
+/// one is exported again under this process's descriptor for it.
+static IMPORTED: Mutex<BTreeMap<usize, Imported>> = Mutex::new(BTreeMap::new());
+
+/// A peer's region mapped here, with the descriptor kept open for it.
+#[derive(Clone, Copy)]
+struct Imported {
+    len: usize,
+    fd: i32,
+    owner: u32,
+    id: u64,
+}
 
 /// Freed regions that no peer ever saw are kept for reuse up to this many
 /// bytes: their pages are already faulted in, as an allocator's free lists are.
@@ -376,6 +392,39 @@ fn export_region(ptr: usize, len: usize) -> Option<(usize, Region)> {
     Some((start, *r))
 }
 
+/// The peer's region mapped here containing `[ptr, ptr + len)`: its map's start, and the region.
+fn imported_region(ptr: usize, len: usize) -> Option<(usize, Imported)> {
+    let imported = lock_imported();
+    let (&start, i) = imported.range(..=ptr).next_back()?;
+    (ptr + len <= start + i.len).then_some((start, *i))
+}
+
+fn lock_imported() -> std::sync::MutexGuard<'static, BTreeMap<usize, Imported>> {
+    IMPORTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A map of a peer's region; its descriptor, when kept, makes the region
+/// exportable from here until the map goes.
+struct Mapped {
+    map: Mmap,
+    file: Option<File>,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            lock_imported().remove(&(self.map.as_ptr() as usize));
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A memfd of the exporting process, as a peer opens it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionRef {
@@ -383,7 +432,9 @@ pub struct RegionRef {
     pub pid: u32,
     /// Its descriptor for the memfd.
     pub fd: i32,
-    /// The region's id, part of the memfd's name, checked on open.
+    /// The process that created the region (it may have handed it on, or be gone).
+    pub owner: u32,
+    /// The region's id: with `owner`, the memfd's name, checked on open.
     pub id: u64,
 }
 
@@ -438,11 +489,15 @@ impl Exporter {
     fn buf(&mut self, b: &Buffer) -> Option<Buf> {
         let ptr = b.as_ptr() as usize;
         self.bytes += b.len();
-        if let Some((start, r)) = export_region(ptr, b.len()) {
+        let found = export_region(ptr, b.len())
+            .map(|(start, r)| (start, r.fd, self.pid, r.id))
+            .or_else(|| imported_region(ptr, b.len()).map(|(s, i)| (s, i.fd, i.owner, i.id)));
+        if let Some((start, fd, owner, id)) = found {
             let rr = RegionRef {
                 pid: self.pid,
-                fd: r.fd,
-                id: r.id,
+                fd,
+                owner,
+                id,
             };
             let region = match self.regions.iter().position(|x| *x == rr) {
                 Some(i) => i,
@@ -516,13 +571,15 @@ fn bad(what: String) -> Error {
 }
 
 /// Opens and maps a peer's memfd read-only, after checking by its name that the
-/// descriptor still is the region exported (a closed one's number may be reused).
+/// descriptor still is the region exported (a closed one's number may be
+/// reused). The descriptor is kept while the map lives, within this process's
+/// budget, so that the chunk can be handed on without a copy.
 fn map_region(r: &RegionRef) -> Result<bytes::Bytes> {
     let path = format!("/proc/{}/fd/{}", r.pid, r.fd);
     let file = File::open(&path).map_err(|e| bad(format!("cannot open {path}: {e}")))?;
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| bad(format!("cannot name {path}: {e}")))?;
-    let want = format!("/memfd:{} (deleted)", region_name(r.pid, r.id).as_str());
+    let want = format!("/memfd:{} (deleted)", region_name(r.owner, r.id).as_str());
     if link.as_os_str() != want.as_str() {
         return Err(bad(format!(
             "{path} is {}, no longer region {}",
@@ -533,7 +590,21 @@ fn map_region(r: &RegionRef) -> Result<bytes::Bytes> {
     // SAFETY: the region is never written once exported (its chunk is immutable)
     // and never truncated; it is only read through this map.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| bad(format!("cannot map {path}: {e}")))?;
-    Ok(bytes::Bytes::from_owner(map))
+    let keep = LIVE.fetch_add(1, Ordering::Relaxed) < MAX_LIVE.load(Ordering::Relaxed);
+    let file = if keep {
+        let imported = Imported {
+            len: map.len(),
+            fd: file.as_raw_fd(),
+            owner: r.owner,
+            id: r.id,
+        };
+        lock_imported().insert(map.as_ptr() as usize, imported);
+        Some(file)
+    } else {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        None
+    };
+    Ok(bytes::Bytes::from_owner(Mapped { map, file }))
 }
 
 struct Importer {
@@ -772,6 +843,7 @@ mod tests {
         let r = RegionRef {
             pid: std::process::id(),
             fd: 0,
+            owner: std::process::id(),
             id: u64::MAX,
         };
         let e = map_region(&r).expect_err("stdin is no region");
