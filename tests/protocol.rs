@@ -54,13 +54,23 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         assert_eq!(scalar(msgs), 45.0);
         // Peers batch small inputs: DoExchange naming several keys streams each in turn.
         let keys = [quiver::Key::from("total"), quiver::Key::from("total")];
-        let msgs = net::get_many(&mut worker, &keys).await.unwrap();
+        let msgs = net::get_many(&mut worker, &keys, false).await.unwrap();
         assert_eq!(msgs.len(), 3, "one schema (it does not change), a batch per key");
         let mut d = codec::Decoder::default();
         let chunks: Vec<_> = msgs.into_iter().filter_map(|m| d.push(m).unwrap()).collect();
         assert_eq!(chunks.len(), 2);
         assert_eq!(quiver::chunk::to_f64(&chunks[1]).unwrap(), 45.0);
-        let e = net::get_many(&mut worker, &["total".into(), "ghost".into()]).await.unwrap_err();
+        // Asked to combine, the worker sends both as one batch, split by its row counts.
+        let msgs = net::get_many(&mut worker, &keys, true).await.unwrap();
+        assert_eq!(msgs.len(), 2, "one schema, one batch for both keys");
+        assert_eq!(&msgs[1].app_metadata[..], b"[1,1]");
+        let meta = msgs[1].app_metadata.clone();
+        let mut d = codec::Decoder::default();
+        let batch = msgs.into_iter().find_map(|m| d.push(m).unwrap()).unwrap();
+        let chunks = codec::split(batch, &meta).unwrap();
+        assert_eq!(chunks.len(), 2);
+        assert!(chunks.iter().all(|c| quiver::chunk::to_f64(c).unwrap() == 45.0));
+        let e = net::get_many(&mut worker, &["total".into(), "ghost".into()], true).await.unwrap_err();
         assert!(e.to_string().contains("key 'ghost' not held here"), "{e}");
         let e = worker.do_exchange(futures::stream::iter([arrow_flight::FlightData::default()])).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);

@@ -184,6 +184,9 @@ impl Rope {
     }
 }
 
+/// Bodies below this size are copied to be aligned without trying them in place first.
+const SMALL_BODY: usize = 64 << 10;
+
 /// Decodes Flight messages into chunks.
 #[derive(Default, Debug)]
 pub struct Decoder {
@@ -261,15 +264,19 @@ impl Decoder {
                         ))
                     })
                 };
-                match decode(&Buffer::from(data.data_body.clone())) {
-                    Ok(chunk) => Ok(Some(chunk)),
-                    Err(_) => {
-                        // Misaligned in the receive buffer: one copy into an aligned
-                        // allocation, counted. Any other fault fails again and is reported.
-                        self.realigned += data.data_body.len() as u64;
-                        Ok(Some(decode(&Buffer::from(data.data_body.as_ref()))?))
-                    }
+                // A small body off a 64-byte boundary is copied at once: that is
+                // cheaper than a decode that fails on its alignment first.
+                let small = data.data_body.len() < SMALL_BODY;
+                let aligned = (data.data_body.as_ptr() as usize).is_multiple_of(64);
+                if (!small || aligned)
+                    && let Ok(chunk) = decode(&Buffer::from(data.data_body.clone()))
+                {
+                    return Ok(Some(chunk));
                 }
+                // Misaligned in the receive buffer: one copy into an aligned
+                // allocation, counted. Any other fault fails again and is reported.
+                self.realigned += data.data_body.len() as u64;
+                Ok(Some(decode(&Buffer::from(data.data_body.as_ref()))?))
             }
             other => Err(Error::Protocol(format!("unexpected IPC message {other:?}"))),
         }
@@ -290,6 +297,75 @@ fn check_bounds(buffers: impl Iterator<Item = (i64, i64)>, body: usize) -> Resul
         }
     }
     Ok(())
+}
+
+/// Small chunks sent together as one batch, up to this many bytes in all:
+/// a slice keeps its whole batch alive, so a batch stays small.
+const COMBINE_MAX: usize = 256 << 10;
+
+/// Encodes `chunks` one after another with one [`Encoder`]. With `combine`,
+/// each run of chunks in memory sharing a schema goes as one batch, their
+/// rows concatenated, whose `app_metadata` lists each chunk's rows ([`split`]
+/// cuts it again): many small chunks then cost one IPC message, not one each.
+pub fn encode_chunks(chunks: &[(Chunk, Option<Bytes>)], combine: bool) -> Result<Vec<Message>> {
+    let mut encoder = Encoder::default();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chunks.len() {
+        let (first, file) = &chunks[i];
+        let mut end = i + 1;
+        if combine && file.is_none() {
+            let mut bytes = first.get_array_memory_size();
+            while let Some((c, None)) = chunks.get(end) {
+                bytes += c.get_array_memory_size();
+                if c.schema_ref() != first.schema_ref() || bytes > COMBINE_MAX {
+                    break;
+                }
+                end += 1;
+            }
+        }
+        if end == i + 1 {
+            out.extend(encoder.messages(first, file.as_ref())?);
+        } else {
+            let run = &chunks[i..end];
+            let rows: Vec<usize> = run.iter().map(|(c, _)| c.num_rows()).collect();
+            let all =
+                arrow::compute::concat_batches(first.schema_ref(), run.iter().map(|(c, _)| c))?;
+            let mut messages = encoder.messages(&all, None)?;
+            let batch = messages.last_mut().expect("a batch message");
+            batch.head.app_metadata = serde_json::to_vec(&rows).expect("numbers").into();
+            out.extend(messages);
+        }
+        i = end;
+    }
+    Ok(out)
+}
+
+/// The chunks a received batch stands for: itself, or, when its
+/// `app_metadata` lists rows ([`encode_chunks`]), its slices of those rows.
+pub fn split(batch: Chunk, app_metadata: &[u8]) -> Result<Vec<Chunk>> {
+    if app_metadata.is_empty() {
+        return Ok(vec![batch]);
+    }
+    let rows: Vec<usize> = serde_json::from_slice(app_metadata)
+        .map_err(|e| Error::Protocol(format!("bad row counts of a combined batch: {e}")))?;
+    let total = rows.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+    if total != Some(batch.num_rows()) {
+        return Err(Error::Protocol(format!(
+            "a combined batch of {} rows claims {} chunks of {} rows in all",
+            batch.num_rows(),
+            rows.len(),
+            total.map_or_else(|| "too many".into(), |t| t.to_string())
+        )));
+    }
+    let mut offset = 0;
+    Ok(rows
+        .into_iter()
+        .map(|n| {
+            offset += n;
+            batch.slice(offset - n, n)
+        })
+        .collect())
 }
 
 /// Decodes a whole stream that must hold exactly one chunk.
@@ -398,6 +474,64 @@ mod tests {
             assert_eq!(got.as_ref(), Some(c));
         }
         assert_eq!(schemas, 3, "floats, strings, floats again");
+    }
+
+    #[test]
+    fn combined_runs_of_small_chunks_split_back_into_the_same_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.arrow");
+        ipcfile::write(&path, &floats(30)).unwrap();
+        let mapped = ipcfile::map(&path).unwrap();
+        let strings: Chunk =
+            chunk::from_array(Arc::new(arrow::array::StringArray::from(vec!["a", "bb"])));
+        let big = floats(COMBINE_MAX / 8 + 1);
+        let chunks = vec![
+            (floats(1), None),
+            (floats(0), None),
+            (floats(3), None),
+            (mapped.chunk.clone(), Some(mapped.bytes.clone())),
+            (strings.clone(), None),
+            (strings.clone(), None),
+            (floats(2), None),
+            (big.clone(), None),
+            (floats(1), None),
+        ];
+        let msgs = encode_chunks(&chunks, true).unwrap();
+        let batches = msgs
+            .iter()
+            .filter(|m| {
+                root_as_message(&m.head.data_header[..])
+                    .unwrap()
+                    .header_type()
+                    == MessageHeader::RecordBatch
+            })
+            .count();
+        // [1, 0, 3], the spilled one, [strings × 2], [2], big alone, [1].
+        assert_eq!(batches, 6);
+        let mut d = Decoder::default();
+        let mut back = Vec::new();
+        for m in msgs {
+            let m = m.into_flight_data();
+            let rows = m.app_metadata.clone();
+            if let Some(batch) = d.push(m).unwrap() {
+                back.extend(split(batch, &rows).unwrap());
+            }
+        }
+        let want: Vec<Chunk> = chunks.into_iter().map(|(c, _)| c).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_combined_batch_with_wrong_row_counts_is_refused() {
+        for (meta, what) in [
+            (&b"[1,2]"[..], "claims 2 chunks"),
+            (b"[1,18446744073709551615]", "claims 2 chunks"),
+            (b"not json", "bad row counts"),
+        ] {
+            let e = split(floats(4), meta).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        assert_eq!(split(floats(4), b"[4]").unwrap(), [floats(4)]);
     }
 
     #[test]

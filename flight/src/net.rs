@@ -246,13 +246,24 @@ pub async fn do_get(client: &mut FlightClient, ticket: &[u8]) -> Result<Vec<Flig
         .map_err(|s| Error::remote(what(), s))
 }
 
-/// `DoExchange` naming several keys (a PATH descriptor): their chunks' messages, in order.
-pub async fn get_many(client: &mut FlightClient, keys: &[Key]) -> Result<Vec<FlightData>> {
+/// `DoExchange` naming several keys (a PATH descriptor): their chunks'
+/// messages, in order; with `combine`, runs of them may come as one batch
+/// (`codec::split`).
+pub async fn get_many(
+    client: &mut FlightClient,
+    keys: &[Key],
+    combine: bool,
+) -> Result<Vec<FlightData>> {
     let what = || format!("get {} keys", keys.len());
     let request = FlightData {
         flight_descriptor: Some(arrow_flight::FlightDescriptor::new_path(
             keys.iter().map(|k| k.as_str().to_string()).collect(),
         )),
+        app_metadata: if combine {
+            crate::protocol::COMBINE.into()
+        } else {
+            Default::default()
+        },
         ..Default::default()
     };
     let stream = client

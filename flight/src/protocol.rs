@@ -73,6 +73,10 @@ pub const WORKER_ACTIONS: &[(&str, &str)] = &[
 /// worker its [`Commands`]; the worker never ends its side while it lives.
 pub const COMMANDS: &str = "commands";
 
+/// `app_metadata` of the first message of a `DoExchange` getting keys: the
+/// sender may combine chunks of one schema into one batch (`codec::split`).
+pub const COMBINE: &str = "combine";
+
 /// `submit` reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Submitted {

@@ -272,7 +272,7 @@ impl WorkerCore {
 
     async fn run(self: Arc<Self>, t: RunTask<Holder>) {
         self.running.fetch_add(1, Ordering::Relaxed);
-        let fetched = match self.fetch_inputs(&t.inputs).await {
+        let fetched = match self.fetch_inputs(&t.inputs, true).await {
             Ok(f) => f,
             Err((msg, unreachable)) => {
                 self.unreported.fetch_add(1, Ordering::Relaxed);
@@ -336,10 +336,13 @@ impl WorkerCore {
     }
 
     /// Gets every input held elsewhere, all at once: small ones in one
-    /// exchange per peer, large ones each by the best route.
+    /// exchange per peer, large ones each by the best route. Inputs a task
+    /// reads once may be slices of a combined batch (`codec::split`); data to
+    /// keep is not, so that each chunk's memory is its own.
     async fn fetch_inputs(
         &self,
         inputs: &[RunInput],
+        combine: bool,
     ) -> Result<Vec<(Key, Chunk)>, (String, Vec<String>)> {
         let missing: Vec<&RunInput> = inputs
             .iter()
@@ -360,7 +363,7 @@ impl WorkerCore {
         }
         let batched = batches.into_iter().map(|(address, group)| async move {
             let keys: Vec<Key> = group.iter().map(|(k, _, _)| k.clone()).collect();
-            match self.fetch_many(address, &keys).await {
+            match self.fetch_many(address, &keys, combine).await {
                 Ok(chunks) => Ok(chunks),
                 Err(e) => {
                     // Any holder may do: fall back to one fetch per key over all holders.
@@ -395,13 +398,20 @@ impl WorkerCore {
     }
 
     /// Gets several small chunks from one peer in one `DoExchange`.
-    async fn fetch_many(&self, address: &str, keys: &[Key]) -> Result<Vec<(Key, Chunk)>> {
+    async fn fetch_many(
+        &self,
+        address: &str,
+        keys: &[Key],
+        combine: bool,
+    ) -> Result<Vec<(Key, Chunk)>> {
         let (channel, _) = self.peer(address).await?;
-        let msgs = net::get_many(&mut net::client(channel), keys).await?;
+        let msgs = net::get_many(&mut net::client(channel), keys, combine).await?;
         let mut d = codec::Decoder::default();
         let mut out = Vec::with_capacity(keys.len());
         for m in msgs {
-            if let Some(c) = d.push(m)? {
+            let rows = m.app_metadata.clone();
+            let Some(batch) = d.push(m)? else { continue };
+            for c in codec::split(batch, &rows)? {
                 let key = keys.get(out.len()).ok_or_else(|| {
                     Error::Protocol(format!("{address} sent more chunks than asked for"))
                 })?;
@@ -596,6 +606,7 @@ impl FlightService for WorkerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty DoExchange"))?;
+        let combine = first.app_metadata == COMBINE.as_bytes();
         let keys = match first.flight_descriptor {
             Some(d) if !d.path.is_empty() => d.path,
             Some(d) if d.cmd == COMMANDS.as_bytes() => {
@@ -609,21 +620,23 @@ impl FlightService for WorkerService {
                 )));
             }
         };
-        let mut out = Vec::with_capacity(2 * keys.len());
-        let mut sent = 0;
-        let mut encoder = codec::Encoder::default();
-        for k in keys {
-            let key = Key::new(&k).ok_or_else(|| Status::invalid_argument("an empty key"))?;
-            let (c, file) = self
-                .0
-                .store
-                .get_with_file(&key)
-                .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-            let msgs = encoder.messages(&c, file.as_ref()).map_err(Status::from)?;
-            sent += msgs.iter().map(codec::Message::body_len).sum::<usize>() as u64;
-            out.extend(msgs.into_iter().map(|m| Ok(m.into_flight_data())));
-        }
-        self.0.routes.flight_sent.fetch_add(sent, Ordering::Relaxed);
+        let chunks = keys
+            .into_iter()
+            .map(|k| {
+                let key = Key::new(&k).ok_or_else(|| Status::invalid_argument("an empty key"))?;
+                self.0
+                    .store
+                    .get_with_file(&key)
+                    .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let msgs = codec::encode_chunks(&chunks, combine).map_err(Status::from)?;
+        let sent: usize = msgs.iter().map(codec::Message::body_len).sum();
+        self.0
+            .routes
+            .flight_sent
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        let out = msgs.into_iter().map(|m| Ok(m.into_flight_data()));
         Ok(Response::new(Box::pin(stream::iter(out))))
     }
 
@@ -667,7 +680,7 @@ impl FlightService for WorkerService {
             "gather" => {
                 let g: Gather = parse(&r#type, &body)?;
                 let fetched = core
-                    .fetch_inputs(&g.inputs)
+                    .fetch_inputs(&g.inputs, false)
                     .await
                     .map_err(|(msg, _)| Status::unavailable(msg))?;
                 let stored = fetched
