@@ -150,10 +150,10 @@ fn main() {
                     r as u64,
                 ))));
                 a.store().put(key.clone(), data);
-                let from_a = vec![Holder {
+                let from_a = vec![Arc::new(Holder {
                     address: a.address().into(),
                     host_id: "host-a".into(),
-                }];
+                })];
                 let t = Instant::now();
                 let got = b
                     .fetch(&key, &from_a, size as u64)

@@ -356,10 +356,7 @@ impl CenterCore {
                     "worker {worker} is not in this cluster"
                 )));
             };
-            let from = Holder {
-                address: link.info.address.clone(),
-                host_id: link.info.host_id.clone(),
-            };
+            let from = link.holder.clone();
             let targets: Vec<(u64, WorkerId, String)> = st
                 .scheduler
                 .open_workers()

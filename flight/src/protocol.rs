@@ -218,7 +218,7 @@ pub struct Holder {
 }
 
 /// One input of a task to run: its key, the workers holding it, its size in bytes.
-pub type RunInput = (Key, Vec<Holder>, u64);
+pub type RunInput = (Key, Vec<Arc<Holder>>, u64);
 
 /// One task to run. `H` names a worker holding an input: on the wire, its
 /// position in [`Run::holders`] (a large gather names the same few workers
@@ -287,8 +287,9 @@ impl Run {
     }
 
     /// The tasks, each input's holders looked up in the list.
-    pub fn resolve(self) -> Result<Vec<RunTask<Holder>>, String> {
-        let holders = self.holders;
+    pub fn resolve(self) -> Result<Vec<RunTask<Arc<Holder>>>, String> {
+        // Shared: a gather names the same few holders for thousands of inputs.
+        let holders: Vec<Arc<Holder>> = self.holders.into_iter().map(Arc::new).collect();
         self.tasks
             .into_iter()
             .map(|t| {

@@ -212,9 +212,9 @@ impl WorkerCore {
     }
 
     /// Gets a chunk held by a peer: shared memory on the same host, Flight otherwise.
-    pub async fn fetch(&self, key: &Key, holders: &[Holder], nbytes: u64) -> Result<Chunk> {
+    pub async fn fetch(&self, key: &Key, holders: &[Arc<Holder>], nbytes: u64) -> Result<Chunk> {
         let mut last = None;
-        let mut order: Vec<&Holder> = holders.iter().collect();
+        let mut order: Vec<&Holder> = holders.iter().map(|h| &**h).collect();
         order.sort_by_key(|h| h.host_id != self.host_id);
         for h in order {
             let (channel, sem) = match self.peer(&h.address).await {
@@ -270,7 +270,7 @@ impl WorkerCore {
         Ok(chunk)
     }
 
-    async fn run(self: Arc<Self>, t: RunTask<Holder>) {
+    async fn run(self: Arc<Self>, t: RunTask<Arc<Holder>>) {
         self.running.fetch_add(1, Ordering::Relaxed);
         let fetched = match self.fetch_inputs(&t.inputs, true).await {
             Ok(f) => f,

@@ -253,10 +253,10 @@ async fn transfer(
             .iter()
             .filter(|f| f.1 == to)
             .map(|&(from, _)| {
-                let holder = Holder {
+                let holder = std::sync::Arc::new(Holder {
                     address: nodes[from].worker.clone(),
                     host_id: nodes[from].name.clone(),
-                };
+                });
                 (keys[from].clone(), vec![holder], size as u64)
             })
             .collect();
