@@ -19,14 +19,15 @@ pub enum Input {
 }
 
 impl Input {
-    fn to_arg(&self, deps: &mut Vec<Delayed>) -> Arg {
+    fn into_arg(self, deps: &mut Vec<Delayed>) -> Arg {
         match self {
-            Input::Arg(a) => a.clone(),
+            Input::Arg(a) => a,
             Input::Delayed(d) => {
-                deps.push(d.clone());
-                Arg::Ref(d.key().clone())
+                let key = d.key().clone();
+                deps.push(d);
+                Arg::Ref(key)
             }
-            Input::List(items) => Arg::List(items.iter().map(|i| i.to_arg(deps)).collect()),
+            Input::List(items) => Arg::List(items.into_iter().map(|i| i.into_arg(deps)).collect()),
         }
     }
 }
@@ -118,7 +119,11 @@ impl Call {
     /// The task for `op`, and the delayed values it reads.
     pub(crate) fn into_task(self, op: &str) -> (Task, Vec<Delayed>) {
         let mut deps = Vec::new();
-        let args = self.args.iter().map(|i| i.to_arg(&mut deps)).collect();
+        let args = self
+            .args
+            .into_iter()
+            .map(|i| i.into_arg(&mut deps))
+            .collect();
         (
             Task {
                 op: op.to_string(),

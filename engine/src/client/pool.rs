@@ -1,6 +1,8 @@
 //! The Pool of the 2015 prototype: `map` and `apply` return handles to data
 //! that stays on the workers, usable as inputs to later calls and graphs.
 
+use std::fmt::Write as _;
+
 use super::{Call, Client, RemoteData};
 use crate::error::Result;
 use crate::graph::Graph;
@@ -24,11 +26,16 @@ impl Pool {
         I: IntoIterator,
         I::Item: Into<Call>,
     {
-        let prefix = format!("{op}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut name = format!("{op}-{}-", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let prefix = name.len();
+        let items = items.into_iter();
         let mut graph = Graph::new();
-        let mut keys = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let key = Key::from(format!("{prefix}-{i}").as_str());
+        graph.nodes.reserve(items.size_hint().0);
+        let mut keys = Vec::with_capacity(items.size_hint().0);
+        for (i, item) in items.enumerate() {
+            name.truncate(prefix);
+            let _ = write!(name, "{i}");
+            let key = Key::from(name.as_str());
             let (task, deps) = item.into().into_task(op);
             if !deps.is_empty() {
                 super::delayed::add_to(&mut graph, &deps);
