@@ -164,6 +164,11 @@ fn check_messages(which: usize, part: u8, edits: &[(u8, usize, u8)]) {
         // Whatever decodes must be usable without panics.
         let _ = quiver_engine::chunk::nbytes(&chunk);
         let _ = format!("{:?}", chunk.columns());
+        // So must the slices a mutated list of row counts cuts it into.
+        let rows = format!("[{},0]", chunk.num_rows());
+        if let Ok(parts) = codec::split(chunk, &mutate(rows.as_bytes(), edits)) {
+            let _ = format!("{parts:?}");
+        }
     }
 }
 

@@ -105,11 +105,11 @@ fn mapping_of(addr: usize) -> Option<String> {
     })
 }
 
-fn holder(c: &WorkerCore) -> Vec<Holder> {
-    vec![Holder {
+fn holder(c: &WorkerCore) -> Vec<Arc<Holder>> {
+    vec![Arc::new(Holder {
         address: c.address().to_string(),
         host_id: c.host_id().to_string(),
-    }]
+    })]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,10 +215,10 @@ async fn a_missing_key_or_a_dead_peer_is_an_error_naming_it() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope"), "{e}");
-    let dead = vec![Holder {
+    let dead = vec![Arc::new(Holder {
         address: "127.0.0.1:1".into(),
         host_id: "x".into(),
-    }];
+    })];
     let e = b
         .fetch(&Key::from("k"), &dead, 8)
         .await
