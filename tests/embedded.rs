@@ -131,6 +131,32 @@ fn handles_release_on_drop_and_feed_later_graphs() {
 }
 
 #[test]
+fn a_map_larger_than_one_submission_returns_every_handle_or_releases_them_all() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let pool = client.pool();
+    let n = 25_000;
+    let handles = pool
+        .map("full", (0..n).map(|i| Call::new().arg(1).arg(i as f64)))
+        .unwrap();
+    assert_eq!(handles.len(), n);
+    for i in [0, 9_999, 10_000, n - 1] {
+        assert_eq!(chunk::to_f64(&handles[i].get().unwrap()).unwrap(), i as f64);
+    }
+    drop(handles);
+    assert!(wait_until(|| empty_stores(&cluster, 2)));
+    // A call the center refuses in a later submission fails the whole map, and
+    // the calls already submitted are released.
+    let calls = (0..n).map(|i| match i {
+        15_000 => Call::new().arg(-1).arg(0.0),
+        _ => Call::new().arg(1).arg(0.0),
+    });
+    let e = pool.map("full", calls).unwrap_err().to_string();
+    assert!(e.contains("-15000'") && e.contains("non-negative"), "{e}");
+    assert!(wait_until(|| empty_stores(&cluster, 2)));
+}
+
+#[test]
 fn scatter_and_array_ops_match_local_arithmetic() {
     let cluster = Cluster::local(3).unwrap();
     let client = cluster.client();
