@@ -38,8 +38,10 @@ impl Pool {
         let mut items = items.into_iter().enumerate().peekable();
         let mut handles = Vec::with_capacity(items.size_hint().0);
         while items.peek().is_some() {
+            let size = MAP_BATCH.min(items.size_hint().0);
             let mut graph = Graph::new();
-            let mut keys = Vec::with_capacity(MAP_BATCH.min(items.size_hint().0));
+            graph.nodes.reserve(size);
+            let mut keys = Vec::with_capacity(size);
             for (i, item) in items.by_ref().take(MAP_BATCH) {
                 name.truncate(prefix);
                 let _ = write!(name, "{i}");
