@@ -12,11 +12,13 @@ use crate::error::{Error, Result};
 use crate::graph::{Submission, Task};
 use crate::key::Key;
 use crate::ops::OpRegistry;
+use table::Tasks;
 
 mod check;
 mod plan;
 mod query;
 mod retire;
+mod table;
 
 pub(crate) use plan::check as check_graph;
 
@@ -69,6 +71,27 @@ struct TaskState {
 }
 
 impl TaskState {
+    /// A task not yet computed, kept as lineage until something needs it.
+    fn new(key: Key, task: Option<Arc<Task>>, deps: Vec<TaskId>, priority: Priority) -> Self {
+        TaskState {
+            key,
+            task,
+            deps,
+            dependents: Vec::new(),
+            live_dependents: 0,
+            state: State::Released,
+            missing: 0,
+            waiters: 0,
+            holds: 0,
+            who_has: Vec::new(),
+            nbytes: 0,
+            priority,
+            error: None,
+            attempts: 0,
+            deaths: 0,
+        }
+    }
+
     fn needed(&self) -> bool {
         self.holds > 0 || self.waiters > 0
     }
@@ -111,8 +134,8 @@ pub enum KeyStatus {
 pub struct Scheduler {
     config: SchedulerConfig,
     ops: Arc<OpRegistry>,
-    /// Boxed: the table keeps twice the slots it fills, and a slot is then a pointer.
-    tasks: FxHashMap<TaskId, Box<TaskState>>,
+    /// Boxed, so a slot is one word and a free one costs no more.
+    tasks: Tasks,
     index: FxHashMap<Key, TaskId>,
     next_id: TaskId,
     generation: u64,
@@ -128,7 +151,7 @@ impl Scheduler {
         Scheduler {
             config,
             ops,
-            tasks: FxHashMap::default(),
+            tasks: Tasks::default(),
             index: FxHashMap::default(),
             next_id: 0,
             generation: 0,
@@ -237,7 +260,6 @@ impl Scheduler {
         let planned = plan::plan(graph, &keys, &self.ops, &self.index, self.config.fuse)?;
         self.generation += 1;
         let generation = self.generation;
-        self.tasks.reserve(planned.len());
         self.index.reserve(planned.len());
         let first = self.next_id;
         for (pos, p) in planned.into_iter().enumerate() {
@@ -261,23 +283,12 @@ impl Scheduler {
             self.index.insert(key.clone(), id);
             self.tasks.insert(
                 id,
-                Box::new(TaskState {
+                Box::new(TaskState::new(
                     key,
-                    task: Some(task),
+                    Some(task),
                     deps,
-                    dependents: Vec::new(),
-                    live_dependents: 0,
-                    state: State::Released,
-                    missing: 0,
-                    waiters: 0,
-                    holds: 0,
-                    who_has: Vec::new(),
-                    nbytes: 0,
-                    priority: (root, generation, pos as u64),
-                    error: None,
-                    attempts: 0,
-                    deaths: 0,
-                }),
+                    (root, generation, pos as u64),
+                )),
             );
         }
         for k in &keys {
@@ -323,26 +334,11 @@ impl Scheduler {
         w.nbytes += nbytes;
         self.generation += 1;
         self.index.insert(key.clone(), id);
-        self.tasks.insert(
-            id,
-            Box::new(TaskState {
-                key: key.clone(),
-                task: None,
-                deps: vec![],
-                dependents: vec![],
-                live_dependents: 0,
-                state: State::Memory,
-                missing: 0,
-                waiters: 0,
-                holds: 0,
-                who_has: vec![worker],
-                nbytes,
-                priority: (true, self.generation, 0),
-                error: None,
-                attempts: 0,
-                deaths: 0,
-            }),
-        );
+        let mut t = TaskState::new(key.clone(), None, vec![], (true, self.generation, 0));
+        t.state = State::Memory;
+        t.who_has = vec![worker];
+        t.nbytes = nbytes;
+        self.tasks.insert(id, Box::new(t));
         self.transitions += 1;
         self.hold(client, id);
         out.push(Command::Done { key });
@@ -522,10 +518,9 @@ impl Scheduler {
             if w.closing || w.processing.len() >= self.capacity(w) {
                 return;
             }
-            let valid =
-                |tasks: &FxHashMap<TaskId, Box<TaskState>>, id: &TaskId, on: Option<WorkerId>| {
-                    tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
-                };
+            let valid = |tasks: &Tasks, id: &TaskId, on: Option<WorkerId>| {
+                tasks.get(id).is_some_and(|t| t.state == State::Ready(on))
+            };
             let w = self.workers.get_mut(&worker).expect("checked");
             while let Some(Reverse((_, id))) = w.queue.peek() {
                 if valid(&self.tasks, id, Some(worker)) {

@@ -10,7 +10,7 @@ impl Scheduler {
             assert_eq!(&self.tasks[id].key, key, "index points at the wrong task");
         }
         assert_eq!(self.index.len(), self.tasks.len(), "index and tasks differ");
-        for (id, t) in &self.tasks {
+        for (id, t) in self.tasks.iter() {
             let k = &t.key;
             let waiting_dependents = t
                 .dependents
@@ -25,7 +25,7 @@ impl Scheduler {
                 .filter(|u| self.tasks.contains_key(u))
                 .count() as u32;
             assert_eq!(t.live_dependents, live, "{k}: live dependents");
-            let held: u32 = self.clients.values().filter_map(|c| c.get(id)).sum();
+            let held: u32 = self.clients.values().filter_map(|c| c.get(&id)).sum();
             assert_eq!(t.holds, held, "{k}: holds");
             let in_memory = |d: &TaskId| self.tasks[d].state == State::Memory;
             match t.state {
@@ -33,7 +33,10 @@ impl Scheduler {
                     assert!(!t.who_has.is_empty(), "{k}: in memory nowhere");
                     assert!(t.needed(), "{k}: in memory but not needed (leak)");
                     for w in &t.who_has {
-                        assert!(self.workers[w].has.contains(id), "{k}: worker {w} lacks it");
+                        assert!(
+                            self.workers[w].has.contains(&id),
+                            "{k}: worker {w} lacks it"
+                        );
                     }
                 }
                 _ => assert!(t.who_has.is_empty(), "{k}: holders while {:?}", t.state),
@@ -56,7 +59,7 @@ impl Scheduler {
                 State::Processing(w) => {
                     assert!(t.deps.iter().all(in_memory), "{k}: running without inputs");
                     assert!(
-                        self.workers[&w].processing.contains(id),
+                        self.workers[&w].processing.contains(&id),
                         "{k}: not in processing"
                     );
                 }
