@@ -231,6 +231,57 @@ fn data_handed_on_twice_by_shared_memory_stays_in_the_pages_it_was_computed_in()
 }
 
 #[test]
+fn a_spilled_chunk_is_handed_over_by_mapping_its_spill_file() {
+    let same = ["--host-id", "same-host"];
+    // Three 32 MiB arrays on a 128 MiB worker: its store (70% of the limit)
+    // spills one of them, and it stays under its pause threshold (85%).
+    let mut cluster = TestCluster::start(1, &[&same[..], &["--memory-limit", "128MiB"]].concat());
+    let first_pid = cluster.worker(0).id();
+    let client = Client::connect(&cluster.address).unwrap();
+    let pool = client.pool();
+    let floats = 4u64 << 20;
+    let random = |seed: u64| Call::new().arg(floats).kw("seed", seed);
+    let arrays: Vec<_> = (0..3)
+        .map(|seed| pool.apply("random", random(seed)).unwrap())
+        .collect();
+    for a in &arrays {
+        a.wait().unwrap();
+    }
+    let spilled = cluster.worker_statuses()[0].1.store.spilled_bytes;
+    assert!(spilled >= floats * 8, "w0 spilled {spilled} bytes");
+    assert_eq!(cluster.start_worker(&same), 1);
+    assert!(cluster.wait_workers(2, Duration::from_secs(30)));
+    retire(&mut cluster, 0);
+    // w1 maps w0's spill file itself (deleted by now, as w0 has exited).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", cluster.worker(1).id())).unwrap();
+    let spill_dir = format!("/worker-0-{first_pid}/");
+    let mapped: u64 = maps
+        .lines()
+        .filter(|l| l.contains(&spill_dir))
+        .map(|l| {
+            let (lo, hi) = l.split(' ').next().unwrap().split_once('-').unwrap();
+            u64::from_str_radix(hi, 16).unwrap() - u64::from_str_radix(lo, 16).unwrap()
+        })
+        .sum();
+    assert!(
+        mapped >= floats * 8,
+        "w1 maps {mapped} bytes of w0's spill files:\n{maps}"
+    );
+    let routes = cluster.worker_statuses()[0].1.routes.clone();
+    assert!(routes.shm_received >= 3 * floats * 8, "{routes:?}");
+    assert!(routes.flight_received < 1 << 20, "{routes:?}");
+    for (seed, a) in arrays.iter().enumerate() {
+        let fresh = pool.apply("random", random(seed as u64)).unwrap();
+        let (got, want) = (pool.apply("sum", a).unwrap(), pool.apply("sum", &fresh));
+        assert_eq!(
+            got.get_f64().unwrap(),
+            want.unwrap().get_f64().unwrap(),
+            "array {seed} changed on the way"
+        );
+    }
+}
+
+#[test]
 fn a_client_that_vanishes_mid_run_leaves_the_cluster_healthy() {
     let cluster = TestCluster::start_with(2, &["--session-timeout", "2"], &[]);
     let seed_bin = std::path::Path::new(quiver_bin())

@@ -455,14 +455,22 @@ impl WorkerCore {
                 bytes,
             });
         }
-        let path = self
-            .shm_dir
-            .join(format!("quiver-{}.arrow", uuid::Uuid::new_v4().simple()));
-        let f = Arc::new(TempIpcFile::create(path, &c)?);
+        // A spilled chunk already lies in an IPC file the peer can map as it
+        // is; anything else is written out once to be mapped.
+        let f = match self.store.spill_file(key) {
+            Some((f, _)) => f,
+            None => {
+                let path = self
+                    .shm_dir
+                    .join(format!("quiver-{}.arrow", uuid::Uuid::new_v4().simple()));
+                let f = Arc::new(TempIpcFile::create(path, &c)?);
+                self.routes
+                    .shm_written
+                    .fetch_add(f.len(), Ordering::Relaxed);
+                f
+            }
+        };
         self.routes.shm_sent.fetch_add(f.len(), Ordering::Relaxed);
-        self.routes
-            .shm_written
-            .fetch_add(f.len(), Ordering::Relaxed);
         let p = Published {
             shared: None,
             path: Some(f.path().display().to_string()),
@@ -991,8 +999,9 @@ pub async fn run(
         no_shm: config.no_shm,
         store: Arc::new(ChunkStore::new(StoreConfig {
             memory_limit: fraction_of(config.memory_limit, config.spill_fraction),
-            spill_dir: config
-                .spill_dir
+            // Absolute, as a same-host peer maps spill files by their path.
+            spill_dir: std::path::absolute(&config.spill_dir)
+                .unwrap_or_else(|_| config.spill_dir.clone())
                 .join(format!("worker-{worker}-{}", std::process::id())),
         })),
         executor: Executor::new(
