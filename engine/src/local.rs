@@ -274,10 +274,8 @@ impl Embedded {
                         }
                     });
             }
-            Command::Free { worker, keys } => {
-                for k in keys {
-                    self.workers[worker as usize].store.remove(&k);
-                }
+            Command::Free { worker, key } => {
+                self.workers[worker as usize].store.remove(&key);
             }
             Command::Done { key } => {
                 if let KeyStatus::Memory(ws) = st.scheduler.status(&key) {

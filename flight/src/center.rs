@@ -191,11 +191,9 @@ impl CenterCore {
                     }));
                 }
             }
-            Command::Free { worker, keys } => {
+            Command::Free { worker, key } => {
                 if let Some(l) = st.workers.get(&worker) {
-                    for k in keys {
-                        let _ = l.tx.send(ToWorker::Free(k));
-                    }
+                    let _ = l.tx.send(ToWorker::Free(key));
                 }
             }
             Command::Done { key } => {

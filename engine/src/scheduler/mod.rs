@@ -185,12 +185,12 @@ pub enum Command {
         /// How many times this task was sent to run before (0 the first time).
         attempt: u32,
     },
-    /// Drop these keys from a worker's store.
+    /// Drop a key from a worker's store.
     Free {
         /// Which worker.
         worker: WorkerId,
-        /// Which keys.
-        keys: Vec<Key>,
+        /// Which key.
+        key: Key,
     },
     /// A client-held key is now in memory.
     Done {

@@ -390,18 +390,18 @@ impl Scheduler {
                 );
                 continue;
             }
-            let deps = t.deps.clone();
             let mut missing = 0;
             let mut failed = None;
-            for d in &deps {
-                let dt = self.tasks.get_mut(d).expect("dependency is live");
+            for i in 0..t.deps.len() {
+                let d = self.tasks[&id].deps[i];
+                let dt = self.tasks.get_mut(&d).expect("dependency is live");
                 dt.waiters += 1;
                 match dt.state {
                     State::Memory => {}
                     State::Erred => failed = Some(dt.key.clone()),
                     State::Released => {
                         missing += 1;
-                        work.push(*d);
+                        work.push(d);
                     }
                     _ => missing += 1,
                 }
@@ -588,10 +588,7 @@ impl Scheduler {
 
     fn finished(&mut self, worker: WorkerId, key: Key, nbytes: u64, out: &mut Vec<Command>) {
         let Some(&id) = self.index.get(&key) else {
-            out.push(Command::Free {
-                worker,
-                keys: vec![key],
-            });
+            out.push(Command::Free { worker, key });
             return;
         };
         if !self.workers.contains_key(&worker) {
@@ -611,10 +608,7 @@ impl Scheduler {
             }
             State::Released | State::Erred => {
                 // Cancelled or failed meanwhile: the result is not wanted.
-                out.push(Command::Free {
-                    worker,
-                    keys: vec![key],
-                });
+                out.push(Command::Free { worker, key });
                 return;
             }
             State::Processing(w) => self.unassign(id, w),
@@ -628,15 +622,17 @@ impl Scheduler {
         t.who_has = vec![worker];
         t.nbytes = nbytes;
         t.missing = 0;
-        let (deps, dependents, holds) = (t.deps.clone(), t.dependents.clone(), t.holds);
-        if holds > 0 {
+        if t.holds > 0 {
             out.push(Command::Done { key });
         }
-        for d in deps {
+        // By index rather than over a copy: neither list changes meanwhile.
+        for i in 0..self.tasks[&id].deps.len() {
+            let d = self.tasks[&id].deps[i];
             self.tasks.get_mut(&d).expect("dependency is live").waiters -= 1;
             self.maybe_release(d, out);
         }
-        for u in dependents {
+        for i in 0..self.tasks[&id].dependents.len() {
+            let u = self.tasks[&id].dependents[i];
             let Some(ut) = self.tasks.get_mut(&u) else {
                 continue;
             };
@@ -692,9 +688,10 @@ impl Scheduler {
 
     /// Frees `id` if nothing needs it any more, cancelling it if it was pending.
     fn maybe_release(&mut self, id: TaskId, out: &mut Vec<Command>) {
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
-            let Some(t) = self.tasks.get(&id) else {
+        // Most calls release nothing or one task: `work` allocates only past that.
+        let (mut next, mut work) = (Some(id), Vec::new());
+        while let Some(id) = next.take().or_else(|| work.pop()) {
+            let Some(t) = self.tasks.get_mut(&id) else {
                 continue;
             };
             if t.needed() {
@@ -702,7 +699,8 @@ impl Scheduler {
             }
             match t.state {
                 State::Memory => {
-                    let (key, holders, nbytes) = (t.key.clone(), t.who_has.clone(), t.nbytes);
+                    let holders = std::mem::take(&mut t.who_has);
+                    let (key, nbytes) = (t.key.clone(), t.nbytes);
                     for w in holders {
                         if let Some(ws) = self.workers.get_mut(&w) {
                             ws.has.remove(&id);
@@ -710,19 +708,18 @@ impl Scheduler {
                         }
                         out.push(Command::Free {
                             worker: w,
-                            keys: vec![key.clone()],
+                            key: key.clone(),
                         });
                     }
-                    self.tasks.get_mut(&id).expect("live").who_has.clear();
                     self.set(id, State::Released);
                 }
                 state @ (State::Waiting | State::Ready(_) | State::Processing(_)) => {
-                    let deps = t.deps.clone();
                     if let State::Processing(w) = state {
                         self.unassign(id, w);
                     }
                     self.set(id, State::Released);
-                    for d in deps {
+                    for i in 0..self.tasks[&id].deps.len() {
+                        let d = self.tasks[&id].deps[i];
                         self.tasks.get_mut(&d).expect("dependency is live").waiters -= 1;
                         work.push(d);
                     }
@@ -735,8 +732,8 @@ impl Scheduler {
 
     /// Drops the lineage of `id` once it is released and nothing could need it again.
     fn maybe_forget(&mut self, id: TaskId) {
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
+        let (mut next, mut work) = (Some(id), Vec::new());
+        while let Some(id) = next.take().or_else(|| work.pop()) {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
             };

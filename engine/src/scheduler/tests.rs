@@ -117,17 +117,15 @@ impl Env {
                     self.runs.push((worker, key.clone()));
                     self.running.push((worker, key, task, inputs, attempt));
                 }
-                Command::Free { worker, keys } => {
-                    for k in keys {
-                        let store = self
-                            .stores
-                            .get_mut(&worker)
-                            .expect("free on unknown worker");
-                        assert!(
-                            store.remove(&k).is_some(),
-                            "{k} freed on {worker} twice or never stored"
-                        );
-                    }
+                Command::Free { worker, key } => {
+                    let store = self
+                        .stores
+                        .get_mut(&worker)
+                        .expect("free on unknown worker");
+                    assert!(
+                        store.remove(&key).is_some(),
+                        "{key} freed on {worker} twice or never stored"
+                    );
                 }
                 Command::Done { key } => self.done.push(key),
                 Command::Failed { key, error } => self.failed.push((key, error)),
