@@ -229,7 +229,8 @@ impl Embedded {
                 inputs,
                 attempt,
             } => {
-                let stores: Vec<(Key, Arc<ChunkStore>)> = inputs
+                // Looked up by key: a gather over thousands of inputs stays linear.
+                let stores: FxHashMap<Key, Arc<ChunkStore>> = inputs
                     .into_iter()
                     .filter_map(|i| {
                         let w = i
@@ -244,12 +245,7 @@ impl Embedded {
                 self.workers[worker as usize]
                     .executor
                     .spawn_kind(consumer, move |ops| {
-                        let input = |k: &Key| {
-                            stores
-                                .iter()
-                                .find(|(x, _)| x == k)
-                                .and_then(|(_, s)| s.get(k))
-                        };
+                        let input = |k: &Key| stores.get(k).and_then(|s| s.get(k));
                         let event = match evaluate(ops, &task, &input) {
                             Ok(chunk) => {
                                 let nbytes = chunk::nbytes(&chunk) as u64;
