@@ -1,9 +1,9 @@
 //! Chunks: one Arrow `RecordBatch`. An array chunk has one column; a scalar is one row.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{Array, ArrayRef, Float64Array};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
@@ -16,12 +16,23 @@ pub const VALUE_COLUMN: &str = "value";
 
 /// Wraps one array as a one-column chunk. No copy.
 pub fn from_array(array: ArrayRef) -> Chunk {
-    let schema = Schema::new(vec![Field::new(
-        VALUE_COLUMN,
-        array.data_type().clone(),
-        true,
-    )]);
-    RecordBatch::try_new(Arc::new(schema), vec![array]).expect("one column always matches")
+    RecordBatch::try_new(schema_for(array.data_type()), vec![array])
+        .expect("one column always matches")
+}
+
+/// The schema of a one-column chunk of `data_type`. Float64 chunks, nearly all
+/// of them, share one: a tiny task then allocates no schema, and comparing two
+/// chunks' schemas is a pointer comparison.
+fn schema_for(data_type: &DataType) -> SchemaRef {
+    static FLOAT64: LazyLock<SchemaRef> = LazyLock::new(|| one_column(DataType::Float64));
+    match data_type {
+        DataType::Float64 => FLOAT64.clone(),
+        t => one_column(t.clone()),
+    }
+}
+
+fn one_column(data_type: DataType) -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(VALUE_COLUMN, data_type, true)]))
 }
 
 /// A one-row float64 chunk holding `v`.
@@ -49,7 +60,7 @@ pub fn to_f64(chunk: &Chunk) -> Result<f64> {
             format!("expected a scalar (1 row), got {} rows", col.len()),
         ));
     }
-    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Float64)?;
+    let col = arrow::compute::cast(col, &DataType::Float64)?;
     let col = col
         .as_any()
         .downcast_ref::<Float64Array>()
@@ -63,4 +74,21 @@ pub fn to_f64(chunk: &Chunk) -> Result<f64> {
 /// Bytes of Arrow buffers a chunk holds (what the store accounts and placement weighs).
 pub fn nbytes(chunk: &Chunk) -> usize {
     chunk.get_array_memory_size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+
+    #[test]
+    fn float64_chunks_share_one_schema_and_others_get_their_own() {
+        let (a, b) = (scalar(1.0), scalar(2.0));
+        assert!(Arc::ptr_eq(&a.schema(), &b.schema()));
+        assert_eq!(to_f64(&b).unwrap(), 2.0);
+        let i = from_array(Arc::new(Int32Array::from(vec![7])));
+        assert_eq!(i.schema().field(0).data_type(), &DataType::Int32);
+        assert_eq!(i.schema().field(0).name(), VALUE_COLUMN);
+        assert_eq!(to_f64(&i).unwrap(), 7.0);
+    }
 }

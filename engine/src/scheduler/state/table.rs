@@ -5,7 +5,7 @@
 //! task with no hashing and with its neighbours' slots in the same cache lines.
 //! A page is freed once its last slot has been filled and every task in it is
 //! gone, so a long-lived center keeps only the pages that still hold tasks (and
-//! a word for each freed page).
+//! 24 bytes for each freed page: 6 MB after a billion tasks).
 
 use std::ops::Index;
 
