@@ -101,9 +101,10 @@ impl<'de> Deserialize<'de> for Arg {
 
 struct ArgVisitor;
 
-/// The scalar visits shared by [`ArgVisitor`] and [`NodeVisitor`]: each value
-/// becomes `$wrap(Json)`, as the JSON value parser would have made it.
-macro_rules! visit_scalars {
+/// The visits of numbers, booleans and null shared by [`ArgVisitor`],
+/// [`NodeVisitor`] and [`StrOrJson`]: each value becomes `$wrap(Json)`, as the
+/// JSON value parser would have made it.
+macro_rules! visit_non_strings {
     ($wrap:expr) => {
         fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<Self::Value, E> {
             Ok($wrap(Json::Bool(v)))
@@ -119,6 +120,16 @@ macro_rules! visit_scalars {
                 serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number),
             ))
         }
+        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok($wrap(Json::Null))
+        }
+    };
+}
+
+/// [`visit_non_strings`] and strings: every scalar becomes `$wrap(Json)`.
+macro_rules! visit_scalars {
+    ($wrap:expr) => {
+        visit_non_strings!($wrap);
         fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
             Ok($wrap(Json::String(v.to_string())))
         }
@@ -128,10 +139,90 @@ macro_rules! visit_scalars {
         ) -> std::result::Result<Self::Value, E> {
             Ok($wrap(Json::String(v)))
         }
-        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok($wrap(Json::Null))
-        }
     };
+}
+
+/// An object's field name, borrowed from the input when it has no escapes:
+/// `{"key": …}` and `{"op": …}` come by the million, and their names need no
+/// `String` of their own.
+struct Name<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor).map(Name)
+    }
+}
+
+/// A JSON value, any string in it borrowed as [`Name`] is: the `"k"` of
+/// `{"key": "k"}` becomes a [`Key`] with no `String` in between.
+enum StrOrJson<'de> {
+    Str(std::borrow::Cow<'de, str>),
+    Json(Json),
+}
+
+impl<'de> Deserialize<'de> for StrOrJson<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrOrJsonVisitor)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrVisitor {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(
+        self,
+        v: &'de str,
+    ) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(v.to_string().into())
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+}
+
+struct StrOrJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrOrJsonVisitor {
+    type Value = StrOrJson<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    visit_non_strings!(StrOrJson::Json);
+
+    fn visit_borrowed_str<E: serde::de::Error>(
+        self,
+        v: &'de str,
+    ) -> std::result::Result<Self::Value, E> {
+        StrVisitor.visit_borrowed_str(v).map(StrOrJson::Str)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        StrVisitor.visit_str(v).map(StrOrJson::Str)
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+        StrVisitor.visit_string(v).map(StrOrJson::Str)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(StrOrJson::Json)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(StrOrJson::Json)
+    }
 }
 
 impl<'de> serde::de::Visitor<'de> for ArgVisitor {
@@ -159,20 +250,24 @@ impl<'de> serde::de::Visitor<'de> for ArgVisitor {
         mut map: A,
     ) -> std::result::Result<Arg, A::Error> {
         let mut m = Map::new();
-        if let Some(first) = map.next_key::<String>()? {
-            let value: Json = map.next_value()?;
+        if let Some(Name(first)) = map.next_key()? {
             // The common case, a lone {"key": "k"}, is decided without a map.
-            if let (true, Json::String(s)) = (first == "key", &value) {
-                if let Some(next) = map.next_key::<String>()? {
-                    m.insert(next, map.next_value()?);
-                } else {
-                    let key = Key::new(s).ok_or_else(|| {
-                        serde::de::Error::custom("a {\"key\": …} reference is empty")
-                    })?;
-                    return Ok(Arg::Ref(key));
+            let value = match map.next_value()? {
+                StrOrJson::Str(s) if first == "key" => {
+                    if let Some(next) = map.next_key::<String>()? {
+                        m.insert(next, map.next_value()?);
+                    } else {
+                        let key = Key::new(&s).ok_or_else(|| {
+                            serde::de::Error::custom("a {\"key\": …} reference is empty")
+                        })?;
+                        return Ok(Arg::Ref(key));
+                    }
+                    Json::String(s.into_owned())
                 }
-            }
-            m.insert(first, value);
+                StrOrJson::Str(s) => Json::String(s.into_owned()),
+                StrOrJson::Json(v) => v,
+            };
+            m.insert(first.into_owned(), value);
         }
         while let Some(k) = map.next_key::<String>()? {
             m.insert(k, map.next_value()?);
@@ -335,17 +430,17 @@ impl<'de> serde::de::Visitor<'de> for NodeVisitor {
         let mut op: Option<String> = None;
         let mut args: Option<Vec<Arg>> = None;
         let mut rest = Map::new();
-        while let Some(k) = map.next_key::<String>()? {
+        while let Some(Name(k)) = map.next_key()? {
             let duplicate = || A::Error::custom(format!("duplicate field `{k}`"));
-            match k.as_str() {
+            match &*k {
                 "op" if op.is_some() => return Err(duplicate()),
                 "op" => op = Some(map.next_value()?),
                 "args" if args.is_some() || rest.contains_key("args") => return Err(duplicate()),
                 "args" if op.is_some() => args = Some(map.next_value()?),
-                _ if rest.contains_key(&k) => return Err(duplicate()),
+                _ if rest.contains_key(&*k) => return Err(duplicate()),
                 _ => {
                     let v: Json = map.next_value()?;
-                    rest.insert(k, v);
+                    rest.insert(k.into_owned(), v);
                 }
             }
         }
@@ -564,6 +659,41 @@ mod tests {
         ] {
             assert!(node(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn escaped_names_and_keys_parse_like_plain_ones() {
+        // Borrowed from the input when plain, copied when escaped or read
+        // from a JSON value: the result must not depend on which.
+        let plain = r#"{"op": "add", "args": [{"key": "a\"b"}, {"key": "c"}, {"k": "x"}]}"#;
+        let escaped =
+            r#"{"\u006fp": "add", "args": [{"key": "a\"b"}, {"\u006bey": "c"}, {"k": "x"}]}"#;
+        let from_text = serde_json::from_str::<Node>(plain).unwrap();
+        assert_eq!(from_text, serde_json::from_str::<Node>(escaped).unwrap());
+        let value: Json = serde_json::from_str(escaped).unwrap();
+        assert_eq!(from_text, serde_json::from_value::<Node>(value).unwrap());
+        let Node::Task(t) = from_text else {
+            panic!("not a task")
+        };
+        assert_eq!(t.args[0], Arg::Ref(Key::from("a\"b")));
+        assert_eq!(t.args[1], Arg::Ref(Key::from("c")));
+        assert_eq!(t.args[2], Arg::Literal(serde_json::json!({"k": "x"})));
+        let odd = |json: &str| serde_json::from_str::<Arg>(json).unwrap();
+        assert_eq!(
+            odd(r#"{"key": [1, {"a": 2}], "more": null}"#),
+            Arg::Literal(serde_json::json!({"key": [1, {"a": 2}], "more": null}))
+        );
+        let err = serde_json::from_str::<Arg>(r#"{"key": {"a": 2}}"#).unwrap_err();
+        assert!(err.to_string().contains("must be a string"), "{err}");
+        assert_eq!(
+            odd(r#"{"x": "y"}"#),
+            Arg::Literal(serde_json::json!({"x": "y"}))
+        );
+        assert!(serde_json::from_str::<Arg>(r#"{"key": ""}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Key>(r#""a\u0062""#).unwrap(),
+            Key::from("ab")
+        );
     }
 
     #[test]
