@@ -3,12 +3,20 @@
 
 mod common;
 
-use arrow_flight::{Action, Criteria, Empty, FlightDescriptor, Ticket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
 use common::TestCluster;
 use futures::TryStreamExt;
 use quiver::flight::net::FlightClient;
+use quiver::flight::protocol::{Commands, Finished, PROTOCOL_VERSION, Report};
 use quiver::flight::{codec, net};
-use tonic::Code;
+use tonic::{Code, Request, Response, Streaming};
 
 async fn client(address: &str) -> FlightClient {
     net::connect(address).await.expect("connect")
@@ -136,10 +144,222 @@ fn a_worker_of_another_protocol_version_is_refused_naming_both() {
                            "host_id": "h", "nthreads": 1, "memory_limit": 1}"#;
         let e = act(&mut center, "register", register).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
+        let ours = format!("speaks {}", quiver::flight::protocol::PROTOCOL_VERSION);
         assert!(
-            e.message().contains("speaks 99") && e.message().contains("speaks 3"),
+            e.message().contains("speaks 99") && e.message().contains(&ours),
             "{}",
             e.message()
         );
+    });
+}
+
+/// A stand-in worker for what the center must do with a worker's replies on
+/// the `commands` exchange: it answers each message that runs tasks with a
+/// report of them all finished, or, given `garbage`, with that.
+#[derive(Clone, Default)]
+struct FakeWorker {
+    id: Arc<AtomicU32>,
+    address: Arc<std::sync::OnceLock<String>>,
+    garbage: Option<bytes::Bytes>,
+}
+
+type Reply<T> = futures::stream::BoxStream<'static, Result<T, tonic::Status>>;
+
+#[tonic::async_trait]
+impl FlightService for FakeWorker {
+    type HandshakeStream = Reply<HandshakeResponse>;
+    type ListFlightsStream = Reply<FlightInfo>;
+    type DoGetStream = Reply<FlightData>;
+    type DoPutStream = Reply<PutResult>;
+    type DoExchangeStream = Reply<FlightData>;
+    type DoActionStream = Reply<arrow_flight::Result>;
+    type ListActionsStream = Reply<ActionType>;
+
+    async fn do_exchange(
+        &self,
+        req: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, tonic::Status> {
+        let mut incoming = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(g) = &self.garbage {
+            let _ = tx.send(Ok(FlightData {
+                app_metadata: g.clone(),
+                ..Default::default()
+            }));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = incoming.message().await {
+                let Ok(c) = serde_json::from_slice::<Commands>(&m.app_metadata) else {
+                    continue;
+                };
+                let Some(run) = c.run else { continue };
+                let report = Report {
+                    worker: me.id.load(Ordering::Relaxed),
+                    address: me.address.get().cloned().unwrap_or_default(),
+                    finished: run
+                        .tasks
+                        .iter()
+                        .map(|t| Finished {
+                            key: t.key.clone(),
+                            nbytes: 8,
+                            micros: 1,
+                        })
+                        .collect(),
+                    failed: vec![],
+                };
+                let body = serde_json::to_vec(&report).expect("report");
+                if tx
+                    .send(Ok(FlightData {
+                        app_metadata: body.into(),
+                        ..Default::default()
+                    }))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+        ))))
+    }
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn do_get(
+        &self,
+        _: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn do_put(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("fake"))
+    }
+}
+
+/// Serves `fake` on loopback and registers it with the center.
+async fn join(center: &mut FlightClient, fake: &FakeWorker) {
+    let (incoming, addr) = net::bind("127.0.0.1", 0).await.expect("bind");
+    fake.address.set(addr.to_string()).expect("one address");
+    let server = tonic::transport::Server::builder()
+        .add_service(FlightServiceServer::new(fake.clone()))
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+    let register = serde_json::json!({
+        "protocol_version": PROTOCOL_VERSION, "name": "fake", "address": addr.to_string(),
+        "host_id": "fake", "nthreads": 1, "memory_limit": 1u64 << 30,
+    });
+    let reply = act(center, "register", &register.to_string())
+        .await
+        .expect("register");
+    let registered: serde_json::Value = serde_json::from_str(&reply).expect("json");
+    fake.id.store(
+        registered["worker"].as_u64().expect("id") as u32,
+        Ordering::Relaxed,
+    );
+}
+
+/// Polls the center's `cluster` reply until `done` holds of it (10 s at most).
+async fn until(
+    center: &mut FlightClient,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let reply = act(center, "cluster", "").await.expect("cluster");
+        let status: serde_json::Value = serde_json::from_str(&reply).expect("json");
+        if done(&status) || start.elapsed() > std::time::Duration::from_secs(10) {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_worker_reports_its_tasks_on_the_commands_exchange() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker::default();
+        join(&mut center, &fake).await;
+        let graph = r#"{"graph": {"x": {"op": "arange", "args": [3]}}, "keys": ["x"]}"#;
+        act(&mut center, "submit", graph).await.expect("submit");
+        // The fake never calls `report`: the center learns of `x` from the exchange alone.
+        let status = until(&mut center, |s| s["tasks_finished"] == 1).await;
+        assert_eq!(status["tasks_finished"], 1, "{status}");
+        assert_eq!(
+            status["workers"].as_array().map(Vec::len),
+            Some(1),
+            "{status}"
+        );
+    });
+}
+
+#[test]
+fn a_worker_whose_reply_is_not_a_report_is_removed() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker {
+            garbage: Some(bytes::Bytes::from_static(b"{\"not\": \"a report\"")),
+            ..FakeWorker::default()
+        };
+        join(&mut center, &fake).await;
+        let status = until(&mut center, |s| {
+            s["workers"].as_array().is_some_and(|w| w.is_empty())
+        })
+        .await;
+        assert_eq!(
+            status["workers"].as_array().map(Vec::len),
+            Some(0),
+            "{status}"
+        );
+        // The center itself carries on.
+        act(&mut center, "cluster", "").await.expect("cluster");
     });
 }

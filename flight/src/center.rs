@@ -347,6 +347,18 @@ impl CenterCore {
     /// first), records the copies, then removes the worker: nothing it held
     /// is recomputed.
     async fn hand_over(self: Arc<Self>, worker: WorkerId) -> Result<Retired, Status> {
+        // The worker asks once its last outcomes are sent; they come on the
+        // `commands` exchange, not this call, and may still be on their way.
+        let patience = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < patience
+            && self
+                .lock()
+                .scheduler
+                .worker_load(worker)
+                .is_some_and(|(running, _)| running > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let (sole, from, mut targets) = {
             let st = self.lock();
             let Some(link) = st.workers.get(&worker) else {
@@ -456,7 +468,18 @@ impl CenterCore {
         tokio::spawn(async move {
             let why = loop {
                 match replies.message().await {
-                    Ok(Some(_)) => {}
+                    Ok(Some(m)) if m.app_metadata.is_empty() => {}
+                    // The worker's reports come back on the exchange.
+                    Ok(Some(m)) => match serde_json::from_slice::<Report>(&m.app_metadata) {
+                        // One that names another worker (an id from before the
+                        // worker joined again) is moot, as a `report` call's is.
+                        Ok(r) => {
+                            if let Err(s) = watch.report(r) {
+                                tracing::debug!(worker, "report ignored: {}", s.message());
+                            }
+                        }
+                        Err(e) => break format!("it sent a bad report: {e}"),
+                    },
                     Ok(None) => break "its connection closed".to_string(),
                     Err(s) if s.code() == tonic::Code::InvalidArgument => {
                         break format!("it refused a command: {}", s.message());
@@ -491,6 +514,38 @@ impl CenterCore {
                 return; // the exchange ended: the watch above removes the worker
             }
         }
+    }
+
+    /// Takes a worker's report of finished and failed tasks.
+    fn report(self: &Arc<Self>, report: Report) -> Result<(), Status> {
+        let worker = report.worker;
+        let n = (report.finished.len() + report.failed.len()) as u64;
+        let (suspect, failed): (Vec<Failed>, Vec<Failed>) = report
+            .failed
+            .into_iter()
+            .partition(|f| !f.unreachable.is_empty());
+        let mut st = self.lock();
+        st.link(worker, &report.address)?;
+        self.pace(&mut st, worker, &report.finished);
+        for f in report.finished {
+            let _ = self.handle(
+                &mut st,
+                Event::TaskFinished {
+                    worker,
+                    key: f.key,
+                    nbytes: f.nbytes,
+                },
+            );
+        }
+        for f in failed {
+            self.task_failed(&mut st, worker, f);
+        }
+        drop(st);
+        self.finished.fetch_add(n, Ordering::Relaxed);
+        if !suspect.is_empty() {
+            tokio::spawn(self.clone().check_holders(worker, suspect));
+        }
+        Ok(())
     }
 
     /// Time-driven work: dead workers, silent sessions.
@@ -922,34 +977,7 @@ impl FlightService for CenterService {
                 }
             }
             "report" => {
-                let report: Report = parse(&r#type, &body)?;
-                let worker = report.worker;
-                let n = (report.finished.len() + report.failed.len()) as u64;
-                let (suspect, failed): (Vec<Failed>, Vec<Failed>) = report
-                    .failed
-                    .into_iter()
-                    .partition(|f| !f.unreachable.is_empty());
-                let mut st = core.lock();
-                st.link(worker, &report.address)?;
-                core.pace(&mut st, worker, &report.finished);
-                for f in report.finished {
-                    let _ = core.handle(
-                        &mut st,
-                        Event::TaskFinished {
-                            worker,
-                            key: f.key,
-                            nbytes: f.nbytes,
-                        },
-                    );
-                }
-                for f in failed {
-                    core.task_failed(&mut st, worker, f);
-                }
-                drop(st);
-                core.finished.fetch_add(n, Ordering::Relaxed);
-                if !suspect.is_empty() {
-                    tokio::spawn(core.clone().check_holders(worker, suspect));
-                }
+                core.report(parse(&r#type, &body)?)?;
                 json_result(&serde_json::json!({}))
             }
             other => Err(Status::invalid_argument(format!(

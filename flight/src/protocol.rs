@@ -12,7 +12,7 @@ use quiver_engine::store::StoreStats;
 
 /// Version of this contract. Bump it when a message changes shape or meaning;
 /// a worker refuses a center of another version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Header naming the client session whose holds a request adds or drops.
 pub const SESSION_HEADER: &str = "x-quiver-session";

@@ -17,7 +17,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tonic::transport::Channel;
@@ -155,6 +155,9 @@ pub struct WorkerCore {
     stop: tokio::sync::watch::Receiver<bool>,
     /// Outcomes not yet reported to the center (a retiring worker waits for 0).
     unreported: AtomicUsize,
+    /// Where reports go: the reply side of the `commands` exchange (by its
+    /// number) that last sent commands, while it is open.
+    reports: Mutex<Option<(u64, mpsc::UnboundedSender<FlightData>)>>,
     /// Someone asked this worker to retire (`quiver retire`).
     retire_requested: tokio::sync::Notify,
 }
@@ -283,9 +286,13 @@ impl WorkerCore {
                 return;
             }
         };
-        let this = self.clone();
         // Looked up by key: a gather over thousands of inputs stays linear.
-        let fetched: FxHashMap<Key, Chunk> = fetched.into_iter().collect();
+        self.execute(t, fetched.into_iter().collect());
+    }
+
+    /// Hands a task whose inputs are here or in `fetched` to the executor.
+    fn execute(self: Arc<Self>, t: RunTask<Arc<Holder>>, fetched: FxHashMap<Key, Chunk>) {
+        let this = self.clone();
         self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
             let input = |k: &Key| fetched.get(k).cloned().or_else(|| this.store.get(k));
             let start = std::time::Instant::now();
@@ -311,7 +318,13 @@ impl WorkerCore {
     fn accept(self: &Arc<Self>, run: Run) -> std::result::Result<(), Status> {
         let tasks = run.resolve().map_err(Status::invalid_argument)?;
         for t in tasks {
-            tokio::spawn(self.clone().run(t));
+            // Most tasks find every input here: they need no async task to fetch nothing.
+            if t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
+                self.running.fetch_add(1, Ordering::Relaxed);
+                self.clone().execute(t, FxHashMap::default());
+            } else {
+                tokio::spawn(self.clone().run(t));
+            }
         }
         Ok(())
     }
@@ -735,8 +748,11 @@ fn commands(
     first: bytes::Bytes,
     mut incoming: Streaming<FlightData>,
 ) -> BoxStream<FlightData> {
+    static EXCHANGES: AtomicU64 = AtomicU64::new(0);
+    let exchange = EXCHANGES.fetch_add(1, Ordering::Relaxed);
     let (refused, refusal) = tokio::sync::oneshot::channel::<Status>();
     let (mut stop, mut stopped) = (core.stop.clone(), core.stop.clone());
+    let (reports, outgoing) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut next = Some(first);
         loop {
@@ -746,9 +762,9 @@ fn commands(
                 None => tokio::select! {
                     m = incoming.message() => match m {
                         Ok(Some(m)) => m.app_metadata,
-                        _ => return,
+                        _ => break,
                     },
-                    _ = stopped.wait_for(|s| *s) => return,
+                    _ = stopped.wait_for(|s| *s) => break,
                 },
             };
             if body.is_empty() {
@@ -757,23 +773,52 @@ fn commands(
             let taken = serde_json::from_slice::<Commands>(&body)
                 .map_err(|e| Status::invalid_argument(format!("bad commands message: {e}")))
                 .and_then(|c| {
+                    // The exchange that sends commands gets the reports, from
+                    // before the first task starts; garbage claims nothing.
+                    let mut slot = lock(&core.reports);
+                    if slot.as_ref().is_none_or(|(id, _)| *id != exchange) {
+                        *slot = Some((exchange, reports.clone()));
+                    }
+                    drop(slot);
                     core.free(&c.free);
                     c.run.map_or(Ok(()), |run| core.accept(run))
                 });
             if let Err(status) = taken {
                 tracing::warn!("refused a commands message: {}", status.message());
                 let _ = refused.send(status);
-                return;
+                break;
             }
         }
+        let mut slot = lock(&core.reports);
+        if slot.as_ref().is_some_and(|(id, _)| *id == exchange) {
+            *slot = None;
+        }
     });
-    let end = async move {
+    // The exchange ends when the worker stops, when it refuses a message (with
+    // that error), or when the center ends its side.
+    let end: futures::future::BoxFuture<'static, Option<Status>> = Box::pin(async move {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => None,
-            Ok(status) = refusal => Some(Err(status)),
+            r = refusal => r.ok(),
         }
-    };
-    Box::pin(stream::once(end).filter_map(|r| async { r }))
+    });
+    // Reports go back on this exchange until it ends.
+    Box::pin(stream::unfold(
+        (outgoing, Some(end)),
+        |(mut outgoing, end)| async move {
+            let mut end = end?;
+            let status = tokio::select! {
+                biased;
+                r = &mut end => r,
+                m = outgoing.recv() => match m {
+                    Some(m) => return Some((Ok(m), (outgoing, Some(end)))),
+                    // Every sender gone: the loop above is over, and so is `end`.
+                    None => end.await,
+                },
+            };
+            status.map(|s| (Err(s), (outgoing, None)))
+        },
+    ))
 }
 
 /// How long a report may wait for more outcomes while the worker has queued work.
@@ -836,7 +881,24 @@ async fn report_loop(
                 continue;
             }
         };
-        // Reports are retried: a lost one would leave the center waiting forever.
+        // On the open `commands` exchange: a message costs far less than a call.
+        // Its center removes this worker if the exchange breaks, so a report
+        // lost with it is moot.
+        let message = FlightData {
+            app_metadata: body.into(),
+            ..FlightData::default()
+        };
+        let unsent = match lock(&core.reports).as_ref() {
+            Some((_, tx)) => tx.send(message).err().map(|e| e.0),
+            None => Some(message),
+        };
+        let Some(unsent) = unsent else {
+            core.unreported.fetch_sub(n, Ordering::Relaxed);
+            continue;
+        };
+        let body = unsent.app_metadata.to_vec();
+        // No exchange (tasks sent by `run` calls): reports are calls, retried,
+        // since a lost one would leave the center waiting forever.
         for attempt in 0.. {
             match net::action(&mut center, "report", body.clone()).await {
                 Ok(_) => break,
@@ -1017,6 +1079,7 @@ pub async fn run(
         shm_dir,
         stop: stop_rx.clone(),
         unreported: AtomicUsize::new(0),
+        reports: Mutex::new(None),
         retire_requested: tokio::sync::Notify::new(),
     });
     tokio::spawn(report_loop(
