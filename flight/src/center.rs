@@ -471,8 +471,11 @@ impl CenterCore {
                     Ok(Some(m)) if m.app_metadata.is_empty() => {}
                     // The worker's reports come back on the exchange.
                     Ok(Some(m)) => match serde_json::from_slice::<Report>(&m.app_metadata) {
-                        // One that names another worker (an id from before the
-                        // worker joined again) is moot, as a `report` call's is.
+                        // One that names another id (the worker's from before
+                        // it joined again) is moot, as a `report` call's is.
+                        Ok(r) if r.worker != worker => {
+                            tracing::debug!(worker, "report for worker {} ignored", r.worker);
+                        }
                         Ok(r) => {
                             if let Err(s) = watch.report(r) {
                                 tracing::debug!(worker, "report ignored: {}", s.message());

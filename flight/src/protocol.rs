@@ -286,24 +286,32 @@ impl Run {
         Run { holders, tasks }
     }
 
+    /// The holders and the tasks, every holder position checked against the
+    /// list: a task whose inputs are all at hand never needs them resolved.
+    pub fn split(self) -> Result<(Vec<Arc<Holder>>, Vec<RunTask>), String> {
+        let n = self.holders.len();
+        let positions = self.tasks.iter().flat_map(|t| &t.inputs).flat_map(|i| &i.1);
+        if let Some(i) = positions.copied().find(|&i| i as usize >= n) {
+            return Err(format!(
+                "a run input names holder {i}; the message lists {n}"
+            ));
+        }
+        // Shared: a gather names the same few holders for thousands of inputs.
+        Ok((self.holders.into_iter().map(Arc::new).collect(), self.tasks))
+    }
+
     /// The tasks, each input's holders looked up in the list.
     pub fn resolve(self) -> Result<Vec<RunTask<Arc<Holder>>>, String> {
-        // Shared: a gather names the same few holders for thousands of inputs.
-        let holders: Vec<Arc<Holder>> = self.holders.into_iter().map(Arc::new).collect();
-        self.tasks
-            .into_iter()
-            .map(|t| {
-                t.map_holders(|&i| {
-                    holders.get(i as usize).cloned().ok_or_else(|| {
-                        format!(
-                            "a run input names holder {i}; the message lists {}",
-                            holders.len()
-                        )
-                    })
-                })
-            })
-            .collect()
+        let (holders, tasks) = self.split()?;
+        Ok(tasks.into_iter().map(|t| resolve(t, &holders)).collect())
     }
+}
+
+/// `task` with each holder position replaced by the holder, from a list
+/// [`Run::split`] checked it against.
+pub fn resolve(task: RunTask, holders: &[Arc<Holder>]) -> RunTask<Arc<Holder>> {
+    task.map_holders(|&i| Ok::<_, Infallible>(holders[i as usize].clone()))
+        .unwrap_or_else(|e| match e {})
 }
 
 /// `free` body.

@@ -291,7 +291,7 @@ impl WorkerCore {
     }
 
     /// Hands a task whose inputs are here or in `fetched` to the executor.
-    fn execute(self: Arc<Self>, t: RunTask<Arc<Holder>>, fetched: FxHashMap<Key, Chunk>) {
+    fn execute<H: Send + 'static>(self: Arc<Self>, t: RunTask<H>, fetched: FxHashMap<Key, Chunk>) {
         let this = self.clone();
         self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
             let input = |k: &Key| fetched.get(k).cloned().or_else(|| this.store.get(k));
@@ -316,14 +316,15 @@ impl WorkerCore {
 
     /// Starts the tasks of `run`; none if any names a holder it does not list.
     fn accept(self: &Arc<Self>, run: Run) -> std::result::Result<(), Status> {
-        let tasks = run.resolve().map_err(Status::invalid_argument)?;
+        let (holders, tasks) = run.split().map_err(Status::invalid_argument)?;
         for t in tasks {
-            // Most tasks find every input here: they need no async task to fetch nothing.
+            // Most tasks find every input here: they need no async task to
+            // fetch nothing, nor their inputs' holders.
             if t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
                 self.running.fetch_add(1, Ordering::Relaxed);
                 self.clone().execute(t, FxHashMap::default());
             } else {
-                tokio::spawn(self.clone().run(t));
+                tokio::spawn(self.clone().run(crate::protocol::resolve(t, &holders)));
             }
         }
         Ok(())
