@@ -41,8 +41,10 @@ const CONNECTION_WINDOW: u32 = 256 << 20;
 /// frame as it arrives, so the transport's read buffer is reused frame after
 /// frame and stays in cache, where 16 MB frames each needed fresh memory
 /// (`quiver-bench four-nodes`, 16-64 MB pairwise: 0.43-0.59 of the ceiling
-/// with 16 MB frames, 0.61-0.77 with these).
-const FRAME: u32 = 256 << 10;
+/// with 16 MB frames, 0.61-0.77 with 256 KiB ones). 1 MiB frames, a quarter
+/// as many as 256 KiB ones, were ahead in most scenarios of alternated runs
+/// (docs/BENCHMARKS.md).
+const FRAME: u32 = 1 << 20;
 
 /// A Flight client on a tuned channel, carrying the process's token.
 pub type FlightClient = FlightServiceClient<InterceptedService<Channel, AddToken>>;

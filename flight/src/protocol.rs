@@ -299,12 +299,6 @@ impl Run {
         // Shared: a gather names the same few holders for thousands of inputs.
         Ok((self.holders.into_iter().map(Arc::new).collect(), self.tasks))
     }
-
-    /// The tasks, each input's holders looked up in the list.
-    pub fn resolve(self) -> Result<Vec<RunTask<Arc<Holder>>>, String> {
-        let (holders, tasks) = self.split()?;
-        Ok(tasks.into_iter().map(|t| resolve(t, &holders)).collect())
-    }
 }
 
 /// `task` with each holder position replaced by the holder, from a list
@@ -458,12 +452,13 @@ mod tests {
         let json = serde_json::to_string(&run).unwrap();
         assert_eq!(json.matches("a:1").count(), 1, "{json}");
         let back: Run = serde_json::from_str(&json).unwrap();
-        let tasks = back.clone().resolve().unwrap();
+        let (holders, tasks) = back.clone().split().unwrap();
+        let tasks: Vec<_> = tasks.into_iter().map(|t| resolve(t, &holders)).collect();
         assert_eq!(tasks[0].inputs[0].1[1].address, "b:1");
         assert_eq!(tasks[1].inputs[0].1[0].address, "b:1");
         let mut bad = back;
         bad.holders.pop();
-        let e = bad.resolve().unwrap_err();
+        let e = bad.split().unwrap_err();
         assert!(e.contains("holder 1") && e.contains("lists 1"), "{e}");
     }
 }

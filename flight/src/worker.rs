@@ -874,50 +874,53 @@ async fn report_loop(
                 _ => break,
             }
         }
-        let body = match serde_json::to_vec(&report) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("cannot encode a report: {e}");
-                core.unreported.fetch_sub(n, Ordering::Relaxed);
-                continue;
+        deliver(&core, &mut center, &report).await;
+        core.unreported.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Sends one report: on the open `commands` exchange when there is one (a
+/// message costs far less than a call), else as a `report` call, retried.
+async fn deliver(core: &WorkerCore, center: &mut FlightClient, report: &Report) {
+    let body = match serde_json::to_vec(report) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("cannot encode a report: {e}");
+            return;
+        }
+    };
+    // The exchange's center removes this worker if the exchange breaks, so a
+    // report lost with it is moot.
+    let message = FlightData {
+        app_metadata: body.into(),
+        ..FlightData::default()
+    };
+    let unsent = match lock(&core.reports).as_ref() {
+        Some((_, tx)) => tx.send(message).err().map(|e| e.0),
+        None => Some(message),
+    };
+    let Some(unsent) = unsent else {
+        return;
+    };
+    let body = unsent.app_metadata.to_vec();
+    // No exchange (tasks sent by `run` calls): a lost report would leave the
+    // center waiting forever.
+    for attempt in 0.. {
+        match net::action(center, "report", body.clone()).await {
+            Ok(_) => return,
+            // A restarted center: the outcomes are moot, the heartbeat joins it again.
+            Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
+                return;
             }
-        };
-        // On the open `commands` exchange: a message costs far less than a call.
-        // Its center removes this worker if the exchange breaks, so a report
-        // lost with it is moot.
-        let message = FlightData {
-            app_metadata: body.into(),
-            ..FlightData::default()
-        };
-        let unsent = match lock(&core.reports).as_ref() {
-            Some((_, tx)) => tx.send(message).err().map(|e| e.0),
-            None => Some(message),
-        };
-        let Some(unsent) = unsent else {
-            core.unreported.fetch_sub(n, Ordering::Relaxed);
-            continue;
-        };
-        let body = unsent.app_metadata.to_vec();
-        // No exchange (tasks sent by `run` calls): reports are calls, retried,
-        // since a lost one would leave the center waiting forever.
-        for attempt in 0.. {
-            match net::action(&mut center, "report", body.clone()).await {
-                Ok(_) => break,
-                // A restarted center: the outcomes are moot, the heartbeat joins it again.
-                Err(Error::Remote { status, .. }) if status.code() == tonic::Code::NotFound => {
-                    break;
-                }
-                Err(e) if attempt < 20 => {
-                    tracing::warn!("report to the center failed (retrying): {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    tracing::error!("dropping a report after 20 failures: {e}");
-                    break;
-                }
+            Err(e) if attempt < 20 => {
+                tracing::warn!("report to the center failed (retrying): {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                tracing::error!("dropping a report after 20 failures: {e}");
+                return;
             }
         }
-        core.unreported.fetch_sub(n, Ordering::Relaxed);
     }
 }
 

@@ -101,6 +101,10 @@ enum Cmd {
         /// (a center restarted within this time is joined again).
         #[arg(long, default_value_t = 10)]
         center_timeout: u64,
+        /// Threads for network work (serving peers and clients; tasks run on
+        /// their own threads). Two let one worker feed several peers at once.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+        io_threads: u16,
     },
     /// Retire a worker: it hands its data to peers, then exits (as on SIGTERM).
     Retire {
@@ -432,7 +436,8 @@ fn main() -> ExitCode {
             pause_fraction,
             heartbeat_ms,
             center_timeout,
-        } => runtime(1).and_then(|rt| {
+            io_threads,
+        } => runtime(usize::from(io_threads)).and_then(|rt| {
             let config = WorkerConfig {
                 center,
                 host,
