@@ -101,6 +101,8 @@ struct State {
 pub struct CenterCore {
     state: Mutex<State>,
     finished: AtomicU64,
+    /// Woken after each report: a retiring worker's hand-over waits on it.
+    reported: tokio::sync::Notify,
     config: CenterConfig,
 }
 
@@ -137,6 +139,7 @@ impl CenterCore {
                 next_client: 1,
             }),
             finished: AtomicU64::new(0),
+            reported: tokio::sync::Notify::new(),
             config,
         })
     }
@@ -349,15 +352,16 @@ impl CenterCore {
     async fn hand_over(self: Arc<Self>, worker: WorkerId) -> Result<Retired, Status> {
         // The worker asks once its last outcomes are sent; they come on the
         // `commands` exchange, not this call, and may still be on their way.
-        let patience = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < patience
-            && self
-                .lock()
-                .scheduler
-                .worker_load(worker)
-                .is_some_and(|(running, _)| running > 0)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let patience = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Registered before the check, so a report in between still wakes it.
+            let reported = self.reported.notified();
+            let load = self.lock().scheduler.worker_load(worker);
+            if load.is_none_or(|(running, _)| running == 0)
+                || tokio::time::timeout_at(patience, reported).await.is_err()
+            {
+                break;
+            }
         }
         let (sole, from, mut targets) = {
             let st = self.lock();
@@ -545,6 +549,7 @@ impl CenterCore {
         }
         drop(st);
         self.finished.fetch_add(n, Ordering::Relaxed);
+        self.reported.notify_waiters();
         if !suspect.is_empty() {
             tokio::spawn(self.clone().check_holders(worker, suspect));
         }
