@@ -155,12 +155,15 @@ fn a_worker_of_another_protocol_version_is_refused_naming_both() {
 
 /// A stand-in worker for what the center must do with a worker's replies on
 /// the `commands` exchange: it answers each message that runs tasks with a
-/// report of them all finished, or, given `garbage`, with that.
+/// report of them all finished (`delay` later), or, given `garbage`, with that.
 #[derive(Clone, Default)]
 struct FakeWorker {
     id: Arc<AtomicU32>,
     address: Arc<std::sync::OnceLock<String>>,
     garbage: Option<bytes::Bytes>,
+    delay: std::time::Duration,
+    /// Set when the first tasks arrive.
+    running: Arc<tokio::sync::Notify>,
 }
 
 type Reply<T> = futures::stream::BoxStream<'static, Result<T, tonic::Status>>;
@@ -194,6 +197,8 @@ impl FlightService for FakeWorker {
                     continue;
                 };
                 let Some(run) = c.run else { continue };
+                me.running.notify_one();
+                tokio::time::sleep(me.delay).await;
                 let report = Report {
                     worker: me.id.load(Ordering::Relaxed),
                     address: me.address.get().cloned().unwrap_or_default(),
@@ -361,5 +366,34 @@ fn a_worker_whose_reply_is_not_a_report_is_removed() {
         );
         // The center itself carries on.
         act(&mut center, "cluster", "").await.expect("cluster");
+    });
+}
+
+#[test]
+fn a_hand_over_waits_for_the_retiring_workers_last_report() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker {
+            delay: std::time::Duration::from_millis(300),
+            ..FakeWorker::default()
+        };
+        join(&mut center, &fake).await;
+        let graph = r#"{"graph": {"x": {"op": "arange", "args": [3]}}, "keys": ["x"]}"#;
+        act(&mut center, "submit", graph).await.expect("submit");
+        fake.running.notified().await;
+        // `x` is still running: the hand-over must wait for its report, and
+        // then find it held by this worker alone, with no peer to take it.
+        let start = std::time::Instant::now();
+        let retire = serde_json::json!({
+            "worker": fake.id.load(Ordering::Relaxed), "phase": "hand-over",
+        });
+        let e = act(&mut center, "retire", &retire.to_string())
+            .await
+            .expect_err("no peer to hand x to");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("hand 1 keys"), "{e}");
+        // Woken by the report itself, well before the 10 s the center allows.
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     });
 }

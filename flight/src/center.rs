@@ -101,7 +101,8 @@ struct State {
 pub struct CenterCore {
     state: Mutex<State>,
     finished: AtomicU64,
-    /// Woken after each report: a retiring worker's hand-over waits on it.
+    /// Woken after each report and each worker removal: a retiring worker's
+    /// hand-over waits on it for the worker's last tasks.
     reported: tokio::sync::Notify,
     config: CenterConfig,
 }
@@ -278,6 +279,8 @@ impl CenterCore {
         if st.workers.remove(&worker).is_some() {
             tracing::warn!(worker, "worker removed: {why}");
             let _ = self.handle(&mut st, Event::RemoveWorker { worker });
+            drop(st);
+            self.reported.notify_waiters();
         }
     }
 
