@@ -20,9 +20,9 @@ fn namespaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Runs a smoke pass, checks its JSON rows and PNG and that it left no
-/// namespace behind.
-fn smoke(extra: &[&str]) -> String {
+/// Runs a smoke pass, checks its JSON rows (one per scenario of `expect`,
+/// of `chunk` bytes) and PNG and that it left no namespace behind.
+fn smoke(extra: &[&str], expect: &[&str], chunk: u64) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (json, png) = (dir.path().join("m.json"), dir.path().join("m.png"));
     let out = Command::new(BENCH)
@@ -54,8 +54,9 @@ fn smoke(extra: &[&str]) -> String {
         .iter()
         .map(|r| r["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(scenarios, ["pairwise", "shuffle", "broadcast"]);
+    assert_eq!(scenarios, expect);
     for r in &rows {
+        assert_eq!(r["chunk_bytes"], chunk, "{r}");
         for field in [
             "chunk_bytes",
             "bytes_per_sec",
@@ -77,13 +78,26 @@ fn smoke(extra: &[&str]) -> String {
 
 #[test]
 fn four_nodes_on_loopback() {
-    let out = smoke(&["--loopback"]);
+    // Narrowed to two scenarios and another size, as when comparing builds.
+    let out = smoke(
+        &[
+            "--loopback",
+            "--sizes",
+            "2",
+            "--scenario",
+            "broadcast",
+            "--scenario",
+            "pairwise",
+        ],
+        &["pairwise", "broadcast"],
+        2 << 20,
+    );
     assert!(out.contains("FALLBACK: four workers on loopback"), "{out}");
 }
 
 #[test]
 fn four_nodes_in_namespaces_or_says_why_not() {
-    let out = smoke(&[]);
+    let out = smoke(&[], &["pairwise", "shuffle", "broadcast"], 1 << 20);
     if out.contains("FALLBACK") {
         eprintln!("network namespaces unavailable here: {out}");
     } else {

@@ -60,6 +60,12 @@ pub struct FourNodes {
     /// Repetitions per measurement (the median is reported).
     #[arg(long)]
     reps: Option<usize>,
+    /// Only these chunk sizes, in MiB (e.g. `--sizes 16,64`).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    sizes: Vec<u32>,
+    /// Only these scenarios (repeatable; default: all three).
+    #[arg(long = "scenario", value_parser = ["pairwise", "shuffle", "broadcast"])]
+    scenarios: Vec<String>,
     /// The `quiver` binary (default: next to this one).
     #[arg(long)]
     quiver: Option<PathBuf>,
@@ -69,13 +75,20 @@ impl FourNodes {
     /// Chunk sizes measured, in bytes.
     fn sizes(&self) -> Vec<usize> {
         const MB: usize = 1 << 20;
-        if self.smoke {
+        if !self.sizes.is_empty() {
+            self.sizes.iter().map(|&m| m as usize * MB).collect()
+        } else if self.smoke {
             vec![MB]
         } else if self.quick {
             vec![MB, 16 * MB, 64 * MB]
         } else {
             vec![MB, 4 * MB, 16 * MB, 64 * MB, 256 * MB]
         }
+    }
+
+    /// Whether `scenario` is to be measured.
+    fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == scenario)
     }
 
     fn reps(&self) -> usize {

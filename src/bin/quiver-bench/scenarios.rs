@@ -161,7 +161,7 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
         for (i, client) in clients.iter_mut().enumerate() {
             put(client, &keys[i], size, i as u64).await?;
         }
-        for (scenario, rounds) in scenarios() {
+        for (scenario, rounds) in scenarios().into_iter().filter(|(s, _)| opts.wants(s)) {
             let (mut ours, mut tcp) = (Vec::new(), Vec::new());
             for _ in 0..opts.reps() {
                 for flows in &rounds {
