@@ -162,7 +162,7 @@ struct FakeWorker {
     address: Arc<std::sync::OnceLock<String>>,
     garbage: Option<bytes::Bytes>,
     delay: std::time::Duration,
-    /// Set when the first tasks arrive.
+    /// Notified each time tasks arrive, before they are reported.
     running: Arc<tokio::sync::Notify>,
 }
 
