@@ -102,6 +102,49 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
     }
 }
 
+#[test]
+fn tasks_sent_ahead_of_their_inputs_run_or_fail_with_them() {
+    let cluster = TestCluster::start(2, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let data = chunk::from_array(Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])));
+    let _x = client.scatter_as(Key::from("data"), data).unwrap();
+    // A chain on the worker holding `data`: `plus` and `total` go to it with
+    // `doubled`, ahead of the inputs it is still computing.
+    let out = client.get(&chain(), &["total".into()]).unwrap();
+    assert_eq!(chunk::to_f64(&out[0]).unwrap(), 24.0);
+    let ahead = cluster.status().unwrap().tasks_sent_ahead;
+    assert_eq!(ahead, 2, "plus and total sent ahead");
+    // An input that fails where its consumer waits for it fails that consumer
+    // with its own error.
+    let mut g = Graph::new();
+    g.insert("short", Task::new("arange").arg(2));
+    g.insert(
+        "bad",
+        Task::new("div")
+            .arg(Key::from("data"))
+            .arg(Key::from("short")),
+    );
+    g.insert("after", Task::new("sum").arg(Key::from("bad")));
+    let e = client.get(&g, &["after".into()]).unwrap_err().to_string();
+    assert!(
+        e.contains("dependency 'bad' failed") && e.contains("div"),
+        "{e}"
+    );
+    assert_eq!(cluster.status().unwrap().tasks_sent_ahead, ahead + 1);
+    // Nothing is left waiting on the workers: the same chain runs again.
+    let out = client.get(&chain(), &["total".into()]).unwrap();
+    assert_eq!(chunk::to_f64(&out[0]).unwrap(), 24.0);
+}
+
+/// `total = sum(data * 2 + 1)`, one task per step.
+fn chain() -> Graph {
+    let mut g = Graph::new();
+    g.insert("doubled", Task::new("mul").arg(Key::from("data")).arg(2.0));
+    g.insert("plus", Task::new("add").arg(Key::from("doubled")).arg(1.0));
+    g.insert("total", Task::new("sum").arg(Key::from("plus")));
+    g
+}
+
 /// Moves one array of `floats` between two workers with the given worker flags
 /// and checks the content; returns bytes received by Flight, by shared memory,
 /// realigned after Flight, and written to shared memory to be handed over.

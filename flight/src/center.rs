@@ -128,6 +128,7 @@ impl CenterCore {
             extra_slots: 4,
             heartbeat_timeout: config.heartbeat_timeout,
             fuse: true,
+            pipeline: true,
             ..SchedulerConfig::default()
         };
         Arc::new(CenterCore {
@@ -634,6 +635,7 @@ impl CenterCore {
             totals: t,
             tasks: st.scheduler.num_tasks(),
             tasks_finished: self.finished.load(Ordering::Relaxed),
+            tasks_sent_ahead: st.scheduler.sent_ahead(),
         }
     }
 

@@ -12,7 +12,7 @@ use quiver_engine::store::StoreStats;
 
 /// Version of this contract. Bump it when a message changes shape or meaning;
 /// a worker refuses a center of another version.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Header naming the client session whose holds a request adds or drops.
 pub const SESSION_HEADER: &str = "x-quiver-session";
@@ -388,6 +388,10 @@ pub struct ClusterStatus {
     pub tasks: usize,
     /// Tasks finished since the center started.
     pub tasks_finished: u64,
+    /// Tasks sent to a worker ahead of inputs it was still computing
+    /// (pipelined), since the center started.
+    #[serde(default)]
+    pub tasks_sent_ahead: u64,
 }
 
 /// `retire` body (worker → center): `drain` stops new tasks for the worker;

@@ -160,6 +160,19 @@ pub struct WorkerCore {
     reports: Mutex<Option<(u64, mpsc::UnboundedSender<FlightData>)>>,
     /// Someone asked this worker to retire (`quiver retire`).
     retire_requested: tokio::sync::Notify,
+    /// Runs in progress here, and tasks waiting for them.
+    local: Mutex<Local>,
+    /// Where tasks woken on an executor thread start their fetches.
+    runtime: tokio::runtime::Handle,
+}
+
+/// This worker's runs in progress (accepted, not yet ended) by key, and the
+/// tasks sent ahead of one of them (pipelined: an input without holders is
+/// being computed here) parked until it ends.
+#[derive(Default)]
+struct Local {
+    computing: FxHashMap<Key, u32>,
+    parked: FxHashMap<Key, Vec<RunTask<Arc<Holder>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -278,11 +291,8 @@ impl WorkerCore {
         let fetched = match self.fetch_inputs(&t.inputs, true).await {
             Ok(f) => f,
             Err((msg, unreachable)) => {
-                self.unreported.fetch_add(1, Ordering::Relaxed);
+                self.fail(t.key, msg, t.attempt, unreachable);
                 self.running.fetch_sub(1, Ordering::Relaxed);
-                let _ = self
-                    .outcomes
-                    .send(Outcome::Failed(t.key, msg, t.attempt, unreachable));
                 return;
             }
         };
@@ -296,7 +306,7 @@ impl WorkerCore {
         self.executor.spawn_kind(!t.inputs.is_empty(), move |ops| {
             let input = |k: &Key| fetched.get(k).cloned().or_else(|| this.store.get(k));
             let start = std::time::Instant::now();
-            let outcome = match evaluate(ops, &t.task, &input) {
+            match evaluate(ops, &t.task, &input) {
                 Ok(c) => {
                     let n = chunk::nbytes(&c) as u64;
                     // Read before storing: if the worker joins the center again in
@@ -304,19 +314,39 @@ impl WorkerCore {
                     // this outcome, which names the old id.
                     let stored_as = this.id.load(Ordering::Relaxed);
                     this.store.put(t.key.clone(), c);
-                    Outcome::Finished(t.key, n, start.elapsed().as_micros() as u64, stored_as)
+                    let micros = start.elapsed().as_micros() as u64;
+                    this.unreported.fetch_add(1, Ordering::Relaxed);
+                    let _ =
+                        this.outcomes
+                            .send(Outcome::Finished(t.key.clone(), n, micros, stored_as));
+                    this.ended(&t.key, true);
                 }
-                Err(e) => Outcome::Failed(t.key, e.to_string(), t.attempt, vec![]),
-            };
-            this.unreported.fetch_add(1, Ordering::Relaxed);
+                Err(e) => this.fail(t.key, e.to_string(), t.attempt, vec![]),
+            }
+            // Only now: a retiring worker waits for nothing running and
+            // nothing unreported, and the tasks this run woke are running.
             this.running.fetch_sub(1, Ordering::Relaxed);
-            let _ = this.outcomes.send(outcome);
         });
+    }
+
+    /// Reports a run that failed, then ends it.
+    fn fail(self: &Arc<Self>, key: Key, error: String, attempt: u32, unreachable: Vec<String>) {
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .outcomes
+            .send(Outcome::Failed(key.clone(), error, attempt, unreachable));
+        self.ended(&key, false);
     }
 
     /// Starts the tasks of `run`; none if any names a holder it does not list.
     fn accept(self: &Arc<Self>, run: Run) -> std::result::Result<(), Status> {
         let (holders, tasks) = run.split().map_err(Status::invalid_argument)?;
+        {
+            let mut local = lock(&self.local);
+            for t in &tasks {
+                *local.computing.entry(t.key.clone()).or_default() += 1;
+            }
+        }
         for t in tasks {
             // Most tasks find every input here: they need no async task to
             // fetch nothing, nor their inputs' holders.
@@ -324,10 +354,64 @@ impl WorkerCore {
                 self.running.fetch_add(1, Ordering::Relaxed);
                 self.clone().execute(t, FxHashMap::default());
             } else {
-                tokio::spawn(self.clone().run(crate::protocol::resolve(t, &holders)));
+                self.start(crate::protocol::resolve(t, &holders));
             }
         }
         Ok(())
+    }
+
+    /// Starts a task with inputs not here: parked while one it was sent
+    /// ahead of is still being computed here, else run once fetched.
+    fn start(self: &Arc<Self>, t: RunTask<Arc<Holder>>) {
+        let ahead = |(k, hs, _): &RunInput| hs.is_empty() && !self.store.contains(k);
+        if let Some(awaited) = t.inputs.iter().find(|i| ahead(i)).map(|i| i.0.clone()) {
+            let mut local = lock(&self.local);
+            // Checked again under the lock, which a finishing run takes after storing.
+            if !self.store.contains(&awaited) {
+                if local.computing.contains_key(&awaited) {
+                    local.parked.entry(awaited).or_default().push(t);
+                } else {
+                    drop(local);
+                    let error = format!("input '{awaited}' was not computed here");
+                    self.fail(t.key, error, t.attempt, vec![]);
+                }
+                return;
+            }
+        }
+        if t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
+            self.running.fetch_add(1, Ordering::Relaxed);
+            self.clone().execute(t, FxHashMap::default());
+        } else {
+            self.runtime.spawn(self.clone().run(t));
+        }
+    }
+
+    /// Ends one run of `key` here: starts the tasks parked on it if it
+    /// succeeded, fails them if it failed and was the last run of it here.
+    fn ended(self: &Arc<Self>, key: &Key, ok: bool) {
+        let parked = {
+            let mut local = lock(&self.local);
+            let last = match local.computing.get_mut(key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => local.computing.remove(key).is_some(),
+            };
+            if ok || last {
+                local.parked.remove(key)
+            } else {
+                None
+            }
+        };
+        for t in parked.into_iter().flatten() {
+            if ok {
+                self.start(t);
+            } else {
+                let error = format!("dependency '{key}' failed");
+                self.fail(t.key, error, t.attempt, vec![]);
+            }
+        }
     }
 
     /// The Flight messages of chunk `key` for a `DoGet`, bodies uncopied: a
@@ -1085,6 +1169,8 @@ pub async fn run(
         unreported: AtomicUsize::new(0),
         reports: Mutex::new(None),
         retire_requested: tokio::sync::Notify::new(),
+        local: Mutex::default(),
+        runtime: tokio::runtime::Handle::current(),
     });
     tokio::spawn(report_loop(
         core.clone(),

@@ -52,6 +52,10 @@ pub struct SchedulerConfig {
     /// Fuse each input-less intermediate used exactly once into its consumer,
     /// so the pair runs as one task (one round trip, no stored intermediate).
     pub fuse: bool,
+    /// Send a task to the worker computing its inputs before they finish
+    /// (see `Scheduler::pipeline`): it starts there as soon as they are
+    /// stored, with no round trip to the scheduler in between.
+    pub pipeline: bool,
     /// A task sent to this many workers that died is failed, not retried.
     pub allowed_deaths: u32,
 }
@@ -62,6 +66,7 @@ impl Default for SchedulerConfig {
             extra_slots: 0,
             heartbeat_timeout: Duration::from_secs(30),
             fuse: false,
+            pipeline: false,
             allowed_deaths: 3,
         }
     }
@@ -162,7 +167,8 @@ pub enum Event {
 pub struct Input {
     /// The input's key.
     pub key: Key,
-    /// The workers holding it.
+    /// The workers holding it; none when it is still being computed on the
+    /// worker this task is sent to (a pipelined task waits for it there).
     pub holders: Vec<WorkerId>,
     /// Its size in bytes.
     pub nbytes: u64,

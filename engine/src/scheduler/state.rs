@@ -37,7 +37,8 @@ enum State {
     Waiting,
     /// All inputs in memory; queued on a worker (`Some`) or for any worker (`None`).
     Ready(Option<WorkerId>),
-    /// Running on a worker.
+    /// Sent to a worker: running there, or queued there behind the inputs
+    /// it computes (pipelined).
     Processing(WorkerId),
     /// In the store of one or more workers.
     Memory,
@@ -68,6 +69,8 @@ struct TaskState {
     attempts: u32,
     /// Workers that died while this task was sent to them.
     deaths: u32,
+    /// Sent to its worker before an input was computed there (pipelined).
+    ahead: bool,
 }
 
 impl TaskState {
@@ -89,6 +92,7 @@ impl TaskState {
             error: None,
             attempts: 0,
             deaths: 0,
+            ahead: false,
         }
     }
 
@@ -107,6 +111,9 @@ impl TaskState {
 struct WorkerState {
     info: WorkerInfo,
     processing: FxHashSet<TaskId>,
+    /// Of `processing`, the tasks sent ahead of their inputs: they take no
+    /// slot until those are computed.
+    ahead: usize,
     has: FxHashSet<TaskId>,
     nbytes: u64,
     queue: Queue,
@@ -143,6 +150,7 @@ pub struct Scheduler {
     root_queue: Queue,
     clients: FxHashMap<ClientId, FxHashMap<TaskId, u32>>,
     transitions: u64,
+    sent_ahead: u64,
 }
 
 impl Scheduler {
@@ -159,6 +167,7 @@ impl Scheduler {
             root_queue: Queue::new(),
             clients: FxHashMap::default(),
             transitions: 0,
+            sent_ahead: 0,
         }
     }
 
@@ -170,6 +179,7 @@ impl Scheduler {
                 let w = WorkerState {
                     info,
                     processing: FxHashSet::default(),
+                    ahead: 0,
                     has: FxHashSet::default(),
                     nbytes: 0,
                     queue: Queue::new(),
@@ -375,7 +385,7 @@ impl Scheduler {
     /// transitively, whatever lineage it needs).
     fn need(&mut self, id: TaskId, out: &mut Vec<Command>) {
         let mut work = vec![id];
-        let mut to_ready = Vec::new();
+        let (mut to_ready, mut to_pipeline) = (Vec::new(), Vec::new());
         while let Some(id) = work.pop() {
             let t = &self.tasks[&id];
             if t.state != State::Released {
@@ -416,6 +426,8 @@ impl Scheduler {
                 self.err(id, Arc::from(format!("dependency '{d}' failed: {e}")), out);
             } else if missing == 0 {
                 to_ready.push(id);
+            } else {
+                to_pipeline.push(id);
             }
         }
         to_ready.sort_unstable_by_key(|id| self.tasks[id].priority);
@@ -427,6 +439,46 @@ impl Scheduler {
             {
                 self.make_ready(id, out);
             }
+        }
+        // Dependencies first: they were found after their dependents.
+        for id in to_pipeline.into_iter().rev() {
+            self.pipeline(id, out);
+        }
+    }
+
+    /// Sends waiting task `id` ahead to the worker computing its missing
+    /// inputs, when one worker computes all of them and already holds every
+    /// other input: the worker starts it as soon as they are stored, with no
+    /// round trip to the scheduler in between. A worker takes as many tasks
+    /// ahead as it has slots.
+    fn pipeline(&mut self, id: TaskId, out: &mut Vec<Command>) {
+        if !self.config.pipeline {
+            return;
+        }
+        let Some(t) = self.tasks.get(&id) else { return };
+        if t.state != State::Waiting {
+            return;
+        }
+        let mut on = None;
+        for d in &t.deps {
+            let dt = &self.tasks[d];
+            match dt.state {
+                State::Processing(w) if on.is_none_or(|x| x == w) => on = Some(w),
+                State::Memory => {}
+                _ => return,
+            }
+        }
+        let Some(w) = on else { return };
+        let all_there = t.deps.iter().all(|d| {
+            let dt = &self.tasks[d];
+            dt.state != State::Memory || dt.who_has.contains(&w)
+        });
+        let ws = &self.workers[&w];
+        if all_there && !ws.closing && ws.ahead < self.capacity(ws) {
+            self.workers.get_mut(&w).expect("checked").ahead += 1;
+            self.tasks.get_mut(&id).expect("checked").ahead = true;
+            self.sent_ahead += 1;
+            self.run(id, w, out);
         }
     }
 
@@ -478,6 +530,11 @@ impl Scheduler {
         }
     }
 
+    /// Slots taken on `w`: tasks sent to it, but those sent ahead of their inputs.
+    fn busy(&self, w: &WorkerState) -> usize {
+        w.processing.len() - w.ahead
+    }
+
     fn capacity(&self, w: &WorkerState) -> usize {
         w.info.nthreads.max(1) + w.extra_slots.unwrap_or(self.config.extra_slots)
     }
@@ -503,7 +560,7 @@ impl Scheduler {
     fn least_loaded_with_room(&self) -> Option<WorkerId> {
         self.workers
             .iter()
-            .filter(|(_, w)| !w.closing && w.processing.len() < self.capacity(w))
+            .filter(|(_, w)| !w.closing && self.busy(w) < self.capacity(w))
             .min_by_key(|(_, w)| w.processing.len() + w.queue.len())
             .map(|(id, _)| *id)
     }
@@ -515,7 +572,7 @@ impl Scheduler {
             let Some(w) = self.workers.get(&worker) else {
                 return;
             };
-            if w.closing || w.processing.len() >= self.capacity(w) {
+            if w.closing || self.busy(w) >= self.capacity(w) {
                 return;
             }
             let valid = |tasks: &Tasks, id: &TaskId, on: Option<WorkerId>| {
@@ -578,11 +635,20 @@ impl Scheduler {
             inputs,
             attempt: t.attempts - 1,
         });
+        if self.config.pipeline {
+            for i in 0..self.tasks[&id].dependents.len() {
+                let u = self.tasks[&id].dependents[i];
+                self.pipeline(u, out);
+            }
+        }
     }
 
     fn unassign(&mut self, id: TaskId, worker: WorkerId) {
+        let t = self.tasks.get_mut(&id).expect("live task");
+        let ahead = std::mem::take(&mut t.ahead);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.processing.remove(&id);
+            w.ahead -= usize::from(ahead);
         }
     }
 
@@ -640,6 +706,13 @@ impl Scheduler {
                 ut.missing -= 1;
                 if ut.missing == 0 {
                     self.make_ready(u, out);
+                }
+            } else if let (true, State::Processing(w)) = (ut.ahead, ut.state) {
+                // Its inputs are all computed now: it takes a slot.
+                let deps = &self.tasks[&u].deps;
+                if deps.iter().all(|d| self.tasks[d].state == State::Memory) {
+                    self.tasks.get_mut(&u).expect("live").ahead = false;
+                    self.workers.get_mut(&w).expect("live").ahead -= 1;
                 }
             }
         }
@@ -790,6 +863,28 @@ impl Scheduler {
         redo.extend(w.queue.into_iter().map(|Reverse((_, id))| id));
         for id in &lost {
             redo.extend(self.tasks[id].dependents.iter().copied());
+        }
+        // So do tasks sent ahead to a live worker to wait there for one of
+        // these (pipelined): that worker will not compute it now.
+        let mut seen: FxHashSet<TaskId> = redo.iter().copied().collect();
+        let mut i = 0;
+        while i < redo.len() {
+            let Some(t) = self.tasks.get(&redo[i]) else {
+                i += 1;
+                continue;
+            };
+            if t.state != State::Memory {
+                for &u in &t.dependents {
+                    let sent = self
+                        .tasks
+                        .get(&u)
+                        .is_some_and(|ut| matches!(ut.state, State::Processing(_)));
+                    if sent && seen.insert(u) {
+                        redo.push(u);
+                    }
+                }
+            }
+            i += 1;
         }
         redo.sort_unstable();
         redo.dedup();

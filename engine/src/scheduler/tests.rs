@@ -20,6 +20,7 @@ type Run = (WorkerId, Key, Arc<Task>, Vec<Input>, u32);
 /// the literal roots fused into it.
 fn compute(
     task: &Task,
+    worker: WorkerId,
     inputs: &[Input],
     stores: &BTreeMap<WorkerId, FxHashMap<Key, f64>>,
 ) -> Option<f64> {
@@ -41,8 +42,14 @@ fn compute(
     }
     let mut total = 0.0;
     for i in inputs {
-        total += i
-            .holders
+        // No holders: computed where this task runs, before it (pipelined).
+        let here = [worker];
+        let holders = if i.holders.is_empty() {
+            &here[..]
+        } else {
+            &i.holders
+        };
+        total += holders
             .iter()
             .find_map(|w| stores.get(w)?.get(&i.key).copied())?;
     }
@@ -143,9 +150,34 @@ impl Env {
     }
 
     /// Finishes the `i`-th running task, computing its value from its inputs.
+    /// A pipelined task waits, as on a worker, for the run there of an input
+    /// sent without holders (that run finishes first), and fails if there is none.
     fn finish(&mut self, i: usize) {
         let (worker, key, task, inputs, attempt) = self.running.remove(i);
         if !self.stores.contains_key(&worker) {
+            return;
+        }
+        let awaited = inputs
+            .iter()
+            .find(|i| i.holders.is_empty() && !self.stores[&worker].contains_key(&i.key));
+        if let Some(input) = awaited {
+            let run = self
+                .running
+                .iter()
+                .position(|r| r.0 == worker && r.1 == input.key);
+            if let Some(j) = run {
+                self.running.insert(i, (worker, key, task, inputs, attempt));
+                self.finish(if j >= i { j + 1 } else { j });
+                return;
+            }
+            let error = format!("input '{}' failed here", input.key);
+            self.event(Event::TaskFailed {
+                worker,
+                key,
+                error,
+                attempt,
+            })
+            .unwrap();
             return;
         }
         if task.op == "fail" {
@@ -159,7 +191,7 @@ impl Env {
             .unwrap();
             return;
         }
-        let Some(v) = compute(&task, &inputs, &self.stores) else {
+        let Some(v) = compute(&task, worker, &inputs, &self.stores) else {
             // A run made stale by a worker's death may find its inputs gone; a
             // current one never does. The stale run's failure is ignored.
             assert_ne!(
@@ -533,8 +565,9 @@ proptest! {
         picks in prop::collection::vec(0usize..1000, 0..200),
         kill_at in prop::option::of(0usize..30),
         fuse in any::<bool>(),
+        pipeline in any::<bool>(),
     ) {
-        let config = SchedulerConfig { fuse, ..Default::default() };
+        let config = SchedulerConfig { fuse, pipeline, ..Default::default() };
         let mut env = Env::with_config(workers, 2, config);
         let mut g = Graph::new();
         for (i, d) in deps.iter().enumerate() {
@@ -663,9 +696,10 @@ fn live_workers_removed_and_rejoining_under_new_ids_finish_the_graph() {
     reference.run_all();
     let want = reference.value(&top);
     for cut in 0..40 {
-        for fuse in [false, true] {
+        for (fuse, pipeline) in [(false, false), (true, false), (false, true), (true, true)] {
             let config = SchedulerConfig {
                 fuse,
+                pipeline,
                 ..Default::default()
             };
             let mut env = Env::with_config(2, 2, config);
@@ -685,9 +719,9 @@ fn live_workers_removed_and_rejoining_under_new_ids_finish_the_graph() {
             let old = std::mem::take(&mut env.running);
             let old_stores = std::mem::take(&mut env.stores);
             let renamed = [env.add_worker(2), env.add_worker(2)];
-            for (w, key, task, inputs, attempt) in old {
-                let w = renamed[w as usize];
-                let v = compute(&task, &inputs, &old_stores);
+            for (was, key, task, inputs, attempt) in old {
+                let w = renamed[was as usize];
+                let v = compute(&task, was, &inputs, &old_stores);
                 let event = match v {
                     Some(v) => {
                         env.stores.get_mut(&w).unwrap().insert(key.clone(), v);
@@ -709,10 +743,111 @@ fn live_workers_removed_and_rejoining_under_new_ids_finish_the_graph() {
             env.run_all();
             assert!(
                 matches!(env.s.status(&top.as_str().into()), KeyStatus::Memory(_)),
-                "cut {cut}, fuse {fuse}: {:?}",
+                "cut {cut}, fuse {fuse}, pipeline {pipeline}: {:?}",
                 env.s.status(&top.as_str().into())
             );
-            assert_eq!(env.value(&top), want, "cut {cut}, fuse {fuse}");
+            assert_eq!(
+                env.value(&top),
+                want,
+                "cut {cut}, fuse {fuse}, pipeline {pipeline}"
+            );
         }
     }
+}
+
+fn pipelining_config() -> SchedulerConfig {
+    SchedulerConfig {
+        pipeline: true,
+        extra_slots: 3,
+        ..Default::default()
+    }
+}
+
+fn pipelining(workers: usize, nthreads: usize) -> Env {
+    Env::with_config(workers, nthreads, pipelining_config())
+}
+
+#[test]
+fn a_task_is_sent_with_the_input_its_worker_is_computing() {
+    // As the pool runs the seed: arrays held by the client, their sums
+    // submitted while the arrays are being computed.
+    let mut env = pipelining(2, 1);
+    let mut arrays = Graph::new();
+    for i in 0..4 {
+        arrays.insert_literal(format!("x-{i}").as_str(), i as f64);
+    }
+    env.submit(1, arrays, &["x-0", "x-1", "x-2", "x-3"])
+        .unwrap();
+    let mut sums = Graph::new();
+    for i in 0..4 {
+        sums.insert(format!("s-{i}").as_str(), sum_of(&[format!("x-{i}")]));
+    }
+    env.submit(1, sums, &["s-0", "s-1", "s-2", "s-3"]).unwrap();
+    // Each worker got two arrays and, with them, their sums: four slots each.
+    assert_eq!(env.running.len(), 8, "{:?}", env.runs);
+    for (w, key, _, inputs, _) in &env.running {
+        if let Some(i) = key.to_string().strip_prefix("s-") {
+            let input = format!("x-{i}");
+            assert_eq!(inputs[0].key, Key::from(input.as_str()));
+            assert!(inputs[0].holders.is_empty(), "{key}: sent with holders");
+            let array = env.running.iter().find(|r| r.1 == inputs[0].key).unwrap();
+            assert_eq!(array.0, *w, "{key} went where its input is computed");
+        }
+    }
+    env.run_all();
+    for i in 0..4 {
+        assert_eq!(env.value(&format!("s-{i}")), i as f64 + 1.0);
+    }
+}
+
+#[test]
+fn a_pipelined_task_fails_with_its_input_and_waits_again_when_that_input_is_redone() {
+    let mut ops = OpRegistry::builtin();
+    ops.register("fail", crate::ops::Signature::any(), |_, _| unreachable!());
+    let mut env = pipelining(0, 1);
+    env.s = Scheduler::new(pipelining_config(), Arc::new(ops));
+    env.add_worker(1);
+    let mut g = Graph::new();
+    g.insert("bad", Task::new("fail").arg(1.0));
+    g.insert("after", sum_of(&["bad".into()]));
+    env.submit(1, g, &["after"]).unwrap();
+    assert_eq!(env.running.len(), 2, "sent together: {:?}", env.runs);
+    env.finish(0);
+    // The worker fails `after` too when `bad` fails there: a stale report.
+    env.run_all();
+    assert_eq!(env.failed.len(), 1);
+    assert!(
+        env.failed[0].1.contains("dependency 'bad' failed"),
+        "{:?}",
+        env.failed
+    );
+
+    // An input lost while a task reading it runs on another worker: that
+    // task and the one sent ahead to wait for it there both wait again.
+    let mut env = pipelining(2, 2);
+    let mut g = Graph::new();
+    g.insert_literal("a1", 1.0);
+    g.insert_literal("a2", 2.0);
+    env.submit(1, g, &["a1", "a2"]).unwrap();
+    env.run_all();
+    let mut g = Graph::new();
+    g.insert("b", sum_of(&["a1".into(), "a2".into()]));
+    g.insert("c", sum_of(&["b".into()]));
+    env.submit(1, g, &["c"]).unwrap();
+    assert_eq!(
+        env.running.len(),
+        2,
+        "b and c sent together: {:?}",
+        env.runs
+    );
+    let w = env.running[0].0;
+    assert_eq!(env.running[1].0, w);
+    env.stores.remove(&(1 - w));
+    env.event(Event::RemoveWorker { worker: 1 - w }).unwrap();
+    // Sent again (ahead of b again, once a2 is recomputed), not left waiting
+    // for the run of b that cannot finish.
+    assert_ne!(env.s.processing_on(&"c".into()), Some((w, 0)));
+    env.add_worker(2);
+    env.run_all();
+    assert_eq!(env.value("c"), 5.0);
 }

@@ -41,6 +41,9 @@ impl Scheduler {
                 }
                 _ => assert!(t.who_has.is_empty(), "{k}: holders while {:?}", t.state),
             }
+            if !matches!(t.state, State::Processing(_)) {
+                assert!(!t.ahead, "{k}: ahead while {:?}", t.state);
+            }
             match t.state {
                 State::Waiting => {
                     let missing = t.deps.iter().filter(|d| !in_memory(d)).count() as u32;
@@ -57,7 +60,10 @@ impl Scheduler {
                     }
                 }
                 State::Processing(w) => {
-                    assert!(t.deps.iter().all(in_memory), "{k}: running without inputs");
+                    // A task sent ahead waits on its worker for inputs computed there.
+                    let there = |d: &TaskId| in_memory(d) || self.tasks[d].state == t.state;
+                    assert!(t.deps.iter().all(there), "{k}: running without inputs");
+                    assert_eq!(t.ahead, !t.deps.iter().all(in_memory), "{k}: ahead");
                     assert!(
                         self.workers[&w].processing.contains(&id),
                         "{k}: not in processing"
@@ -76,8 +82,15 @@ impl Scheduler {
             for id in &w.processing {
                 assert_eq!(self.tasks[id].state, State::Processing(*wid));
             }
+            let ahead = w
+                .processing
+                .iter()
+                .filter(|id| self.tasks[id].ahead)
+                .count();
+            assert_eq!(w.ahead, ahead, "worker {wid}: tasks ahead");
+            // A task sent ahead takes a slot once its inputs are computed.
             assert!(
-                w.processing.len() <= self.capacity(w),
+                w.processing.len() <= 2 * self.capacity(w),
                 "worker {wid} over capacity"
             );
             let bytes: u64 = w.has.iter().map(|id| self.tasks[id].nbytes).sum();

@@ -20,6 +20,11 @@ impl Scheduler {
         }
     }
 
+    /// Tasks sent ahead of inputs their worker was still computing, so far.
+    pub fn sent_ahead(&self) -> u64 {
+        self.sent_ahead
+    }
+
     /// The worker `key` is running on and the attempt number of that run, if it is running.
     pub fn processing_on(&self, key: &Key) -> Option<(WorkerId, u32)> {
         let t = &self.tasks[self.index.get(key)?];
