@@ -3,17 +3,18 @@
 # in alternating rounds; prints each approach's median on both, its ratio to
 # the same approach embedded, and its ratio to the embedded graph run.
 #
-#   bash benches/compare/seed_local.sh [ROUNDS] [QUIVER_BIN]
+#   bash benches/compare/seed_local.sh [ROUNDS] [QUIVER_BIN] [SEED_BIN]
 #
 # Builds the release binaries first; QUIVER_BIN (default target/release/quiver)
-# lets another build of the cluster run against the same seed client.
+# and SEED_BIN (default target/release/examples/seed) let another build run,
+# its seed client speaking its cluster's protocol version.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-5}
 quiver=${2:-target/release/quiver}
 port=8797
 cargo build --release --bin quiver --example seed >&2
-seed=target/release/examples/seed
+seed=${3:-target/release/examples/seed}
 out=$(mktemp)
 "$quiver" local --workers 4 --port "$port" >/dev/null 2>&1 &
 cluster=$!

@@ -256,10 +256,11 @@ fn print_status(s: &ClusterStatus) {
         );
     }
     println!(
-        "{} workers, {} tasks known, {} finished",
+        "{} workers, {} tasks known, {} finished, {} sent ahead of their inputs",
         s.workers.len(),
         s.tasks,
-        s.tasks_finished
+        s.tasks_finished,
+        s.tasks_sent_ahead
     );
 }
 

@@ -29,6 +29,9 @@ type TaskId = u64;
 type Priority = (bool, u64, u64);
 type Queue = BinaryHeap<Reverse<(Priority, TaskId)>>;
 
+/// A task is sent ahead of at most this many inputs.
+const AHEAD_MAX_MISSING: u32 = 4;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Not computed, not being computed; the task is kept as lineage.
@@ -456,7 +459,9 @@ impl Scheduler {
             return;
         }
         let Some(t) = self.tasks.get(&id) else { return };
-        if t.state != State::Waiting {
+        // Each input's run looks once more: a gather of 100,000 keys is not
+        // scanned 100,000 times.
+        if t.state != State::Waiting || t.missing > AHEAD_MAX_MISSING {
             return;
         }
         let mut on = None;
