@@ -253,7 +253,10 @@ impl Scheduler {
                     return Ok(());
                 };
                 let t = &self.tasks[&id];
-                if t.state == State::Processing(worker) && t.attempts == attempt + 1 {
+                // A task sent ahead fails on its worker only because an input's
+                // run there failed: that input's own failure, or its rerun, decides.
+                let current = t.state == State::Processing(worker) && t.attempts == attempt + 1;
+                if current && !t.ahead {
                     self.unassign(id, worker);
                     self.err(id, Arc::from(error), out);
                     self.fill(worker, out);

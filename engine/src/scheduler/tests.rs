@@ -842,6 +842,19 @@ fn a_pipelined_task_fails_with_its_input_and_waits_again_when_that_input_is_redo
     );
     let w = env.running[0].0;
     assert_eq!(env.running[1].0, w);
+    // The worker fails c when b's run there fails for want of a2, and that
+    // report comes first (b's goes by the center's check of a2's holder):
+    // c's fate is b's, not this report's.
+    let (_, c, _, _, attempt) = env.running.remove(1);
+    let error = "dependency 'b' failed".to_string();
+    env.event(Event::TaskFailed {
+        worker: w,
+        key: c,
+        error,
+        attempt,
+    })
+    .unwrap();
+    assert_eq!(env.s.processing_on(&"c".into()), Some((w, 0)));
     env.stores.remove(&(1 - w));
     env.event(Event::RemoveWorker { worker: 1 - w }).unwrap();
     // Sent again (ahead of b again, once a2 is recomputed), not left waiting
