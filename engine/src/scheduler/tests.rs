@@ -783,7 +783,8 @@ fn a_task_is_sent_with_the_input_its_worker_is_computing() {
         sums.insert(format!("s-{i}").as_str(), sum_of(&[format!("x-{i}")]));
     }
     env.submit(1, sums, &["s-0", "s-1", "s-2", "s-3"]).unwrap();
-    // Each worker got two arrays and, with them, their sums: four slots each.
+    // Every array is out (four slots a worker), and each sum went with its
+    // array: tasks sent ahead take no slot.
     assert_eq!(env.running.len(), 8, "{:?}", env.runs);
     for (w, key, _, inputs, _) in &env.running {
         if let Some(i) = key.to_string().strip_prefix("s-") {
@@ -813,7 +814,8 @@ fn a_pipelined_task_fails_with_its_input_and_waits_again_when_that_input_is_redo
     env.submit(1, g, &["after"]).unwrap();
     assert_eq!(env.running.len(), 2, "sent together: {:?}", env.runs);
     env.finish(0);
-    // The worker fails `after` too when `bad` fails there: a stale report.
+    // The worker fails `after` too when `bad` fails there; the center has
+    // already failed it with `bad`'s error.
     env.run_all();
     assert_eq!(env.failed.len(), 1);
     assert!(
