@@ -350,14 +350,21 @@ impl WorkerCore {
         for t in tasks {
             // Most tasks find every input here: they need no async task to
             // fetch nothing, nor their inputs' holders.
-            if t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
-                self.running.fetch_add(1, Ordering::Relaxed);
-                self.clone().execute(t, FxHashMap::default());
-            } else {
+            if let Some(t) = self.run_if_here(t) {
                 self.start(crate::protocol::resolve(t, &holders));
             }
         }
         Ok(())
+    }
+
+    /// Runs `t` now if every input is here; hands it back otherwise.
+    fn run_if_here<H: Send + 'static>(self: &Arc<Self>, t: RunTask<H>) -> Option<RunTask<H>> {
+        if !t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
+            return Some(t);
+        }
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.clone().execute(t, FxHashMap::default());
+        None
     }
 
     /// Starts a task with inputs not here: parked while one it was sent
@@ -378,10 +385,7 @@ impl WorkerCore {
                 return;
             }
         }
-        if t.inputs.iter().all(|(k, _, _)| self.store.contains(k)) {
-            self.running.fetch_add(1, Ordering::Relaxed);
-            self.clone().execute(t, FxHashMap::default());
-        } else {
+        if let Some(t) = self.run_if_here(t) {
             self.runtime.spawn(self.clone().run(t));
         }
     }
