@@ -137,6 +137,32 @@ fn tasks_sent_ahead_of_their_inputs_run_or_fail_with_them() {
 }
 
 /// `total = sum(data * 2 + 1)`, one task per step.
+/// `THP_enabled` of process `pid` ("self" for this one), if the kernel says.
+#[cfg(target_os = "linux")]
+fn huge_pages(pid: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_center_turns_huge_pages_off_for_itself_and_workers_keep_them() {
+    let mut cluster = TestCluster::start(1, &[]);
+    // Kernels before 5.0 do not report the flag.
+    let Some(center) = huge_pages(&cluster.center_pid().to_string()) else {
+        return;
+    };
+    assert_eq!(center, "0", "the center still allows huge pages");
+    // The flag is inherited: workers can only have it if this process does.
+    if huge_pages("self").as_deref() == Some("1") {
+        let worker = cluster.worker(0).id().to_string();
+        assert_eq!(huge_pages(&worker).as_deref(), Some("1"));
+    }
+}
+
 fn chain() -> Graph {
     let mut g = Graph::new();
     g.insert("doubled", Task::new("mul").arg(Key::from("data")).arg(2.0));

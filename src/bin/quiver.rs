@@ -192,6 +192,19 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     }
 }
 
+/// Turns transparent huge pages off for this process. The allocator asks
+/// for them, but the center holds no data and touches its heap sparsely:
+/// each first touch of a 2 MiB page zeroed all of it, 8% of the machine's
+/// CPU in a run of no-op tasks (docs/BENCHMARKS.md). Workers keep them:
+/// their chunks are written whole, where a huge page saves 511 faults.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// The IO runtime: network work only (kernels run on the executor's threads),
 /// so a thread or two is plenty and fewer threads contend less on small machines.
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
@@ -406,6 +419,7 @@ fn main() -> ExitCode {
             heartbeat_timeout,
             session_timeout,
         } => runtime(2).and_then(|rt| {
+            no_huge_pages();
             let config = CenterConfig {
                 host,
                 port,

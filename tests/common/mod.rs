@@ -135,6 +135,11 @@ impl TestCluster {
         }
     }
 
+    /// The center's process id.
+    pub fn center_pid(&self) -> u32 {
+        self.center.as_ref().expect("center killed").id()
+    }
+
     /// Kills the center by pid.
     pub fn kill_center(&mut self) {
         if let Some(mut c) = self.center.take() {
