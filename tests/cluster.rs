@@ -136,7 +136,6 @@ fn tasks_sent_ahead_of_their_inputs_run_or_fail_with_them() {
     assert_eq!(chunk::to_f64(&out[0]).unwrap(), 24.0);
 }
 
-/// `total = sum(data * 2 + 1)`, one task per step.
 /// `THP_enabled` of process `pid` ("self" for this one), if the kernel says.
 #[cfg(target_os = "linux")]
 fn huge_pages(pid: &str) -> Option<String> {
@@ -163,6 +162,7 @@ fn the_center_turns_huge_pages_off_for_itself_and_workers_keep_them() {
     }
 }
 
+/// `total = sum(data * 2 + 1)`, one task per step.
 fn chain() -> Graph {
     let mut g = Graph::new();
     g.insert("doubled", Task::new("mul").arg(Key::from("data")).arg(2.0));

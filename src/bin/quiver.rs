@@ -199,7 +199,8 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 /// their chunks are written whole, where a huge page saves 511 faults.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a flag of this process.
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a
+    // flag of this process. A kernel without it refuses; nothing else changes.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
