@@ -196,7 +196,7 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 /// for them, but the center holds no data and touches its heap sparsely:
 /// each first touch of a 2 MiB page zeroed all of it, 8% of the machine's
 /// CPU in a run of no-op tasks (docs/BENCHMARKS.md). Workers keep them:
-/// their chunks are written whole, where a huge page saves 511 faults.
+/// without, their transfers were slower in alternated runs.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a
