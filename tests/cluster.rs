@@ -506,3 +506,60 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
+    // Heartbeats a minute apart: the center's own figures stay those the
+    // workers registered with, before any data.
+    let mut cluster = TestCluster::start(2, &["--heartbeat-ms", "60000"]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let held = client
+        .pool()
+        .apply("random", Call::new().arg(100_000).kw("seed", 1))
+        .unwrap();
+    held.get().unwrap();
+    let stopped = cluster.worker(0).id().to_string();
+    let status = |json: bool| {
+        let mut args = vec!["status", cluster.address.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(quiver_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(s["totals"]["keys"], 1, "{s}");
+    assert!(
+        s["totals"]["memory_bytes"].as_u64().unwrap() >= 800_000,
+        "{s}"
+    );
+    // A worker that cannot answer keeps the center's figures, and is named.
+    let kill = |signal: &str| {
+        let ok = Command::new("kill")
+            .args([signal, &stopped])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    kill("-STOP");
+    let text = status(false);
+    kill("-CONT");
+    let names: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&status(true)).unwrap()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+    let silent = text
+        .lines()
+        .find_map(|l| l.strip_prefix("as of their last heartbeat (no answer now): "))
+        .unwrap_or_else(|| panic!("no worker named as silent:\n{text}"));
+    assert_eq!(silent.split(", ").count(), 1, "{text}");
+    assert!(
+        names.iter().any(|n| n == silent),
+        "{silent} not in {names:?}"
+    );
+    drop(held);
+}

@@ -584,59 +584,37 @@ impl CenterCore {
         }
     }
 
-    /// The cluster's figures.
+    /// The cluster's figures, each worker's as of its last heartbeat.
     pub fn cluster_status(&self) -> ClusterStatus {
         let st = self.lock();
         let mut workers: Vec<WorkerEntry> = st
             .workers
             .iter()
-            .map(|(id, l)| WorkerEntry {
-                id: *id,
-                name: l.info.name.clone(),
-                address: l.info.address.clone(),
-                host_id: l.info.host_id.clone(),
-                nthreads: l.info.nthreads,
-                memory_limit: l.info.memory_limit,
-                keys: l.status.store.keys,
-                memory_bytes: l.status.store.memory_bytes,
-                spilled_bytes: l.status.store.spilled_bytes,
-                running: l.status.running,
-                routes: l.status.routes.clone(),
+            .map(|(id, l)| {
+                let mut w = WorkerEntry {
+                    id: *id,
+                    name: l.info.name.clone(),
+                    address: l.info.address.clone(),
+                    host_id: l.info.host_id.clone(),
+                    nthreads: l.info.nthreads,
+                    memory_limit: l.info.memory_limit,
+                    ..Default::default()
+                };
+                w.set_figures(&l.status);
+                w
             })
             .collect();
         workers.sort_by_key(|w| w.id);
-        let mut t = WorkerEntry {
-            name: "total".into(),
-            ..Default::default()
-        };
-        for w in &workers {
-            t.nthreads = t.nthreads.saturating_add(w.nthreads);
-            t.memory_limit = t.memory_limit.saturating_add(w.memory_limit);
-            t.keys = t.keys.saturating_add(w.keys);
-            t.memory_bytes = t.memory_bytes.saturating_add(w.memory_bytes);
-            t.spilled_bytes = t.spilled_bytes.saturating_add(w.spilled_bytes);
-            t.running = t.running.saturating_add(w.running);
-            t.routes.flight_sent = t.routes.flight_sent.saturating_add(w.routes.flight_sent);
-            t.routes.flight_received = t
-                .routes
-                .flight_received
-                .saturating_add(w.routes.flight_received);
-            t.routes.flight_realigned = t
-                .routes
-                .flight_realigned
-                .saturating_add(w.routes.flight_realigned);
-            t.routes.shm_sent = t.routes.shm_sent.saturating_add(w.routes.shm_sent);
-            t.routes.shm_written = t.routes.shm_written.saturating_add(w.routes.shm_written);
-            t.routes.shm_received = t.routes.shm_received.saturating_add(w.routes.shm_received);
-        }
-        ClusterStatus {
+        let mut s = ClusterStatus {
             protocol_version: PROTOCOL_VERSION,
             workers,
-            totals: t,
+            totals: WorkerEntry::default(),
             tasks: st.scheduler.num_tasks(),
             tasks_finished: self.finished.load(Ordering::Relaxed),
             tasks_sent_ahead: st.scheduler.sent_ahead(),
-        }
+        };
+        s.sum_totals();
+        s
     }
 
     /// Waits until `key` is in memory; returns the addresses of its holders.

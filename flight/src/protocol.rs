@@ -394,6 +394,43 @@ pub struct ClusterStatus {
     pub tasks_sent_ahead: u64,
 }
 
+impl WorkerEntry {
+    /// Takes the figures a worker reports about itself.
+    pub fn set_figures(&mut self, s: &WorkerStatus) {
+        self.keys = s.store.keys;
+        self.memory_bytes = s.store.memory_bytes;
+        self.spilled_bytes = s.store.spilled_bytes;
+        self.running = s.running;
+        self.routes = s.routes.clone();
+    }
+}
+
+impl ClusterStatus {
+    /// Sums the workers' figures into `totals`.
+    pub fn sum_totals(&mut self) {
+        let mut t = WorkerEntry {
+            name: "total".into(),
+            ..Default::default()
+        };
+        for w in &self.workers {
+            t.nthreads = t.nthreads.saturating_add(w.nthreads);
+            t.memory_limit = t.memory_limit.saturating_add(w.memory_limit);
+            t.keys = t.keys.saturating_add(w.keys);
+            t.memory_bytes = t.memory_bytes.saturating_add(w.memory_bytes);
+            t.spilled_bytes = t.spilled_bytes.saturating_add(w.spilled_bytes);
+            t.running = t.running.saturating_add(w.running);
+            let (r, x) = (&mut t.routes, &w.routes);
+            r.flight_sent = r.flight_sent.saturating_add(x.flight_sent);
+            r.flight_received = r.flight_received.saturating_add(x.flight_received);
+            r.flight_realigned = r.flight_realigned.saturating_add(x.flight_realigned);
+            r.shm_sent = r.shm_sent.saturating_add(x.shm_sent);
+            r.shm_written = r.shm_written.saturating_add(x.shm_written);
+            r.shm_received = r.shm_received.saturating_add(x.shm_received);
+        }
+        self.totals = t;
+    }
+}
+
 /// `retire` body (worker → center): `drain` stops new tasks for the worker;
 /// `hand-over` copies the data only it holds to peers and removes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use quiver::flight::center::{self, CenterConfig};
-use quiver::flight::protocol::ClusterStatus;
+use quiver::flight::protocol::{ClusterStatus, WorkerStatus};
 use quiver::flight::worker::{self, WorkerConfig};
 use quiver::flight::{client::RemoteBackend, net};
 
@@ -229,6 +229,35 @@ fn human(b: u64) -> String {
     } else {
         format!("{v:.1} {}", units[u])
     }
+}
+
+/// Asks every worker for its figures now: the center's are as of each
+/// worker's last heartbeat, so a run that just ended would still look under
+/// way. A worker that does not answer within a second keeps the center's
+/// figures; their names are returned.
+fn live_figures(s: &mut ClusterStatus) -> Result<Vec<String>, String> {
+    let asks = s.workers.iter().map(|w| async move {
+        let ask = async {
+            let mut c = net::connect(&w.address).await.ok()?;
+            let live: WorkerStatus = net::action_json(&mut c, "status", &()).await.ok()?;
+            // Ids restart with the center: the same id at another address is another worker.
+            (live.worker == w.id && live.address == w.address).then_some(live)
+        };
+        tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .ok()
+            .flatten()
+    });
+    let live = runtime(1)?.block_on(futures::future::join_all(asks));
+    let mut silent = Vec::new();
+    for (w, live) in s.workers.iter_mut().zip(live) {
+        match live {
+            Some(l) => w.set_figures(&l),
+            None => silent.push(w.name.clone()),
+        }
+    }
+    s.sum_totals();
+    Ok(silent)
 }
 
 fn print_status(s: &ClusterStatus) {
@@ -495,7 +524,8 @@ fn main() -> ExitCode {
         }),
         Cmd::Status { center, json } => (|| {
             let backend = RemoteBackend::connect(&center).map_err(|e| e.to_string())?;
-            let s = backend.cluster().map_err(|e| e.to_string())?;
+            let mut s = backend.cluster().map_err(|e| e.to_string())?;
+            let silent = live_figures(&mut s)?;
             if json {
                 println!(
                     "{}",
@@ -503,6 +533,12 @@ fn main() -> ExitCode {
                 );
             } else {
                 print_status(&s);
+                if !silent.is_empty() {
+                    println!(
+                        "as of their last heartbeat (no answer now): {}",
+                        silent.join(", ")
+                    );
+                }
             }
             Ok(())
         })(),
