@@ -131,12 +131,16 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The center first, and every kill before any wait: a center that
+        // outlived its workers warned about each of them leaving.
+        let _ = self.center.kill();
         for w in &mut self.workers {
             let _ = w.kill();
+        }
+        let _ = self.center.wait();
+        for w in &mut self.workers {
             let _ = w.wait();
         }
-        let _ = self.center.kill();
-        let _ = self.center.wait();
     }
 }
 
