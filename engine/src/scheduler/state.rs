@@ -58,7 +58,7 @@ struct TaskState {
     dependents: Vec<TaskId>,
     live_dependents: u32,
     state: State,
-    /// Inputs not yet in memory, while `Waiting`.
+    /// Inputs not yet in memory, while `Waiting` or sent ahead of them.
     missing: u32,
     /// Dependents that still need this key: those `Waiting`, `Ready` or `Processing`.
     waiters: u32,
@@ -716,10 +716,10 @@ impl Scheduler {
                     self.make_ready(u, out);
                 }
             } else if let (true, State::Processing(w)) = (ut.ahead, ut.state) {
-                // Its inputs are all computed now: it takes a slot.
-                let deps = &self.tasks[&u].deps;
-                if deps.iter().all(|d| self.tasks[d].state == State::Memory) {
-                    self.tasks.get_mut(&u).expect("live").ahead = false;
+                // Sent ahead: one input fewer to wait for; with none left, it takes a slot.
+                ut.missing -= 1;
+                if ut.missing == 0 {
+                    ut.ahead = false;
                     self.workers.get_mut(&w).expect("live").ahead -= 1;
                 }
             }

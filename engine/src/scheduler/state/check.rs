@@ -63,7 +63,9 @@ impl Scheduler {
                     // A task sent ahead waits on its worker for inputs computed there.
                     let there = |d: &TaskId| in_memory(d) || self.tasks[d].state == t.state;
                     assert!(t.deps.iter().all(there), "{k}: running without inputs");
-                    assert_eq!(t.ahead, !t.deps.iter().all(in_memory), "{k}: ahead");
+                    let missing = t.deps.iter().filter(|d| !in_memory(d)).count() as u32;
+                    assert_eq!(t.missing, missing, "{k}: missing");
+                    assert_eq!(t.ahead, missing > 0, "{k}: ahead");
                     assert!(
                         self.workers[&w].processing.contains(&id),
                         "{k}: not in processing"
