@@ -2,7 +2,8 @@
 //! loopback TCP ceiling measured in the same run. Prints a table and writes
 //! JSON (default `target/transfer.json`).
 //!
-//! `cargo bench --bench transfer [-- --quick] [--json FILE] [--pyarrow PYTHON]`
+//! `cargo bench --bench transfer [-- --quick] [--sizes MB,..] [--reps N] [--json FILE]
+//! [--pyarrow PYTHON]`
 //!
 //! With `--pyarrow`, the same run also measures pyarrow's own Flight server and
 //! client (`benches/compare/pyarrow_flight.py`, run by PYTHON) for reference;
@@ -33,36 +34,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Loopback TCP: one stream, 1 MiB writes, the receiver reading into one buffer.
-async fn tcp_ceiling(bytes: usize) -> f64 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+/// Loopback TCP: one stream, 1 MiB writes, the receiver reading into one
+/// buffer, each end on a worker's runtime (`from` writes, `to` reads). The
+/// connection first moves 64 MiB untimed, so that the timed runs see the
+/// grown windows of a long-lived connection (as iperf3's steady state does,
+/// and as the workers' own connections do); then each of `reps` runs moves
+/// `bytes`, timed until the receiver has read them all.
+async fn tcp_ceiling(
+    from: &tokio::runtime::Handle,
+    to: &tokio::runtime::Handle,
+    bytes: usize,
+    reps: usize,
+) -> Vec<f64> {
+    const WARM: usize = 64 * MB;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let reader = tokio::spawn(async move {
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let _reader = to.spawn(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let (mut s, _) = listener.accept().await.expect("accept");
         let mut buf = vec![0u8; 4 * MB];
-        let mut got = 0;
-        while got < bytes {
-            let n = s.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
+        for want in std::iter::once(WARM).chain(std::iter::repeat_n(bytes, reps)) {
+            let mut got = 0;
+            while got < want {
+                match s.read(&mut buf[..(want - got).min(4 * MB)]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
             }
-            got += n;
+            let _ = done_tx.send(());
         }
     });
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let block = vec![7u8; MB];
-    let start = Instant::now();
-    for _ in 0..bytes / MB {
-        s.write_all(&block).await.expect("write");
-    }
-    reader.await.expect("reader");
-    bytes as f64 / start.elapsed().as_secs_f64()
+    from.spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let block = vec![7u8; MB];
+        let mut rates = Vec::with_capacity(reps);
+        for (i, n) in std::iter::once(WARM)
+            .chain(std::iter::repeat_n(bytes, reps))
+            .enumerate()
+        {
+            let start = Instant::now();
+            for _ in 0..n / MB {
+                s.write_all(&block).await.expect("write");
+            }
+            done.recv().await.expect("the TCP reader stopped");
+            if i > 0 {
+                rates.push(n as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        rates
+    })
+    .await
+    .expect("TCP writer")
 }
 
+/// Starts a worker on `rt`, a runtime of its own as its process would have.
 async fn start_worker(
+    rt: &tokio::runtime::Handle,
     center: &str,
     host_id: &str,
     dir: &std::path::Path,
@@ -84,7 +114,7 @@ async fn start_worker(
         heartbeat_interval: std::time::Duration::from_secs(1),
         center_patience: std::time::Duration::from_secs(10),
     };
-    tokio::spawn(worker::run(
+    rt.spawn(worker::run(
         config,
         async move { drop(stopped.await) },
         move |c| {
@@ -103,22 +133,44 @@ async fn start_worker(
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let json_path = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| "target/transfer.json".into());
-    let sizes: Vec<usize> = if quick {
-        vec![8 * MB]
-    } else {
-        vec![8 * MB, 32 * MB, 100 * MB, 256 * MB]
+    let option = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
     };
-    let reps = if quick { 2 } else { 5 };
+    let json_path = option("--json").map_or("target/transfer.json", |s| s.as_str());
+    let sizes: Vec<usize> = match option("--sizes") {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().parse::<usize>().expect("--sizes: MB,MB,...") * MB)
+            .collect(),
+        None if quick => vec![8 * MB],
+        None => vec![8 * MB, 32 * MB, 100 * MB, 256 * MB],
+    };
+    let reps = match option("--reps") {
+        Some(n) => n.parse().expect("--reps: a count"),
+        None if quick => 2,
+        None => 5,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("rt");
+    // One runtime per worker, as each would be its own process (`quiver
+    // worker`: two IO threads, allocating privately): a worker's connection
+    // tasks then never wait behind another worker's.
+    let node_rts: Vec<tokio::runtime::Runtime> = (0..3)
+        .map(|_| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .on_thread_start(quiver::engine::shm::private_thread)
+                .enable_all()
+                .build()
+                .expect("rt")
+        })
+        .collect();
+    let [ra, rb, rc] = [0, 1, 2].map(|i| node_rts[i].handle().clone());
     let rows = rt.block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let (tx, rx) = oneshot::channel();
@@ -133,12 +185,12 @@ fn main() {
             },
         ));
         let center = rx.await.expect("center");
-        let (a, _sa) = start_worker(&center, "host-a", dir.path()).await;
-        let (b, _sb) = start_worker(&center, "host-b", dir.path()).await;
-        let (c, _sc) = start_worker(&center, "host-a", dir.path()).await;
+        let (a, _sa) = start_worker(&ra, &center, "host-a", dir.path()).await;
+        let (b, _sb) = start_worker(&rb, &center, "host-b", dir.path()).await;
+        let (c, _sc) = start_worker(&rc, &center, "host-a", dir.path()).await;
         let mut rows = Vec::new();
         for &size in &sizes {
-            let ceiling = median(repeat(reps, || tcp_ceiling(size.max(64 * MB))).await);
+            let ceiling = median(tcp_ceiling(&ra, &rb, size.max(64 * MB), reps).await);
             let mut flight = Vec::new();
             let mut shm_first = Vec::new();
             let mut shm_mapped = Vec::new();
@@ -155,29 +207,19 @@ fn main() {
                     host_id: "host-a".into(),
                 })];
                 let t = Instant::now();
-                let got = b
-                    .fetch(&key, &from_a, size as u64)
-                    .await
-                    .expect("flight fetch");
+                let got = fetch_on(&rb, &b, &key, &from_a, size).await;
                 flight.push(size as f64 / t.elapsed().as_secs_f64());
                 read_once(&got);
                 flight_read.push(size as f64 / t.elapsed().as_secs_f64());
                 drop(got);
                 let t = Instant::now();
-                let got = c
-                    .fetch(&key, &from_a, size as u64)
-                    .await
-                    .expect("shm fetch");
+                let got = fetch_on(&rc, &c, &key, &from_a, size).await;
                 shm_first.push(size as f64 / t.elapsed().as_secs_f64());
                 read_once(&got);
                 shm_read.push(size as f64 / t.elapsed().as_secs_f64());
                 drop(got);
                 let t = Instant::now();
-                drop(
-                    c.fetch(&key, &from_a, size as u64)
-                        .await
-                        .expect("shm fetch"),
-                );
+                drop(fetch_on(&rc, &c, &key, &from_a, size).await);
                 shm_mapped.push(size as f64 / t.elapsed().as_secs_f64());
                 a.free(std::slice::from_ref(&key));
             }
@@ -193,12 +235,9 @@ fn main() {
         }
         rows
     });
+    drop(node_rts);
     let mut rows = rows;
-    if let Some(python) = args
-        .iter()
-        .position(|a| a == "--pyarrow")
-        .and_then(|i| args.get(i + 1))
-    {
+    if let Some(python) = option("--pyarrow") {
         rows.extend(pyarrow_rows(python, quick, &rows));
     }
     println!(
@@ -218,11 +257,26 @@ fn main() {
             "bytes_per_sec": bps, "ceiling_bytes_per_sec": ceiling, "fraction_of_ceiling": bps / ceiling}));
     }
     if let Err(e) = std::fs::write(
-        &json_path,
+        json_path,
         serde_json::to_string_pretty(&json).expect("json"),
     ) {
         eprintln!("cannot write {json_path}: {e}");
     }
+}
+
+/// `worker` fetches `key` from `holders` as a task on its own runtime.
+async fn fetch_on(
+    rt: &tokio::runtime::Handle,
+    worker: &Arc<WorkerCore>,
+    key: &Key,
+    holders: &[Arc<Holder>],
+    size: usize,
+) -> quiver::Chunk {
+    let (worker, key, holders) = (worker.clone(), key.clone(), holders.to_vec());
+    rt.spawn(async move { worker.fetch(&key, &holders, size as u64).await })
+        .await
+        .expect("fetch task")
+        .expect("fetch")
 }
 
 /// Reads every value of a fetched float64 chunk once, as a consumer would
@@ -234,19 +288,6 @@ fn read_once(c: &quiver::Chunk) {
         .downcast_ref::<Float64Array>()
         .expect("f64");
     std::hint::black_box(arrow::compute::sum(values));
-}
-
-/// Runs `f` `n` times in sequence and collects the results.
-async fn repeat<F, Fut>(n: usize, f: F) -> Vec<f64>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = f64>,
-{
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        v.push(f().await);
-    }
-    v
 }
 
 /// pyarrow's Flight do_get throughput per chunk size, with the TCP ceiling of

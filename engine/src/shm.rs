@@ -276,6 +276,14 @@ pub fn private<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Makes this thread's large allocations private from now on: for threads
+/// that only move bytes (a worker's IO threads). Their large allocations are
+/// transport buffers, read into once and dropped, which no peer ever maps; in
+/// shared memory each would cost a descriptor and a file's page faults.
+pub fn private_thread() {
+    let _ = PRIVATE.try_with(|p| p.set(true));
+}
+
 fn wants_shared(layout: &Layout) -> bool {
     layout.size() >= MIN_BYTES
         && layout.align() <= PAGE
@@ -748,6 +756,32 @@ mod tests {
             a.dealloc(z, big);
             assert!(region_at(z).is_none());
         }
+    }
+
+    #[test]
+    fn a_private_thread_allocates_privately_for_good_and_others_do_not() {
+        /// Whether a large allocation on this thread lands in a region.
+        fn shared_here() -> bool {
+            let a = SharedAlloc(std::alloc::System);
+            let big = Layout::from_size_align(2 * MIN_BYTES, 64).expect("layout");
+            // SAFETY: the pointer is freed once, with its layout.
+            unsafe {
+                let p = a.alloc(big);
+                let shared = region_at(p).is_some();
+                a.dealloc(p, big);
+                shared
+            }
+        }
+        enable();
+        let io = std::thread::spawn(|| {
+            private_thread();
+            // A scope that ends does not undo it.
+            private(|| ());
+            shared_here()
+        });
+        assert!(!io.join().expect("thread"), "a private thread's buffer");
+        let other = std::thread::spawn(shared_here);
+        assert!(other.join().expect("thread"), "another thread's buffer");
     }
 
     /// An export of `values` carried inline (no region needed).

@@ -208,9 +208,12 @@ fn no_huge_pages() {
 
 /// The IO runtime: network work only (kernels run on the executor's threads),
 /// so a thread or two is plenty and fewer threads contend less on small machines.
+/// Its threads allocate privately: only results, born on the executor's
+/// threads, belong in shared memory.
 fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        .on_thread_start(quiver::engine::shm::private_thread)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))
@@ -502,6 +505,8 @@ fn main() -> ExitCode {
                 let _guard = rt.enter();
                 stop_signal()
             };
+            // This thread drives the worker's own loop: it moves bytes too.
+            quiver::engine::shm::private_thread();
             rt.block_on(worker::run(config, stop, drop))
                 .map_err(|e| e.to_string())
         }),

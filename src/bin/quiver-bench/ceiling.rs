@@ -31,11 +31,30 @@ fn enter(node: &Node) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes moved on each connection before the timed copy, so that it runs
+/// with the grown windows of a long-lived connection, as iperf3's steady
+/// state and the workers' own connections do.
+const WARM: usize = 32 << 20;
+
+/// Writes `n` bytes of `block` repeated.
+fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> {
+    while n > 0 {
+        let k = n.min(block.len());
+        s.write_all(&block[..k])
+            .map_err(|e| format!("write: {e}"))?;
+        n -= k;
+    }
+    Ok(())
+}
+
 /// Bytes per second moved by `bytes`-long TCP streams along every flow
-/// `(from, to)` at once, timed from the moment all are connected until the
-/// last receiver has read everything.
+/// `(from, to)` at once, on connections that first moved [`WARM`] bytes
+/// each, timed from the moment all are warm until the last receiver has read
+/// everything.
 pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Result<f64, String> {
     let start = Arc::new(Barrier::new(flows.len() + 1));
+    // Each sink reports once it has read its warm-up; a source reports only
+    // a failure to connect or write it.
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut sinks = Vec::new();
     let mut sources = Vec::new();
@@ -43,6 +62,7 @@ pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Resul
         let (src, dst) = (nodes[from].clone(), nodes[to].clone());
         let (port_tx, port_rx) = mpsc::channel();
         let sink_node = dst.clone();
+        let warm = ready_tx.clone();
         sinks.push(std::thread::spawn(move || -> Result<usize, String> {
             let dst = sink_node;
             enter(&dst)?;
@@ -51,6 +71,18 @@ pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Resul
             let _ = port_tx.send(listener.local_addr().map_err(|e| e.to_string())?.port());
             let (mut s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
             let mut buf = vec![0u8; 4 * BLOCK];
+            let mut warmed = 0;
+            while warmed < WARM {
+                match s.read(&mut buf[..(WARM - warmed).min(4 * BLOCK)]) {
+                    Ok(0) => break,
+                    Ok(n) => warmed += n,
+                    Err(e) => {
+                        let _ = warm.send(Err(format!("read: {e}")));
+                        return Err(format!("read: {e}"));
+                    }
+                }
+            }
+            let _ = warm.send(Ok(()));
             let mut got = 0;
             loop {
                 match s.read(&mut buf) {
@@ -65,31 +97,27 @@ pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Resul
             .map_err(|_| "a TCP receiver failed to start".to_string())?;
         let (start, ready) = (start.clone(), ready_tx.clone());
         sources.push(std::thread::spawn(move || -> Result<(), String> {
+            let block = vec![7u8; BLOCK];
             let connected = enter(&src).and_then(|()| {
-                let s = TcpStream::connect((dst.ip.as_str(), port))
+                let mut s = TcpStream::connect((dst.ip.as_str(), port))
                     .map_err(|e| format!("connect {}:{port}: {e}", dst.ip))?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
+                write_n(&mut s, &block, WARM)?;
                 Ok(s)
             });
-            let _ = ready.send(connected.as_ref().map(|_| ()).map_err(Clone::clone));
+            if let Err(e) = &connected {
+                let _ = ready.send(Err(e.clone()));
+            }
             start.wait();
             let mut s = connected?;
-            let block = vec![7u8; BLOCK];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(BLOCK);
-                s.write_all(&block[..n])
-                    .map_err(|e| format!("write: {e}"))?;
-                left -= n;
-            }
-            Ok(())
+            write_n(&mut s, &block, bytes)
         }));
     }
     // On a failed connect, give up at once: the run ends with this error.
     for _ in flows {
         ready_rx
             .recv()
-            .map_err(|_| "a TCP sender failed to start".to_string())??;
+            .map_err(|_| "a TCP flow failed to start".to_string())??;
     }
     start.wait();
     let t = Instant::now();
