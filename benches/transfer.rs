@@ -171,7 +171,7 @@ fn main() {
         })
         .collect();
     let [ra, rb, rc] = [0, 1, 2].map(|i| node_rts[i].handle().clone());
-    let rows = rt.block_on(async {
+    let (rows, latency) = rt.block_on(async {
         let dir = tempfile::tempdir().expect("dir");
         let (tx, rx) = oneshot::channel();
         tokio::spawn(center::run(
@@ -188,6 +188,21 @@ fn main() {
         let (a, _sa) = start_worker(&ra, &center, "host-a", dir.path()).await;
         let (b, _sb) = start_worker(&rb, &center, "host-b", dir.path()).await;
         let (c, _sc) = start_worker(&rc, &center, "host-a", dir.path()).await;
+        // The fixed cost of a fetch: a chunk of 16 floats, many times.
+        let tiny = Key::from("tiny");
+        a.store().put(
+            tiny.clone(),
+            chunk::from_array(Arc::new(Float64Array::from(vec![1.0; 16]))),
+        );
+        let from_a = vec![Arc::new(Holder {
+            address: a.address().into(),
+            host_id: "host-a".into(),
+        })];
+        let mut tiny_secs = Vec::new();
+        for _ in 0..if quick { 20 } else { 300 } {
+            tiny_secs.push(fetch_on(&rb, &b, &tiny, &from_a, 128).await.0);
+        }
+        let latency = median(tiny_secs);
         let mut rows = Vec::new();
         for &size in &sizes {
             let ceiling = median(tcp_ceiling(&ra, &rb, size.max(64 * MB), reps).await);
@@ -202,25 +217,14 @@ fn main() {
                     r as u64,
                 ))));
                 a.store().put(key.clone(), data);
-                let from_a = vec![Arc::new(Holder {
-                    address: a.address().into(),
-                    host_id: "host-a".into(),
-                })];
-                let t = Instant::now();
-                let got = fetch_on(&rb, &b, &key, &from_a, size).await;
-                flight.push(size as f64 / t.elapsed().as_secs_f64());
-                read_once(&got);
-                flight_read.push(size as f64 / t.elapsed().as_secs_f64());
-                drop(got);
-                let t = Instant::now();
-                let got = fetch_on(&rc, &c, &key, &from_a, size).await;
-                shm_first.push(size as f64 / t.elapsed().as_secs_f64());
-                read_once(&got);
-                shm_read.push(size as f64 / t.elapsed().as_secs_f64());
-                drop(got);
-                let t = Instant::now();
-                drop(fetch_on(&rc, &c, &key, &from_a, size).await);
-                shm_mapped.push(size as f64 / t.elapsed().as_secs_f64());
+                let rate = |secs: f64| size as f64 / secs;
+                let (fetched, read) = fetch_on(&rb, &b, &key, &from_a, size).await;
+                flight.push(rate(fetched));
+                flight_read.push(rate(read));
+                let (fetched, read) = fetch_on(&rc, &c, &key, &from_a, size).await;
+                shm_first.push(rate(fetched));
+                shm_read.push(rate(read));
+                shm_mapped.push(rate(fetch_on(&rc, &c, &key, &from_a, size).await.0));
                 a.free(std::slice::from_ref(&key));
             }
             for (route, v) in [
@@ -233,7 +237,7 @@ fn main() {
                 rows.push((route, size, median(v), ceiling));
             }
         }
-        rows
+        (rows, latency)
     });
     drop(node_rts);
     let mut rows = rows;
@@ -243,6 +247,10 @@ fn main() {
     println!(
         "{:<15} {:>10} {:>12} {:>16} {:>10}",
         "route", "chunk", "GB/s", "tcp ceiling GB/s", "fraction"
+    );
+    println!(
+        "flight fetch of a 128-byte chunk: {:.0} µs (median)",
+        latency * 1e6
     );
     let mut json = Vec::new();
     for (route, size, bps, ceiling) in &rows {
@@ -264,19 +272,29 @@ fn main() {
     }
 }
 
-/// `worker` fetches `key` from `holders` as a task on its own runtime.
+/// `worker` fetches `key` from `holders` in a task on its own runtime, as
+/// its tasks do, then reads every value once: the seconds until the chunk was
+/// there, and until it was read.
 async fn fetch_on(
     rt: &tokio::runtime::Handle,
     worker: &Arc<WorkerCore>,
     key: &Key,
     holders: &[Arc<Holder>],
     size: usize,
-) -> quiver::Chunk {
+) -> (f64, f64) {
     let (worker, key, holders) = (worker.clone(), key.clone(), holders.to_vec());
-    rt.spawn(async move { worker.fetch(&key, &holders, size as u64).await })
-        .await
-        .expect("fetch task")
-        .expect("fetch")
+    rt.spawn(async move {
+        let t = Instant::now();
+        let got = worker
+            .fetch(&key, &holders, size as u64)
+            .await
+            .expect("fetch");
+        let fetched = t.elapsed().as_secs_f64();
+        read_once(&got);
+        (fetched, t.elapsed().as_secs_f64())
+    })
+    .await
+    .expect("fetch task")
 }
 
 /// Reads every value of a fetched float64 chunk once, as a consumer would

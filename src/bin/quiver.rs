@@ -206,6 +206,25 @@ fn no_huge_pages() {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay`, by its place in `mi_option_e`
+/// (libmimalloc-sys names only the older options).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps memory freed in a worker for reuse for 5 s (mimalloc's default: 1 s)
+/// before it goes back to the kernel: chunks received in one round of a
+/// shuffle are freed and the next round's land in the same pages, instead of
+/// pages the kernel must fault in and zero again. Under memory pressure the
+/// worker hands it all back at once (`worker::set_allocator_trim`).
+fn keep_freed_memory() {
+    // SAFETY: called before the process starts any thread (mi_option_set is
+    // not thread-safe); the option is an integer, any value is valid.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5000);
+    }
+    // SAFETY: mi_collect takes no pointer and may run on any thread.
+    worker::set_allocator_trim(|| unsafe { libmimalloc_sys::mi_collect(true) });
+}
+
 /// The IO runtime: network work only (kernels run on the executor's threads),
 /// so a thread or two is plenty and fewer threads contend less on small machines.
 /// Its threads allocate privately: only results, born on the executor's
@@ -485,31 +504,35 @@ fn main() -> ExitCode {
             heartbeat_ms,
             center_timeout,
             io_threads,
-        } => runtime(usize::from(io_threads)).and_then(|rt| {
-            let config = WorkerConfig {
-                center,
-                host,
-                port,
-                nthreads,
-                memory_limit,
-                spill_dir: spill_dir.unwrap_or_else(|| std::env::temp_dir().join("quiver-spill")),
-                name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
-                host_id,
-                no_shm,
-                spill_fraction,
-                pause_fraction,
-                heartbeat_interval: Duration::from_millis(heartbeat_ms.max(10)),
-                center_patience: Duration::from_secs(center_timeout),
-            };
-            let stop = {
-                let _guard = rt.enter();
-                stop_signal()
-            };
-            // This thread drives the worker's own loop: it moves bytes too.
-            quiver::engine::shm::private_thread();
-            rt.block_on(worker::run(config, stop, drop))
-                .map_err(|e| e.to_string())
-        }),
+        } => {
+            keep_freed_memory();
+            runtime(usize::from(io_threads)).and_then(|rt| {
+                let config = WorkerConfig {
+                    center,
+                    host,
+                    port,
+                    nthreads,
+                    memory_limit,
+                    spill_dir: spill_dir
+                        .unwrap_or_else(|| std::env::temp_dir().join("quiver-spill")),
+                    name: name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+                    host_id,
+                    no_shm,
+                    spill_fraction,
+                    pause_fraction,
+                    heartbeat_interval: Duration::from_millis(heartbeat_ms.max(10)),
+                    center_patience: Duration::from_secs(center_timeout),
+                };
+                let stop = {
+                    let _guard = rt.enter();
+                    stop_signal()
+                };
+                // This thread drives the worker's own loop: it moves bytes too.
+                quiver::engine::shm::private_thread();
+                rt.block_on(worker::run(config, stop, drop))
+                    .map_err(|e| e.to_string())
+            })
+        }
         Cmd::Local {
             workers,
             port,
@@ -569,5 +592,45 @@ mod tests {
         assert_eq!(parse_size("1.5 kib"), Ok(1536));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("4XB").is_err());
+    }
+
+    /// Resident anonymous memory of this process, in bytes.
+    fn anon_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("RssAnon");
+        kib * 1024
+    }
+
+    #[test]
+    fn freed_memory_is_kept_for_reuse_and_handed_back_on_a_trim() {
+        // Option 15 is mimalloc's purge delay exactly if it starts at that
+        // option's documented default (1000 ms) and takes the new value.
+        // SAFETY: reads an integer option; any option number is accepted.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(get(), 1000);
+        }
+        super::keep_freed_memory();
+        assert_eq!(get(), 5000);
+        const BIG: usize = 256 << 20;
+        let before = anon_rss();
+        let v = vec![1u8; BIG];
+        std::hint::black_box(&v);
+        drop(v);
+        let kept = anon_rss();
+        assert!(
+            kept > before + BIG as u64 / 2,
+            "freed memory kept: {before} then {kept}"
+        );
+        quiver::flight::worker::trim_allocator();
+        let trimmed = anon_rss();
+        assert!(
+            trimmed < kept - BIG as u64 / 2,
+            "handed back: {kept} then {trimmed}"
+        );
     }
 }
