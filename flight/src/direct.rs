@@ -161,13 +161,30 @@ fn frame(m: codec::Message) -> Result<Vec<Frame<Bytes>>, Status> {
     }
     let mut frames = Vec::with_capacity(1 + m.body.len());
     frames.push(Frame::data(head.freeze()));
-    frames.extend(
-        m.body
-            .into_iter()
-            .filter(|b| !b.is_empty())
-            .map(Frame::data),
-    );
+    let mut done = 0;
+    let mut left = body_len;
+    for mut slice in m.body {
+        while !slice.is_empty() {
+            let n = piece(done, left).min(slice.len());
+            frames.push(Frame::data(slice.split_to(n)));
+            done += n;
+            left -= n;
+        }
+    }
     Ok(frames)
+}
+
+/// The smallest and largest pieces a body is cut into.
+const PIECE_MIN: usize = 64 << 10;
+const PIECE_MAX: usize = 1 << 20;
+
+/// The next piece of a body with `done` bytes sent and `left` to go: small at
+/// both ends, doubling up from the start and halving down to the end. The
+/// receiver can copy a piece only once it has all of it, so small first
+/// pieces start its copy sooner and small last ones leave less to copy after
+/// the last byte; in between, pieces of a whole frame.
+fn piece(done: usize, left: usize) -> usize {
+    done.min(left / 2).clamp(PIECE_MIN, PIECE_MAX)
 }
 
 /// `DoGet` of `ticket` from the Flight service on `channel`, every message
@@ -415,7 +432,8 @@ mod tests {
     fn a_framed_message_decodes_as_the_original() {
         let m = message();
         let frames = frame(split(m.clone())).unwrap();
-        assert_eq!(frames.len(), 3);
+        // The head, the first slice, then the rest in two pieces (64 KiB first).
+        assert_eq!(frames.len(), 4);
         assert_eq!(
             frames[1].data_ref().unwrap().as_ptr(),
             m.data_body.as_ptr(),
@@ -437,6 +455,44 @@ mod tests {
         assert_eq!(frames.len(), 1);
         let wire = frames[0].data_ref().unwrap();
         assert_eq!(FlightData::decode(&wire[5..]).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_large_body_goes_out_in_pieces_of_itself_small_at_both_ends() {
+        let body = Bytes::from((0..3 << 20).map(|i| i as u8).collect::<Vec<u8>>());
+        let m = FlightData {
+            data_header: Bytes::from_static(b"header"),
+            data_body: body.clone(),
+            ..Default::default()
+        };
+        let one_slice = codec::Message {
+            head: FlightData {
+                data_body: Bytes::new(),
+                ..m.clone()
+            },
+            body: vec![body.clone()],
+        };
+        let frames = frame(one_slice).unwrap();
+        let pieces: Vec<&Bytes> = frames[1..].iter().map(|f| f.data_ref().unwrap()).collect();
+        let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), body.len());
+        assert!(sizes[0] <= PIECE_MIN, "first piece {}", sizes[0]);
+        assert_eq!(*sizes.last().unwrap(), PIECE_MIN, "last piece");
+        assert!(sizes.iter().all(|&n| n <= PIECE_MAX));
+        assert!(
+            sizes.contains(&PIECE_MAX),
+            "whole frames in between: {sizes:?}"
+        );
+        let mut at = body.as_ptr();
+        for p in &pieces {
+            assert_eq!(p.as_ptr(), at, "each piece is a slice of the body");
+            at = at.wrapping_add(p.len());
+        }
+        let mut wire = Vec::new();
+        for f in &frames {
+            wire.extend_from_slice(f.data_ref().unwrap());
+        }
+        assert_eq!(FlightData::decode(&wire[5..]).unwrap(), m);
     }
 
     /// A reader over `wire` cut into frames of `size` bytes.
