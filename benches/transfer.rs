@@ -50,12 +50,17 @@ async fn tcp_ceiling(
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+    // The warm-up, then the timed runs: the reader reads exactly these.
+    let plan: Vec<usize> = std::iter::once(WARM)
+        .chain(std::iter::repeat_n(bytes, reps))
+        .collect();
+    let wanted = plan.clone();
     let _reader = to.spawn(async move {
         listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let (mut s, _) = listener.accept().await.expect("accept");
         let mut buf = vec![0u8; 4 * MB];
-        for want in std::iter::once(WARM).chain(std::iter::repeat_n(bytes, reps)) {
+        for want in wanted {
             let mut got = 0;
             while got < want {
                 match s.read(&mut buf[..(want - got).min(4 * MB)]).await {
@@ -71,10 +76,7 @@ async fn tcp_ceiling(
         s.set_nodelay(true).expect("nodelay");
         let block = vec![7u8; MB];
         let mut rates = Vec::with_capacity(reps);
-        for (i, n) in std::iter::once(WARM)
-            .chain(std::iter::repeat_n(bytes, reps))
-            .enumerate()
-        {
+        for (i, n) in plan.into_iter().enumerate() {
             let start = Instant::now();
             for _ in 0..n / MB {
                 s.write_all(&block).await.expect("write");

@@ -70,27 +70,22 @@ pub struct WorkerConfig {
 /// allocator sets it (the `quiver` binary's keeps freed memory for reuse a
 /// while); without it, resident memory is taken as it is.
 pub fn set_allocator_trim(trim: fn()) {
-    let _ = memory::TRIM.set(trim);
+    let _ = TRIM.set(trim);
 }
+
+static TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Runs the trim set by [`set_allocator_trim`], if any.
 pub fn trim_allocator() {
-    if let Some(trim) = memory::TRIM.get() {
+    if let Some(trim) = TRIM.get() {
         trim();
     }
 }
 
+pub use memory::anon_rss;
+
 /// The process's resident memory, from /proc (0 where unavailable).
 mod memory {
-    pub(super) static TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-    /// Resident anonymous bytes once the allocator has handed back what it
-    /// keeps free for reuse.
-    pub fn anon_rss_trimmed() -> u64 {
-        super::trim_allocator();
-        anon_rss()
-    }
-
     fn status_kib(field: &str) -> u64 {
         std::fs::read_to_string("/proc/self/status")
             .ok()
@@ -1049,10 +1044,11 @@ async fn memory_monitor(core: Arc<WorkerCore>, pause_at: usize, spill_to: usize)
     let mut paused = false;
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut rss = memory::anon_rss() as usize;
+        let mut rss = anon_rss() as usize;
         if rss > pause_at {
             // Memory freed and kept for reuse is no pressure.
-            rss = memory::anon_rss_trimmed() as usize;
+            trim_allocator();
+            rss = anon_rss() as usize;
         }
         let over = rss > pause_at;
         if over {

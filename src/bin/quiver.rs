@@ -594,19 +594,9 @@ mod tests {
         assert!(parse_size("4XB").is_err());
     }
 
-    /// Resident anonymous memory of this process, in bytes.
-    fn anon_rss() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").expect("status");
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .expect("RssAnon");
-        kib * 1024
-    }
-
     #[test]
     fn freed_memory_is_kept_for_reuse_and_handed_back_on_a_trim() {
+        use quiver::flight::worker::{anon_rss, trim_allocator};
         // Option 15 is mimalloc's purge delay exactly if it starts at that
         // option's documented default (1000 ms) and takes the new value.
         // SAFETY: reads an integer option; any option number is accepted.
@@ -626,7 +616,7 @@ mod tests {
             kept > before + BIG as u64 / 2,
             "freed memory kept: {before} then {kept}"
         );
-        quiver::flight::worker::trim_allocator();
+        trim_allocator();
         let trimmed = anon_rss();
         assert!(
             trimmed < kept - BIG as u64 / 2,
