@@ -166,18 +166,27 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             put(client, &keys[i], size, i as u64).await?;
         }
         for (scenario, rounds) in scenarios().into_iter().filter(|(s, _)| opts.wants(s)) {
-            // A warm-up round, kept out of the medians as the ceiling's
-            // warm-up is: the first transfer between two workers opens their connection
-            // and lands in memory the receiver never touched before (in this
-            // VM, 2 MiB pages first faulted at 0.4-1.3 GB/s).
+            // Quiver's repetitions run back to back, after a warm-up round
+            // kept out of the medians (as the ceiling's warm-up is): the first
+            // transfer between two workers opens their connection and lands
+            // in memory the receiver never touched before (in this VM, 2 MiB
+            // pages first faulted at 0.4-1.3 GB/s). Then the ceiling's. Had
+            // each transfer followed a ceiling round, it would have found its
+            // workers idle for a while, which in this VM alone cost a 32 MB
+            // fetch a quarter of its speed (docs/BENCHMARKS.md).
             let mut warmup = Vec::new();
             for flows in &rounds {
                 warmup.push(transfer(&bed.nodes, &clients, &keys, flows, size).await?);
             }
-            let (mut ours, mut tcp) = (Vec::new(), Vec::new());
+            let mut ours = Vec::new();
             for _ in 0..opts.reps() {
                 for flows in &rounds {
                     ours.push(transfer(&bed.nodes, &clients, &keys, flows, size).await?);
+                }
+            }
+            let mut tcp = Vec::new();
+            for _ in 0..opts.reps() {
+                for flows in &rounds {
                     let (nodes, flows) = (bed.nodes.clone(), flows.clone());
                     tcp.push(
                         tokio::task::spawn_blocking(move || {
