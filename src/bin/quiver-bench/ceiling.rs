@@ -31,10 +31,12 @@ fn enter(node: &Node) -> Result<(), String> {
     Ok(())
 }
 
-/// Bytes moved on each connection before the timed copy, so that it runs
+/// Bytes moved on each connection before the timed copies, so that they run
 /// with the grown windows of a long-lived connection, as iperf3's steady
-/// state and the workers' own connections do.
-const WARM: usize = 32 << 20;
+/// state and the workers' own connections do. 32 MiB left a single flow
+/// between namespaces below its stride: 1.85-2.5 GB/s, 2.4-2.95 GB/s after
+/// 128 MiB (`--quick --sizes 16,64,256 --scenario pairwise`).
+const WARM: usize = 128 << 20;
 
 /// Writes `n` bytes of `block` repeated.
 fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> {
@@ -47,48 +49,61 @@ fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> 
     Ok(())
 }
 
-/// Bytes per second moved by `bytes`-long TCP streams along every flow
-/// `(from, to)` at once, on connections that first moved [`WARM`] bytes
-/// each, timed from the moment all are warm until the last receiver has read
-/// everything.
-pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Result<f64, String> {
+/// Reads exactly `n` bytes into `buf`, a piece at a time.
+fn read_n(s: &mut TcpStream, buf: &mut [u8], mut n: usize) -> Result<(), String> {
+    while n > 0 {
+        let k = n.min(buf.len());
+        match s.read(&mut buf[..k]) {
+            Ok(0) => return Err("the sender closed early".into()),
+            Ok(k) => n -= k,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes per second of `reps` copies of `bytes` along every flow `(from,
+/// to)` at once, all on the same connections, which first moved [`WARM`]
+/// bytes each: each copy is timed from the moment every sender may start
+/// until the last receiver has read its bytes.
+pub fn tcp_copies(
+    nodes: &[Node],
+    flows: &[(usize, usize)],
+    bytes: usize,
+    reps: usize,
+) -> Result<Vec<f64>, String> {
     let start = Arc::new(Barrier::new(flows.len() + 1));
-    // Each sink reports once it has read its warm-up; a source reports only
-    // a failure to connect or write it.
+    // A sink reports once it has read its warm-up and then each copy; a
+    // source reports only a failure to connect or to write its warm-up.
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
     let mut sinks = Vec::new();
     let mut sources = Vec::new();
     for &(from, to) in flows {
         let (src, dst) = (nodes[from].clone(), nodes[to].clone());
         let (port_tx, port_rx) = mpsc::channel();
         let sink_node = dst.clone();
-        let warm = ready_tx.clone();
-        sinks.push(std::thread::spawn(move || -> Result<usize, String> {
+        let (warm, done) = (ready_tx.clone(), done_tx.clone());
+        sinks.push(std::thread::spawn(move || {
             let dst = sink_node;
-            enter(&dst)?;
-            let listener = TcpListener::bind((dst.ip.as_str(), 0))
-                .map_err(|e| format!("bind {}: {e}", dst.ip))?;
-            let _ = port_tx.send(listener.local_addr().map_err(|e| e.to_string())?.port());
-            let (mut s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+            let accepted = enter(&dst).and_then(|()| {
+                let listener = TcpListener::bind((dst.ip.as_str(), 0))
+                    .map_err(|e| format!("bind {}: {e}", dst.ip))?;
+                let _ = port_tx.send(listener.local_addr().map_err(|e| e.to_string())?.port());
+                let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+                Ok(s)
+            });
             let mut buf = vec![0u8; 4 * BLOCK];
-            let mut warmed = 0;
-            while warmed < WARM {
-                match s.read(&mut buf[..(WARM - warmed).min(4 * BLOCK)]) {
-                    Ok(0) => break,
-                    Ok(n) => warmed += n,
-                    Err(e) => {
-                        let _ = warm.send(Err(format!("read: {e}")));
-                        return Err(format!("read: {e}"));
+            let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, WARM).map(|()| s));
+            let _ = warm.send(warmed.as_ref().map(drop).map_err(Clone::clone));
+            if let Ok(mut s) = warmed {
+                for _ in 0..reps {
+                    let copied = read_n(&mut s, &mut buf, bytes);
+                    let stop = copied.is_err();
+                    let _ = done.send(copied);
+                    if stop {
+                        return;
                     }
-                }
-            }
-            let _ = warm.send(Ok(()));
-            let mut got = 0;
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => return Ok(got),
-                    Ok(n) => got += n,
-                    Err(e) => return Err(format!("read: {e}")),
                 }
             }
         }));
@@ -108,32 +123,38 @@ pub fn tcp_copy(nodes: &[Node], flows: &[(usize, usize)], bytes: usize) -> Resul
             if let Err(e) = &connected {
                 let _ = ready.send(Err(e.clone()));
             }
-            start.wait();
             let mut s = connected?;
-            write_n(&mut s, &block, bytes)
+            for _ in 0..reps {
+                start.wait();
+                write_n(&mut s, &block, bytes)?;
+            }
+            Ok(())
         }));
     }
-    // On a failed connect, give up at once: the run ends with this error.
+    drop((ready_tx, done_tx));
+    // On a failed connect or warm-up, give up at once: the run ends with
+    // this error (the threads still waiting end with the process).
     for _ in flows {
         ready_rx
             .recv()
             .map_err(|_| "a TCP flow failed to start".to_string())??;
     }
-    start.wait();
-    let t = Instant::now();
-    let mut moved = 0;
-    for sink in sinks {
-        moved += sink.join().map_err(|_| "a TCP receiver panicked")??;
+    let mut rates = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        start.wait();
+        let t = Instant::now();
+        for _ in flows {
+            done_rx
+                .recv()
+                .map_err(|_| "a TCP receiver stopped".to_string())??;
+        }
+        rates.push((bytes * flows.len()) as f64 / t.elapsed().as_secs_f64());
     }
-    let elapsed = t.elapsed().as_secs_f64();
+    for sink in sinks {
+        sink.join().map_err(|_| "a TCP receiver panicked")?;
+    }
     for source in sources {
         source.join().map_err(|_| "a TCP sender panicked")??;
     }
-    if moved != bytes * flows.len() {
-        return Err(format!(
-            "TCP copy moved {moved} of {} bytes",
-            bytes * flows.len()
-        ));
-    }
-    Ok(moved as f64 / elapsed)
+    Ok(rates)
 }

@@ -185,17 +185,15 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                 }
             }
             let mut tcp = Vec::new();
-            for _ in 0..opts.reps() {
-                for flows in &rounds {
-                    let (nodes, flows) = (bed.nodes.clone(), flows.clone());
-                    tcp.push(
-                        tokio::task::spawn_blocking(move || {
-                            ceiling::tcp_copy(&nodes, &flows, size)
-                        })
-                        .await
-                        .map_err(|e| format!("TCP copy: {e}"))??,
-                    );
-                }
+            for flows in &rounds {
+                let (nodes, flows, reps) = (bed.nodes.clone(), flows.clone(), opts.reps());
+                tcp.extend(
+                    tokio::task::spawn_blocking(move || {
+                        ceiling::tcp_copies(&nodes, &flows, size, reps)
+                    })
+                    .await
+                    .map_err(|e| format!("TCP copy: {e}"))??,
+                );
             }
             let samples = ours.len();
             let (bps, ceiling) = (median(ours), median(tcp));
