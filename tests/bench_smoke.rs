@@ -62,7 +62,7 @@ fn smoke(extra: &[&str], expect: &[&str], chunk: u64) -> String {
             "bytes_per_sec",
             "ceiling_bytes_per_sec",
             "fraction_of_ceiling",
-            "warmup_bytes_per_sec",
+            "first_round_bytes_per_sec",
         ] {
             assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
         }

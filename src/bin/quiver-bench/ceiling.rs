@@ -36,7 +36,7 @@ fn enter(node: &Node) -> Result<(), String> {
 /// state and the workers' own connections do. 32 MiB left a single flow
 /// between namespaces below its stride: 1.85-2.5 GB/s, 2.4-2.95 GB/s after
 /// 128 MiB (`--quick --sizes 16,64,256 --scenario pairwise`).
-const WARM: usize = 128 << 20;
+pub const WARM: usize = 128 << 20;
 
 /// Writes `n` bytes of `block` repeated.
 fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> {

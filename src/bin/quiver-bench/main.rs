@@ -94,6 +94,17 @@ impl FourNodes {
     fn reps(&self) -> usize {
         self.reps.unwrap_or(if self.smoke { 1 } else { 3 })
     }
+
+    /// Untimed rounds of `size`-byte chunks before the timed ones: as many
+    /// bytes per flow as the ceiling's connections move first (one round
+    /// for a smoke run).
+    fn warmup_rounds(&self, size: usize) -> usize {
+        if self.smoke {
+            1
+        } else {
+            ceiling::WARM.div_ceil(size).max(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
