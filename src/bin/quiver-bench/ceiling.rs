@@ -36,7 +36,15 @@ fn enter(node: &Node) -> Result<(), String> {
 /// state and the workers' own connections do. 32 MiB left a single flow
 /// between namespaces below its stride: 1.85-2.5 GB/s, 2.4-2.95 GB/s after
 /// 128 MiB (`--quick --sizes 16,64,256 --scenario pairwise`).
-pub const WARM: usize = 128 << 20;
+const WARM: usize = 128 << 20;
+
+/// The warm-up per connection on links of `rate` bytes per second (unshaped
+/// if `None`): [`WARM`], or a quarter second's worth of a slower link, whose
+/// windows a shaped link fills soon anyway (and whose `--quick` run must
+/// stay under two minutes).
+pub fn warm_bytes(rate: Option<u64>) -> usize {
+    rate.map_or(WARM, |r| WARM.min((r / 4) as usize))
+}
 
 /// Writes `n` bytes of `block` repeated.
 fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> {
@@ -63,7 +71,7 @@ fn read_n(s: &mut TcpStream, buf: &mut [u8], mut n: usize) -> Result<(), String>
 }
 
 /// Bytes per second of `reps` copies of `bytes` along every flow `(from,
-/// to)` at once, all on the same connections, which first moved [`WARM`]
+/// to)` at once, all on the same connections, which first moved `warm`
 /// bytes each: each copy is timed from the moment every sender may start
 /// until the last receiver has read its bytes.
 pub fn tcp_copies(
@@ -71,6 +79,7 @@ pub fn tcp_copies(
     flows: &[(usize, usize)],
     bytes: usize,
     reps: usize,
+    warm: usize,
 ) -> Result<Vec<f64>, String> {
     let start = Arc::new(Barrier::new(flows.len() + 1));
     // A sink reports once it has read its warm-up and then each copy; a
@@ -83,7 +92,7 @@ pub fn tcp_copies(
         let (src, dst) = (nodes[from].clone(), nodes[to].clone());
         let (port_tx, port_rx) = mpsc::channel();
         let sink_node = dst.clone();
-        let (warm, done) = (ready_tx.clone(), done_tx.clone());
+        let (warmed_tx, done) = (ready_tx.clone(), done_tx.clone());
         sinks.push(std::thread::spawn(move || {
             let dst = sink_node;
             let accepted = enter(&dst).and_then(|()| {
@@ -94,8 +103,8 @@ pub fn tcp_copies(
                 Ok(s)
             });
             let mut buf = vec![0u8; 4 * BLOCK];
-            let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, WARM).map(|()| s));
-            let _ = warm.send(warmed.as_ref().map(drop).map_err(Clone::clone));
+            let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, warm).map(|()| s));
+            let _ = warmed_tx.send(warmed.as_ref().map(drop).map_err(Clone::clone));
             if let Ok(mut s) = warmed {
                 for _ in 0..reps {
                     let copied = read_n(&mut s, &mut buf, bytes);
@@ -117,7 +126,7 @@ pub fn tcp_copies(
                 let mut s = TcpStream::connect((dst.ip.as_str(), port))
                     .map_err(|e| format!("connect {}:{port}: {e}", dst.ip))?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;
-                write_n(&mut s, &block, WARM)?;
+                write_n(&mut s, &block, warm)?;
                 Ok(s)
             });
             if let Err(e) = &connected {

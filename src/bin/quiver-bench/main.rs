@@ -96,13 +96,13 @@ impl FourNodes {
     }
 
     /// Untimed rounds of `size`-byte chunks before the timed ones: as many
-    /// bytes per flow as the ceiling's connections move first (one round
-    /// for a smoke run).
-    fn warmup_rounds(&self, size: usize) -> usize {
+    /// bytes per flow as the ceiling's connections move first (`warm`), in
+    /// whole rounds (one round for a smoke run).
+    fn warmup_rounds(&self, size: usize, warm: usize) -> usize {
         if self.smoke {
             1
         } else {
-            ceiling::WARM.div_ceil(size).max(1)
+            warm.div_ceil(size).max(1)
         }
     }
 }

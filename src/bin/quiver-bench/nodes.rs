@@ -78,6 +78,11 @@ fn free_subnet() -> Result<String, String> {
 /// `tbf` burst for a rate like `1gbit`: 4 ms worth of bytes, at least 256 KiB
 /// (segmentation offload hands tbf packets far larger than the MTU).
 fn burst(rate: &str) -> Result<String, String> {
+    Ok(format!("{}", (bytes_per_sec(rate)? / 250).max(256 << 10)))
+}
+
+/// Bytes per second of a rate like `1gbit`.
+pub fn bytes_per_sec(rate: &str) -> Result<u64, String> {
     let r = rate.trim().to_ascii_lowercase();
     let split = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
     let (num, unit) = r.split_at(split);
@@ -94,7 +99,7 @@ fn burst(rate: &str) -> Result<String, String> {
             ));
         }
     };
-    Ok(format!("{}", (bits / 8 / 250).max(256 << 10)))
+    Ok(bits / 8)
 }
 
 impl Testbed {

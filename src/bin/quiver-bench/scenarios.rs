@@ -157,6 +157,12 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                 .map_err(|e| format!("cannot reach {} at {}: {e}", node.name, node.worker))?,
         );
     }
+    let warm = ceiling::warm_bytes(
+        bed.link
+            .as_deref()
+            .map(crate::nodes::bytes_per_sec)
+            .transpose()?,
+    );
     let mut rows = Vec::new();
     for size in opts.sizes() {
         let keys: Vec<Key> = (0..NODES)
@@ -178,7 +184,7 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             // alone cost a 32 MB fetch a third of its speed
             // (docs/BENCHMARKS.md).
             let mut first = Vec::new();
-            for round in 0..opts.warmup_rounds(size) {
+            for round in 0..opts.warmup_rounds(size, warm) {
                 for flows in &rounds {
                     let rate = transfer(&bed.nodes, &clients, &keys, flows, size).await?;
                     if round == 0 {
@@ -197,7 +203,7 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                 let (nodes, flows, reps) = (bed.nodes.clone(), flows.clone(), opts.reps());
                 tcp.extend(
                     tokio::task::spawn_blocking(move || {
-                        ceiling::tcp_copies(&nodes, &flows, size, reps)
+                        ceiling::tcp_copies(&nodes, &flows, size, reps, warm)
                     })
                     .await
                     .map_err(|e| format!("TCP copy: {e}"))??,
