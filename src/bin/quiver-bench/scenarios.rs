@@ -181,7 +181,7 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             // receives). The first round's rate is reported apart. Then the
             // ceiling's repetitions: had each transfer followed a ceiling
             // round, it would have found its workers idle, which in this VM
-            // alone cost a 32 MB fetch a third of its speed
+            // alone cost a 32 MB fetch a quarter of its speed
             // (docs/BENCHMARKS.md).
             let mut first = Vec::new();
             for round in 0..opts.warmup_rounds(size, warm) {
@@ -329,12 +329,12 @@ async fn transfer(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<10} {:>8} {:>6} {:>10} {:>14} {:>9} {:>12}",
+        "{:<10} {:>8} {:>6} {:>10} {:>14} {:>9} {:>14}",
         "scenario", "chunk", "flows", "GB/s", "TCP GB/s", "fraction", "1st round GB/s"
     );
     for r in rows {
         println!(
-            "{:<10} {:>6}MB {:>6} {:>10.2} {:>14.2} {:>9.2} {:>12.2}",
+            "{:<10} {:>6}MB {:>6} {:>10.2} {:>14.2} {:>9.2} {:>14.2}",
             r.scenario,
             r.chunk_bytes >> 20,
             r.flows,
