@@ -92,7 +92,7 @@ impl FourNodes {
     }
 
     fn reps(&self) -> usize {
-        self.reps.unwrap_or(if self.smoke { 1 } else { 3 })
+        self.reps.unwrap_or(if self.smoke { 1 } else { 5 })
     }
 
     /// Untimed rounds of `size`-byte chunks before the timed ones: as many
