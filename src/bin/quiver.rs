@@ -210,10 +210,12 @@ fn no_huge_pages() {
 /// (libmimalloc-sys names only the older options).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keeps memory freed in a worker for reuse for 5 s (mimalloc's default: 1 s)
-/// before it goes back to the kernel: chunks received in one round of a
+/// Keeps memory freed in a worker for reuse up to 5 s (mimalloc's default:
+/// 1 s) before it goes back to the kernel: chunks received in one round of a
 /// shuffle are freed and the next round's land in the same pages, instead of
-/// pages the kernel must fault in and zero again. Under memory pressure the
+/// pages the kernel must fault in and zero again. (mimalloc hands an arena's
+/// free memory back all at once, the delay after the first free since it
+/// last did, so later frees are kept for less.) Under memory pressure the
 /// worker hands it all back at once (`worker::set_allocator_trim`).
 fn keep_freed_memory() {
     // SAFETY: called before the process starts any thread (mi_option_set is
