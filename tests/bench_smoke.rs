@@ -63,9 +63,16 @@ fn smoke(extra: &[&str], expect: &[&str], chunk: u64) -> String {
             "ceiling_bytes_per_sec",
             "fraction_of_ceiling",
             "first_round_bytes_per_sec",
+            "end_to_end_bytes_per_sec",
         ] {
             assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
         }
+        // A worker's gather lies within the call that asked for it, so
+        // timed by the workers a transfer is never slower.
+        assert!(
+            r["end_to_end_bytes_per_sec"].as_f64() <= r["bytes_per_sec"].as_f64(),
+            "{r}"
+        );
         assert_eq!(r["route"], "flight");
     }
     if stderr.contains("no plot") {

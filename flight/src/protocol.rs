@@ -464,6 +464,10 @@ pub struct Gather {
 pub struct Gathered {
     /// (key, bytes) for each stored key.
     pub stored: Vec<(Key, u64)>,
+    /// Seconds the worker took, from reading the request to storing the last
+    /// key (0 from a worker that does not say).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 #[cfg(test)]

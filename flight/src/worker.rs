@@ -808,6 +808,7 @@ impl FlightService for WorkerService {
                 json_result(&serde_json::json!({}))
             }
             "gather" => {
+                let start = std::time::Instant::now();
                 let g: Gather = parse(&r#type, &body)?;
                 let fetched = core
                     .fetch_inputs(&g.inputs, false)
@@ -821,7 +822,10 @@ impl FlightService for WorkerService {
                         (k, n)
                     })
                     .collect();
-                json_result(&Gathered { stored })
+                json_result(&Gathered {
+                    stored,
+                    seconds: start.elapsed().as_secs_f64(),
+                })
             }
             other => Err(Status::invalid_argument(format!(
                 "unknown action '{other}'; the worker's actions are: {}",
