@@ -70,6 +70,17 @@ fn read_n(s: &mut TcpStream, buf: &mut [u8], mut n: usize) -> Result<(), String>
     Ok(())
 }
 
+/// What a ceiling's copies read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffers {
+    /// One 1 MiB block written over and over, read into a 4 MiB buffer, as
+    /// iperf3 does: both ends stay in cache.
+    Hot,
+    /// A chunk's worth of memory, as Quiver moves a chunk: each source node
+    /// sends one buffer of `bytes`, each receiver reads into one of its own.
+    Chunk,
+}
+
 /// Bytes per second of `reps` copies of `bytes` along every flow `(from,
 /// to)` at once, all on the same connections, which first moved `warm`
 /// bytes each: each copy is timed from just before every sender may start
@@ -80,15 +91,29 @@ pub fn tcp_copies(
     bytes: usize,
     reps: usize,
     warm: usize,
+    buffers: Buffers,
 ) -> Result<Vec<f64>, String> {
+    let (block_len, buf_len) = match buffers {
+        Buffers::Hot => (BLOCK, 4 * BLOCK),
+        Buffers::Chunk => (bytes, bytes),
+    };
+    // A node sends the same bytes to each of its flows, as a worker sends
+    // its one chunk; written here, so that its pages exist before the clock.
+    let mut sources = std::collections::HashMap::new();
+    for &(from, _) in flows {
+        sources
+            .entry(from)
+            .or_insert_with(|| Arc::new(vec![7u8; block_len]));
+    }
     let start = Arc::new(Barrier::new(flows.len() + 1));
     // A sink reports once it has read its warm-up and then each copy; a
     // source reports only a failure to connect or to write its warm-up.
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
     let mut sinks = Vec::new();
-    let mut sources = Vec::new();
+    let mut senders = Vec::new();
     for &(from, to) in flows {
+        let block = sources[&from].clone();
         let (src, dst) = (nodes[from].clone(), nodes[to].clone());
         let (port_tx, port_rx) = mpsc::channel();
         let sink_node = dst.clone();
@@ -102,7 +127,8 @@ pub fn tcp_copies(
                 let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
                 Ok(s)
             });
-            let mut buf = vec![0u8; 4 * BLOCK];
+            // Every page of it is written by the warm-up's reads.
+            let mut buf = vec![0u8; buf_len];
             let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, warm).map(|()| s));
             let _ = warmed_tx.send(warmed.as_ref().map(drop).map_err(Clone::clone));
             if let Ok(mut s) = warmed {
@@ -120,8 +146,7 @@ pub fn tcp_copies(
             .recv()
             .map_err(|_| "a TCP receiver failed to start".to_string())?;
         let (start, ready) = (start.clone(), ready_tx.clone());
-        sources.push(std::thread::spawn(move || -> Result<(), String> {
-            let block = vec![7u8; BLOCK];
+        senders.push(std::thread::spawn(move || -> Result<(), String> {
             let connected = enter(&src).and_then(|()| {
                 let mut s = TcpStream::connect((dst.ip.as_str(), port))
                     .map_err(|e| format!("connect {}:{port}: {e}", dst.ip))?;
@@ -164,8 +189,8 @@ pub fn tcp_copies(
     for sink in sinks {
         sink.join().map_err(|_| "a TCP receiver panicked")?;
     }
-    for source in sources {
-        source.join().map_err(|_| "a TCP sender panicked")??;
+    for sender in senders {
+        sender.join().map_err(|_| "a TCP sender panicked")??;
     }
     Ok(rates)
 }

@@ -1,5 +1,6 @@
 //! The PNG plot: throughput against chunk size, one colour per scenario,
-//! Quiver solid and the TCP ceiling of the same flows dashed.
+//! Quiver solid, the TCP ceiling of the same flows dashed, and TCP copies of
+//! a chunk's worth of memory dotted.
 
 use std::path::Path;
 
@@ -58,7 +59,12 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
     let x_min = rows.iter().map(mb).fold(f64::MAX, f64::min) / 1.5;
     let y_max = rows
         .iter()
-        .map(|r| gbs(r.bytes_per_sec.max(r.ceiling_bytes_per_sec)))
+        .map(|r| {
+            gbs(r
+                .bytes_per_sec
+                .max(r.ceiling_bytes_per_sec)
+                .max(r.chunk_ceiling_bytes_per_sec))
+        })
         .fold(0.0, f64::max)
         * 1.15;
     let draw = || -> Result<(), Box<dyn std::error::Error + '_>> {
@@ -97,6 +103,10 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
                 .iter()
                 .map(|r| (mb(r), gbs(r.ceiling_bytes_per_sec)))
                 .collect();
+            let tcp_chunk: Vec<(f64, f64)> = mine
+                .iter()
+                .map(|r| (mb(r), gbs(r.chunk_ceiling_bytes_per_sec)))
+                .collect();
             chart
                 .draw_series(LineSeries::new(ours.clone(), colour.stroke_width(3)))?
                 .label(format!("{scenario} (Quiver)"))
@@ -109,6 +119,17 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
                 .label(format!("{scenario} TCP ceiling"))
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(1))
+                });
+            chart
+                .draw_series(DashedLineSeries::new(
+                    tcp_chunk,
+                    2,
+                    4,
+                    colour.stroke_width(2),
+                ))?
+                .label(format!("{scenario} TCP, a chunk's memory"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
         }
         chart

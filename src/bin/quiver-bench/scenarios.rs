@@ -40,6 +40,12 @@ pub struct Row {
     pub ceiling_bytes_per_sec: f64,
     /// `bytes_per_sec / ceiling_bytes_per_sec`.
     pub fraction_of_ceiling: f64,
+    /// TCP copy along the same flows of a chunk's worth of memory, each
+    /// sender sending one buffer of the chunk's size, each receiver reading
+    /// into one, where the ceiling's ends stay in cache (median).
+    pub chunk_ceiling_bytes_per_sec: f64,
+    /// `bytes_per_sec / chunk_ceiling_bytes_per_sec`.
+    pub fraction_of_chunk_ceiling: f64,
     /// Quiver's throughput in the first warm-up round, which opens the
     /// workers' connections and first touches their memory (median over its
     /// flow sets); not among the samples.
@@ -206,19 +212,24 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                     end_to_end.push(rate.end_to_end);
                 }
             }
-            let mut tcp = Vec::new();
-            for flows in &rounds {
-                let (nodes, flows, reps) = (bed.nodes.clone(), flows.clone(), opts.reps());
-                tcp.extend(
-                    tokio::task::spawn_blocking(move || {
-                        ceiling::tcp_copies(&nodes, &flows, size, reps, warm)
-                    })
-                    .await
-                    .map_err(|e| format!("TCP copy: {e}"))??,
-                );
+            let (mut tcp, mut tcp_chunk) = (Vec::new(), Vec::new());
+            for (buffers, rates) in [
+                (ceiling::Buffers::Hot, &mut tcp),
+                (ceiling::Buffers::Chunk, &mut tcp_chunk),
+            ] {
+                for flows in &rounds {
+                    let (nodes, flows, reps) = (bed.nodes.clone(), flows.clone(), opts.reps());
+                    rates.extend(
+                        tokio::task::spawn_blocking(move || {
+                            ceiling::tcp_copies(&nodes, &flows, size, reps, warm, buffers)
+                        })
+                        .await
+                        .map_err(|e| format!("TCP copy: {e}"))??,
+                    );
+                }
             }
             let samples = ours.len();
-            let (bps, ceiling) = (median(ours), median(tcp));
+            let (bps, ceiling, chunk_ceiling) = (median(ours), median(tcp), median(tcp_chunk));
             rows.push(Row {
                 scenario,
                 route: "flight",
@@ -227,6 +238,8 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                 end_to_end_bytes_per_sec: median(end_to_end),
                 ceiling_bytes_per_sec: ceiling,
                 fraction_of_ceiling: bps / ceiling,
+                chunk_ceiling_bytes_per_sec: chunk_ceiling,
+                fraction_of_chunk_ceiling: bps / chunk_ceiling,
                 first_round_bytes_per_sec: median(first),
                 flows: rounds[0].len(),
                 samples,
@@ -358,25 +371,29 @@ async fn transfer(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<10} {:>8} {:>6} {:>10} {:>14} {:>9} {:>16} {:>14}",
+        "{:<10} {:>8} {:>6} {:>7} {:>9} {:>9} {:>15} {:>9} {:>11} {:>10}",
         "scenario",
         "chunk",
         "flows",
         "GB/s",
         "TCP GB/s",
         "fraction",
-        "end-to-end GB/s",
-        "1st round GB/s"
+        "TCP chunk GB/s",
+        "fraction",
+        "end-to-end",
+        "1st round"
     );
     for r in rows {
         println!(
-            "{:<10} {:>6}MB {:>6} {:>10.2} {:>14.2} {:>9.2} {:>16.2} {:>14.2}",
+            "{:<10} {:>6}MB {:>6} {:>7.2} {:>9.2} {:>9.2} {:>15.2} {:>9.2} {:>11.2} {:>10.2}",
             r.scenario,
             r.chunk_bytes >> 20,
             r.flows,
             r.bytes_per_sec / 1e9,
             r.ceiling_bytes_per_sec / 1e9,
             r.fraction_of_ceiling,
+            r.chunk_ceiling_bytes_per_sec / 1e9,
+            r.fraction_of_chunk_ceiling,
             r.end_to_end_bytes_per_sec / 1e9,
             r.first_round_bytes_per_sec / 1e9
         );
