@@ -34,18 +34,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Loopback TCP: one stream, 1 MiB writes, the receiver reading into one
-/// buffer, each end on a worker's runtime (`from` writes, `to` reads). The
-/// connection first moves 64 MiB untimed, so that the timed runs see the
-/// grown windows of a long-lived connection (as iperf3's steady state does,
-/// and as the workers' own connections do); then each of `reps` runs moves
-/// `bytes`, timed until the receiver has read them all.
+/// Loopback TCP: one stream, each end on a worker's runtime (`from` writes,
+/// `to` reads). The connection first moves 64 MiB untimed, so that the
+/// timed runs see the grown windows of a long-lived connection (as iperf3's
+/// steady state does, and as the workers' own connections do); then each of
+/// `reps` runs moves `bytes`, timed until the receiver has read them all.
+/// The sender writes one 1 MiB block over and over and the receiver reads
+/// into a 4 MiB buffer, both in cache as iperf3's are; with `chunk_memory`,
+/// the sender writes one buffer of `bytes` and the receiver reads into one,
+/// as a chunk moves from memory to memory.
 async fn tcp_ceiling(
     from: &tokio::runtime::Handle,
     to: &tokio::runtime::Handle,
     bytes: usize,
     reps: usize,
+    chunk_memory: bool,
 ) -> Vec<f64> {
+    let (block_len, buf_len) = if chunk_memory {
+        (bytes, bytes)
+    } else {
+        (MB, 4 * MB)
+    };
     const WARM: usize = 64 * MB;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -59,11 +68,12 @@ async fn tcp_ceiling(
         listener.set_nonblocking(true).expect("nonblocking");
         let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
         let (mut s, _) = listener.accept().await.expect("accept");
-        let mut buf = vec![0u8; 4 * MB];
+        // Every page of it is written by the warm-up's reads.
+        let mut buf = vec![0u8; buf_len];
         for want in wanted {
             let mut got = 0;
             while got < want {
-                match s.read(&mut buf[..(want - got).min(4 * MB)]).await {
+                match s.read(&mut buf[..(want - got).min(buf_len)]).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => got += n,
                 }
@@ -74,12 +84,15 @@ async fn tcp_ceiling(
     from.spawn(async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).expect("nodelay");
-        let block = vec![7u8; MB];
+        let block = vec![7u8; block_len];
         let mut rates = Vec::with_capacity(reps);
         for (i, n) in plan.into_iter().enumerate() {
             let start = Instant::now();
-            for _ in 0..n / MB {
-                s.write_all(&block).await.expect("write");
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block_len);
+                s.write_all(&block[..k]).await.expect("write");
+                left -= k;
             }
             done.recv().await.expect("the TCP reader stopped");
             if i > 0 {
@@ -211,11 +224,15 @@ fn main() {
         let latency = median(tiny_secs);
         let mut rows = Vec::new();
         for &size in &sizes {
-            let ceiling = median(tcp_ceiling(&ra, &rb, size.max(64 * MB), reps).await);
+            let ceiling = median(tcp_ceiling(&ra, &rb, size.max(64 * MB), reps, false).await);
             // Raw TCP moving one chunk's size per run, start-up included: what
             // a plain copy of this chunk does, where the ceiling is a stream.
-            let tcp_chunk = median(tcp_ceiling(&ra, &rb, size, reps).await);
+            let tcp_chunk = median(tcp_ceiling(&ra, &rb, size, reps, false).await);
             rows.push(("tcp-chunk", size, tcp_chunk, ceiling));
+            // The same from a buffer of the chunk's size into another, as
+            // a fetch moves a chunk, where the others stay in cache.
+            let tcp_memory = median(tcp_ceiling(&ra, &rb, size, reps, true).await);
+            rows.push(("tcp-memory", size, tcp_memory, ceiling));
             let rate = |secs: f64| size as f64 / secs;
             let data = |seed: u64| {
                 chunk::from_array(Arc::new(Float64Array::from(uniform_vec(size / 8, seed))))
@@ -285,12 +302,13 @@ fn main() {
             "bytes_per_sec": bps, "ceiling_bytes_per_sec": ceiling, "fraction_of_ceiling": bps / ceiling}));
     }
     for (_, size, bps, _) in rows.iter().filter(|r| r.0 == "flight") {
-        if let Some((.., tcp, _)) = rows.iter().find(|r| r.0 == "tcp-chunk" && r.1 == *size) {
-            println!(
-                "flight against a TCP copy of {}MB: {:.2}",
-                size / MB,
-                bps / tcp
-            );
+        for (against, what) in [
+            ("tcp-chunk", "a TCP copy of"),
+            ("tcp-memory", "a TCP copy between buffers of"),
+        ] {
+            if let Some((.., tcp, _)) = rows.iter().find(|r| r.0 == against && r.1 == *size) {
+                println!("flight against {what} {}MB: {:.2}", size / MB, bps / tcp);
+            }
         }
     }
     if let Some(path) = json_path

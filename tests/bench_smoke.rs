@@ -64,8 +64,8 @@ fn smoke(extra: &[&str], expect: &[&str], chunk: u64) -> String {
             "fraction_of_ceiling",
             "first_round_bytes_per_sec",
             "end_to_end_bytes_per_sec",
-            "chunk_ceiling_bytes_per_sec",
-            "fraction_of_chunk_ceiling",
+            "tcp_chunk_bytes_per_sec",
+            "fraction_of_tcp_chunk",
         ] {
             assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
         }

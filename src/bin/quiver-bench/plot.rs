@@ -63,7 +63,7 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
             gbs(r
                 .bytes_per_sec
                 .max(r.ceiling_bytes_per_sec)
-                .max(r.chunk_ceiling_bytes_per_sec))
+                .max(r.tcp_chunk_bytes_per_sec))
         })
         .fold(0.0, f64::max)
         * 1.15;
@@ -105,7 +105,7 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
                 .collect();
             let tcp_chunk: Vec<(f64, f64)> = mine
                 .iter()
-                .map(|r| (mb(r), gbs(r.chunk_ceiling_bytes_per_sec)))
+                .map(|r| (mb(r), gbs(r.tcp_chunk_bytes_per_sec)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(ours.clone(), colour.stroke_width(3)))?
