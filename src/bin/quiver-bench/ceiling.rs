@@ -81,116 +81,167 @@ pub enum Buffers {
     Chunk,
 }
 
-/// Bytes per second of `reps` copies of `bytes` along every flow `(from,
-/// to)` at once, all on the same connections, which first moved `warm`
-/// bytes each: each copy is timed from just before every sender may start
-/// until the last receiver has read its bytes.
-pub fn tcp_copies(
-    nodes: &[Node],
-    flows: &[(usize, usize)],
-    bytes: usize,
-    reps: usize,
-    warm: usize,
-    buffers: Buffers,
-) -> Result<Vec<f64>, String> {
-    let (block_len, buf_len) = match buffers {
-        Buffers::Hot => (BLOCK, 4 * BLOCK),
-        Buffers::Chunk => (bytes, bytes),
-    };
-    // A node sends the same bytes to each of its flows, as a worker sends
-    // its one chunk; written here, so that its pages exist before the clock.
-    let mut sources = std::collections::HashMap::new();
-    for &(from, _) in flows {
-        sources
-            .entry(from)
-            .or_insert_with(|| Arc::new(vec![7u8; block_len]));
+/// Reads one copy of `n` bytes into `buf`, a piece at a time; `None` if the
+/// sender hung up before it.
+fn read_copy(s: &mut TcpStream, buf: &mut [u8], n: usize) -> Option<Result<(), String>> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len());
+        match s.read(&mut buf[..k]) {
+            Ok(0) if left == n => return None,
+            Ok(0) => return Some(Err("the sender closed early".into())),
+            Ok(k) => left -= k,
+            Err(e) => return Some(Err(format!("read: {e}"))),
+        }
     }
-    let start = Arc::new(Barrier::new(flows.len() + 1));
-    // A sink reports once it has read its warm-up and then each copy; a
-    // source reports only a failure to connect or to write its warm-up.
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
-    let mut sinks = Vec::new();
-    let mut senders = Vec::new();
-    for &(from, to) in flows {
-        let block = sources[&from].clone();
-        let (src, dst) = (nodes[from].clone(), nodes[to].clone());
-        let (port_tx, port_rx) = mpsc::channel();
-        let sink_node = dst.clone();
-        let (warmed_tx, done) = (ready_tx.clone(), done_tx.clone());
-        sinks.push(std::thread::spawn(move || {
-            let dst = sink_node;
-            let accepted = enter(&dst).and_then(|()| {
-                let listener = TcpListener::bind((dst.ip.as_str(), 0))
-                    .map_err(|e| format!("bind {}: {e}", dst.ip))?;
-                let _ = port_tx.send(listener.local_addr().map_err(|e| e.to_string())?.port());
-                let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-                Ok(s)
-            });
-            // Every page of it is written by the warm-up's reads.
-            let mut buf = vec![0u8; buf_len];
-            let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, warm).map(|()| s));
-            let _ = warmed_tx.send(warmed.as_ref().map(drop).map_err(Clone::clone));
-            if let Ok(mut s) = warmed {
-                for _ in 0..reps {
-                    let copied = read_n(&mut s, &mut buf, bytes);
-                    let stop = copied.is_err();
-                    let _ = done.send(copied);
-                    if stop {
-                        return;
+    Some(Ok(()))
+}
+
+/// Plain TCP copies of `bytes` along every flow `(from, to)` at once, on
+/// connections kept open from one copy to the next, which first moved `warm`
+/// bytes each. A sender thread per flow waits for a go, then for the others
+/// at a barrier; a receiver thread per flow reports each copy read.
+pub struct Copies {
+    bytes: usize,
+    flows: usize,
+    start: Arc<Barrier>,
+    go: Vec<mpsc::Sender<()>>,
+    done: mpsc::Receiver<Result<(), String>>,
+    sinks: Vec<std::thread::JoinHandle<()>>,
+    senders: Vec<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Copies {
+    /// Connects every flow and moves its warm-up.
+    pub fn open(
+        nodes: &[Node],
+        flows: &[(usize, usize)],
+        bytes: usize,
+        warm: usize,
+        buffers: Buffers,
+    ) -> Result<Copies, String> {
+        let (block_len, buf_len) = match buffers {
+            Buffers::Hot => (BLOCK, 4 * BLOCK),
+            Buffers::Chunk => (bytes, bytes),
+        };
+        // A node sends the same bytes to each of its flows, as a worker sends
+        // its one chunk; written here, so that its pages exist before the clock.
+        let mut sources = std::collections::HashMap::new();
+        for &(from, _) in flows {
+            sources
+                .entry(from)
+                .or_insert_with(|| Arc::new(vec![7u8; block_len]));
+        }
+        let start = Arc::new(Barrier::new(flows.len() + 1));
+        // A sink reports once it has read its warm-up and then each copy; a
+        // sender reports only a failure to connect or to write its warm-up.
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (done_tx, done) = mpsc::channel::<Result<(), String>>();
+        let (mut sinks, mut senders, mut go) = (Vec::new(), Vec::new(), Vec::new());
+        for &(from, to) in flows {
+            let block = sources[&from].clone();
+            let (src, dst) = (nodes[from].clone(), nodes[to].clone());
+            let (port_tx, port_rx) = mpsc::channel();
+            let sink_node = dst.clone();
+            let (warmed_tx, done) = (ready_tx.clone(), done_tx.clone());
+            sinks.push(std::thread::spawn(move || {
+                let dst = sink_node;
+                let accepted = enter(&dst).and_then(|()| {
+                    let listener = TcpListener::bind((dst.ip.as_str(), 0))
+                        .map_err(|e| format!("bind {}: {e}", dst.ip))?;
+                    let _ = port_tx.send(listener.local_addr().map_err(|e| e.to_string())?.port());
+                    let (s, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+                    Ok(s)
+                });
+                // Every page of it is written by the warm-up's reads.
+                let mut buf = vec![0u8; buf_len];
+                let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, warm).map(|()| s));
+                let _ = warmed_tx.send(warmed.as_ref().map(drop).map_err(Clone::clone));
+                if let Ok(mut s) = warmed {
+                    // Until the sender hangs up: one report per copy.
+                    while let Some(copied) = read_copy(&mut s, &mut buf, bytes) {
+                        let stop = copied.is_err();
+                        let _ = done.send(copied);
+                        if stop {
+                            return;
+                        }
                     }
                 }
-            }
-        }));
-        let port = port_rx
-            .recv()
-            .map_err(|_| "a TCP receiver failed to start".to_string())?;
-        let (start, ready) = (start.clone(), ready_tx.clone());
-        senders.push(std::thread::spawn(move || -> Result<(), String> {
-            let connected = enter(&src).and_then(|()| {
-                let mut s = TcpStream::connect((dst.ip.as_str(), port))
-                    .map_err(|e| format!("connect {}:{port}: {e}", dst.ip))?;
-                s.set_nodelay(true).map_err(|e| e.to_string())?;
-                write_n(&mut s, &block, warm)?;
-                Ok(s)
-            });
-            if let Err(e) = &connected {
-                let _ = ready.send(Err(e.clone()));
-            }
-            let mut s = connected?;
-            for _ in 0..reps {
-                start.wait();
-                write_n(&mut s, &block, bytes)?;
-            }
-            Ok(())
-        }));
+            }));
+            let port = port_rx
+                .recv()
+                .map_err(|_| "a TCP receiver failed to start".to_string())?;
+            let (start, ready) = (start.clone(), ready_tx.clone());
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            go.push(go_tx);
+            senders.push(std::thread::spawn(move || -> Result<(), String> {
+                let connected = enter(&src).and_then(|()| {
+                    let mut s = TcpStream::connect((dst.ip.as_str(), port))
+                        .map_err(|e| format!("connect {}:{port}: {e}", dst.ip))?;
+                    s.set_nodelay(true).map_err(|e| e.to_string())?;
+                    write_n(&mut s, &block, warm)?;
+                    Ok(s)
+                });
+                if let Err(e) = &connected {
+                    let _ = ready.send(Err(e.clone()));
+                }
+                let mut s = connected?;
+                while go_rx.recv().is_ok() {
+                    start.wait();
+                    write_n(&mut s, &block, bytes)?;
+                }
+                Ok(())
+            }));
+        }
+        drop((ready_tx, done_tx));
+        let copies = Copies {
+            bytes,
+            flows: flows.len(),
+            start,
+            go,
+            done,
+            sinks,
+            senders,
+        };
+        // On a failed connect or warm-up, give up at once: the run ends with
+        // this error (the threads still waiting end with the process).
+        for _ in flows {
+            ready_rx
+                .recv()
+                .map_err(|_| "a TCP flow failed to start".to_string())??;
+        }
+        Ok(copies)
     }
-    drop((ready_tx, done_tx));
-    // On a failed connect or warm-up, give up at once: the run ends with
-    // this error (the threads still waiting end with the process).
-    for _ in flows {
-        ready_rx
-            .recv()
-            .map_err(|_| "a TCP flow failed to start".to_string())??;
-    }
-    let mut rates = Vec::with_capacity(reps);
-    for _ in 0..reps {
+
+    /// Bytes per second of one copy along every flow at once, timed from
+    /// just before every sender may start until the last receiver has read
+    /// its bytes.
+    pub fn time(&mut self) -> Result<f64, String> {
+        for go in &self.go {
+            go.send(())
+                .map_err(|_| "a TCP sender stopped".to_string())?;
+        }
         // Timed from before the start: taken after it, a copy could be over
         // before the clock was read (one 1 MiB broadcast at 4,993 GB/s).
         let t = Instant::now();
-        start.wait();
-        for _ in flows {
-            done_rx
+        self.start.wait();
+        for _ in 0..self.flows {
+            self.done
                 .recv()
                 .map_err(|_| "a TCP receiver stopped".to_string())??;
         }
-        rates.push((bytes * flows.len()) as f64 / t.elapsed().as_secs_f64());
+        Ok((self.bytes * self.flows) as f64 / t.elapsed().as_secs_f64())
     }
-    for sink in sinks {
-        sink.join().map_err(|_| "a TCP receiver panicked")?;
+
+    /// Hangs up every flow and waits for its threads.
+    pub fn close(self) -> Result<(), String> {
+        drop(self.go);
+        for sender in self.senders {
+            sender.join().map_err(|_| "a TCP sender panicked")??;
+        }
+        for sink in self.sinks {
+            sink.join().map_err(|_| "a TCP receiver panicked")?;
+        }
+        Ok(())
     }
-    for sender in senders {
-        sender.join().map_err(|_| "a TCP sender panicked")??;
-    }
-    Ok(rates)
 }

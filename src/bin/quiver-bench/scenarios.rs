@@ -186,17 +186,13 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             put(client, &keys[i], size, i as u64).await?;
         }
         for (scenario, rounds) in scenarios().into_iter().filter(|(s, _)| opts.wants(s)) {
-            // Quiver's repetitions run back to back, after warm-up rounds
-            // kept out of the medians that move as many bytes per flow as
-            // the ceiling's warm-up does: the first transfers between two
-            // workers open their connection and land in memory the receiver
-            // never touched before (in this VM, 2 MiB pages first faulted at
-            // 0.4-1.3 GB/s; a worker takes fresh memory in its first few
-            // receives). The first round's rate is reported apart. Then the
-            // ceiling's repetitions: had each transfer followed a ceiling
-            // round, it would have found its workers idle, which in this VM
-            // alone cost a 32 MB fetch a quarter of its speed
-            // (docs/BENCHMARKS.md).
+            // Warm-up rounds, kept out of the medians, that move as many
+            // bytes per flow as each ceiling connection's warm-up: the first
+            // transfers between two workers open their connection and land in
+            // memory the receiver never touched before (in this VM, 2 MiB
+            // pages first faulted at 0.4-1.3 GB/s; a worker takes fresh
+            // memory in its first few receives). The first round's rate is
+            // reported apart.
             let mut first = Vec::new();
             for round in 0..opts.warmup_rounds(size, warm) {
                 for flows in &rounds {
@@ -206,29 +202,44 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                     }
                 }
             }
+            let open = |buffers| {
+                tokio::task::block_in_place(|| {
+                    rounds
+                        .iter()
+                        .map(|flows| ceiling::Copies::open(&bed.nodes, flows, size, warm, buffers))
+                        .collect::<Result<Vec<_>, String>>()
+                })
+            };
+            let (mut hot, mut in_memory) =
+                (open(ceiling::Buffers::Hot)?, open(ceiling::Buffers::Chunk)?);
+            // Each repetition times Quiver and then the TCP copies of the same
+            // flows, so that a slow stretch of this shared machine weighs on
+            // both alike (a run's single-flow ceiling has ranged from 1.6 to
+            // 3.8 GB/s). Each timed transfer or copy follows an untimed one
+            // along the same flows: after its ends sat idle, a transfer in
+            // this VM runs slower, raw TCP's too (a 32 MB fetch by a quarter
+            // after 100 ms; docs/BENCHMARKS.md).
             let (mut ours, mut end_to_end) = (Vec::new(), Vec::new());
+            let (mut tcp, mut tcp_chunk) = (Vec::new(), Vec::new());
             for _ in 0..opts.reps() {
-                for flows in &rounds {
+                for (i, flows) in rounds.iter().enumerate() {
+                    transfer(&bed.nodes, &clients, &keys, flows, size).await?;
                     let rate = transfer(&bed.nodes, &clients, &keys, flows, size).await?;
                     ours.push(rate.workers);
                     end_to_end.push(rate.end_to_end);
+                    tokio::task::block_in_place(|| {
+                        for (copies, rates) in
+                            [(&mut hot[i], &mut tcp), (&mut in_memory[i], &mut tcp_chunk)]
+                        {
+                            copies.time()?;
+                            rates.push(copies.time()?);
+                        }
+                        Ok::<_, String>(())
+                    })?;
                 }
             }
-            let (mut tcp, mut tcp_chunk) = (Vec::new(), Vec::new());
-            for (buffers, rates) in [
-                (ceiling::Buffers::Hot, &mut tcp),
-                (ceiling::Buffers::Chunk, &mut tcp_chunk),
-            ] {
-                for flows in &rounds {
-                    let (nodes, flows, reps) = (bed.nodes.clone(), flows.clone(), opts.reps());
-                    rates.extend(
-                        tokio::task::spawn_blocking(move || {
-                            ceiling::tcp_copies(&nodes, &flows, size, reps, warm, buffers)
-                        })
-                        .await
-                        .map_err(|e| format!("TCP copy: {e}"))??,
-                    );
-                }
+            for copies in hot.into_iter().chain(in_memory) {
+                tokio::task::block_in_place(|| copies.close())?;
             }
             let samples = ours.len();
             let (bps, ceiling, tcp_chunk) = (median(ours), median(tcp), median(tcp_chunk));
