@@ -63,7 +63,7 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
             gbs(r
                 .bytes_per_sec
                 .max(r.ceiling_bytes_per_sec)
-                .max(r.tcp_chunk_bytes_per_sec))
+                .max(r.tcp_chunk_bytes_per_sec.unwrap_or(0.0)))
         })
         .fold(0.0, f64::max)
         * 1.15;
@@ -105,7 +105,7 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
                 .collect();
             let tcp_chunk: Vec<(f64, f64)> = mine
                 .iter()
-                .map(|r| (mb(r), gbs(r.tcp_chunk_bytes_per_sec)))
+                .filter_map(|r| Some((mb(r), gbs(r.tcp_chunk_bytes_per_sec?))))
                 .collect();
             chart
                 .draw_series(LineSeries::new(ours.clone(), colour.stroke_width(3)))?
@@ -120,17 +120,19 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> Result<(), String> {
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(1))
                 });
-            chart
-                .draw_series(DashedLineSeries::new(
-                    tcp_chunk,
-                    2,
-                    4,
-                    colour.stroke_width(2),
-                ))?
-                .label(format!("{scenario} TCP, a chunk's memory"))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
+            if !tcp_chunk.is_empty() {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        tcp_chunk,
+                        2,
+                        4,
+                        colour.stroke_width(2),
+                    ))?
+                    .label(format!("{scenario} TCP, a chunk's memory"))
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+            }
         }
         chart
             .configure_series_labels()
