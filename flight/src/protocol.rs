@@ -506,4 +506,12 @@ mod tests {
         let e = bad.split().unwrap_err();
         assert!(e.contains("holder 1") && e.contains("lists 1"), "{e}");
     }
+
+    #[test]
+    fn a_gather_reply_without_its_time_still_reads() {
+        let old: Gathered = serde_json::from_str(r#"{"stored": [["k", 8]]}"#).unwrap();
+        assert_eq!((old.stored.len(), old.seconds), (1, 0.0));
+        let new: Gathered = serde_json::from_str(r#"{"stored": [], "seconds": 0.5}"#).unwrap();
+        assert_eq!(new.seconds, 0.5);
+    }
 }
