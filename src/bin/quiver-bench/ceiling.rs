@@ -57,19 +57,6 @@ fn write_n(s: &mut TcpStream, block: &[u8], mut n: usize) -> Result<(), String> 
     Ok(())
 }
 
-/// Reads exactly `n` bytes into `buf`, a piece at a time.
-fn read_n(s: &mut TcpStream, buf: &mut [u8], mut n: usize) -> Result<(), String> {
-    while n > 0 {
-        let k = n.min(buf.len());
-        match s.read(&mut buf[..k]) {
-            Ok(0) => return Err("the sender closed early".into()),
-            Ok(k) => n -= k,
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    Ok(())
-}
-
 /// What a ceiling's copies read and write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Buffers {
@@ -103,7 +90,6 @@ fn read_copy(s: &mut TcpStream, buf: &mut [u8], n: usize) -> Option<Result<(), S
 /// at a barrier; a receiver thread per flow reports each copy read.
 pub struct Copies {
     bytes: usize,
-    flows: usize,
     start: Arc<Barrier>,
     go: Vec<mpsc::Sender<()>>,
     done: mpsc::Receiver<Result<(), String>>,
@@ -155,7 +141,11 @@ impl Copies {
                 });
                 // Every page of it is written by the warm-up's reads.
                 let mut buf = vec![0u8; buf_len];
-                let warmed = accepted.and_then(|mut s| read_n(&mut s, &mut buf, warm).map(|()| s));
+                let warmed = accepted.and_then(|mut s| {
+                    read_copy(&mut s, &mut buf, warm)
+                        .unwrap_or_else(|| Err("the sender closed early".into()))
+                        .map(|()| s)
+                });
                 let _ = warmed_tx.send(warmed.as_ref().map(drop).map_err(Clone::clone));
                 if let Ok(mut s) = warmed {
                     // Until the sender hangs up: one report per copy.
@@ -196,7 +186,6 @@ impl Copies {
         drop((ready_tx, done_tx));
         let copies = Copies {
             bytes,
-            flows: flows.len(),
             start,
             go,
             done,
@@ -225,12 +214,13 @@ impl Copies {
         // before the clock was read (one 1 MiB broadcast at 4,993 GB/s).
         let t = Instant::now();
         self.start.wait();
-        for _ in 0..self.flows {
+        let flows = self.go.len();
+        for _ in 0..flows {
             self.done
                 .recv()
                 .map_err(|_| "a TCP receiver stopped".to_string())??;
         }
-        Ok((self.bytes * self.flows) as f64 / t.elapsed().as_secs_f64())
+        Ok((self.bytes * flows) as f64 / t.elapsed().as_secs_f64())
     }
 
     /// Hangs up every flow and waits for its threads.

@@ -215,12 +215,12 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                         .collect::<Result<Vec<_>, String>>()
                 })
             };
-            let mut hot = open(ceiling::Buffers::Hot)?;
-            let mut in_memory = if paced {
-                Vec::new()
-            } else {
-                open(ceiling::Buffers::Chunk)?
-            };
+            // The ceiling, then (unshaped) the copies of a chunk's memory,
+            // each with its rates.
+            let mut references = vec![(open(ceiling::Buffers::Hot)?, Vec::new())];
+            if !paced {
+                references.push((open(ceiling::Buffers::Chunk)?, Vec::new()));
+            }
             // Each repetition times Quiver and then the TCP copies of the same
             // flows, so that a slow stretch of this shared machine weighs on
             // both alike (a run's single-flow ceiling has ranged from 1.6 to
@@ -229,7 +229,6 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             // this VM runs slower, raw TCP's too (a 32 MB fetch by a quarter
             // after 100 ms; docs/BENCHMARKS.md).
             let (mut ours, mut end_to_end) = (Vec::new(), Vec::new());
-            let (mut tcp, mut tcp_chunk) = (Vec::new(), Vec::new());
             for _ in 0..opts.reps() {
                 for (i, flows) in rounds.iter().enumerate() {
                     if !paced {
@@ -239,24 +238,25 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
                     ours.push(rate.workers);
                     end_to_end.push(rate.end_to_end);
                     tokio::task::block_in_place(|| {
-                        let mut copies = vec![(&mut hot[i], &mut tcp)];
-                        copies.extend(in_memory.get_mut(i).map(|c| (c, &mut tcp_chunk)));
-                        for (copies, rates) in copies {
+                        for (copies, rates) in &mut references {
                             if !paced {
-                                copies.time()?;
+                                copies[i].time()?;
                             }
-                            rates.push(copies.time()?);
+                            rates.push(copies[i].time()?);
                         }
                         Ok::<_, String>(())
                     })?;
                 }
             }
-            for copies in hot.into_iter().chain(in_memory) {
-                tokio::task::block_in_place(|| copies.close())?;
+            let mut medians = Vec::new();
+            for (copies, rates) in references {
+                for c in copies {
+                    tokio::task::block_in_place(|| c.close())?;
+                }
+                medians.push(median(rates));
             }
             let samples = ours.len();
-            let (bps, ceiling) = (median(ours), median(tcp));
-            let tcp_chunk = (!tcp_chunk.is_empty()).then(|| median(tcp_chunk));
+            let (bps, ceiling, tcp_chunk) = (median(ours), medians[0], medians.get(1).copied());
             rows.push(Row {
                 scenario,
                 route: "flight",
