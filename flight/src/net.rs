@@ -43,7 +43,7 @@ const CONNECTION_WINDOW: u32 = 256 << 20;
 /// (`quiver-bench four-nodes`, 16-64 MB pairwise: 0.43-0.59 of the ceiling
 /// with 16 MB frames, 0.61-0.77 with 256 KiB ones). 1 MiB frames, a quarter
 /// as many as 256 KiB ones, were ahead in most scenarios of alternated runs
-/// (docs/BENCHMARKS.md).
+/// (docs/BENCHMARKS-HISTORY.md).
 const FRAME: u32 = 1 << 20;
 
 /// A Flight client on a tuned channel, carrying the process's token.

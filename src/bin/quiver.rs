@@ -195,7 +195,7 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 /// Turns transparent huge pages off for this process. The allocator asks
 /// for them, but the center holds no data and touches its heap sparsely:
 /// each first touch of a 2 MiB page zeroed all of it, 8% of the machine's
-/// CPU in a run of no-op tasks (docs/BENCHMARKS.md). Workers keep them:
+/// CPU in a run of no-op tasks (docs/BENCHMARKS-HISTORY.md). Workers keep them:
 /// without, their transfers were slower in alternated runs.
 fn no_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -227,7 +227,7 @@ async fn measure(opts: &FourNodes, quiver: &Path) -> Result<(Vec<Row>, String), 
             // 3.8 GB/s). Each timed transfer or copy follows an untimed one
             // along the same flows: after its ends sat idle, a transfer in
             // this VM runs slower, raw TCP's too (a 32 MB fetch by a quarter
-            // after 100 ms; docs/BENCHMARKS.md).
+            // after 100 ms; docs/BENCHMARKS-HISTORY.md).
             let (mut ours, mut end_to_end) = (Vec::new(), Vec::new());
             for _ in 0..opts.reps() {
                 for (i, flows) in rounds.iter().enumerate() {
