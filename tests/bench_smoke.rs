@@ -1,12 +1,42 @@
-//! Smoke runs of `quiver-bench` (tiny sizes, seconds): the four-nodes
+//! Smoke runs of the benchmarks (tiny sizes, seconds): the four-nodes
 //! harness keeps working, writes its JSON and plot, and removes every
-//! namespace and process it made, also when interrupted. No figure is judged.
+//! namespace and process it made, also when interrupted; the overhead bench,
+//! the seed on `quiver local` against embedded, and the comparison with
+//! dask.distributed run. No figure is judged.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
+
+/// Where `cargo test` built `quiver`, `quiver-bench` and `examples/seed`.
+fn bin_dir() -> &'static Path {
+    Path::new(BENCH).parent().unwrap()
+}
+
+/// Runs a script of `benches/compare` with `args` and `env`; its stdout.
+fn script(name: &str, args: &[&OsStr], env: &[(&str, &str)]) -> String {
+    let out = Command::new("bash")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("benches/compare")
+                .join(name),
+        )
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
 
 /// The namespaces a `quiver-bench` with this pid made that still exist.
 fn namespaces_of(pid: u32) -> Vec<String> {
@@ -187,4 +217,46 @@ fn overhead_smoke() {
     assert_eq!(rows[0]["tasks"], 201);
     assert!(rows[1]["tasks"].as_u64().unwrap() >= 1000);
     assert!(rows[1]["tasks_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn seed_local_smoke() {
+    let seed = bin_dir().join("examples/seed");
+    let quiver = env!("CARGO_BIN_EXE_quiver");
+    let table = script(
+        "seed_local.sh",
+        &[OsStr::new("1"), OsStr::new(quiver), seed.as_os_str()],
+        &[("SEED_ARGS", "--arrays 8 --size 100000")],
+    );
+    for approach in ["graph", "delayed", "array", "pool", "mix"] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(approach))
+            .unwrap_or_else(|| panic!("no row for {approach}:\n{table}"));
+        assert_eq!(row.split_whitespace().count(), 5, "{row}");
+    }
+}
+
+#[test]
+fn compare_smoke() {
+    let stdout = script(
+        "compare.sh",
+        &[OsStr::new("--smoke"), bin_dir().as_os_str()],
+        &[],
+    );
+    assert!(stdout.contains("Quiver's best is"), "{stdout}");
+    assert!(stdout.contains("x dask's tasks/s"), "{stdout}");
+    let json = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compare-smoke.json");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let has = |system: &str, workload: &str| {
+        rows.iter()
+            .filter(|r| r["system"] == system && r["workload"] == workload)
+            .count()
+    };
+    assert_eq!(has("quiver", "seed"), 5, "{rows:?}");
+    assert_eq!(has("dask", "seed"), 2, "{rows:?}");
+    assert_eq!(has("quiver", "tiny"), 1, "{rows:?}");
+    assert_eq!(has("dask", "tiny"), 1, "{rows:?}");
+    assert_eq!(has("ray", "seed"), 0, "a smoke run leaves Ray out");
 }

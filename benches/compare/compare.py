@@ -9,7 +9,7 @@ approaches. Tiny tasks: T no-op tasks mapped and gathered.
 
 Usage: python compare.py --quiver BIN --seed BIN --bench BIN
                          [--arrays N] [--size M] [--rounds R] [--tiny T]
-                         [--json FILE] [--quick]
+                         [--json FILE] [--quick] [--no-ray]
 """
 import argparse
 import json
@@ -177,13 +177,16 @@ def main():
     p.add_argument("--tiny", type=int)
     p.add_argument("--json", default="target/compare.json")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="leave Ray out even if installed")
     args = p.parse_args()
     args.arrays = args.arrays or (100 if args.quick else 1000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.tiny = args.tiny or (2000 if args.quick else 20000)
     n, m = args.arrays, args.size
 
-    rows = run_quiver(args) + run_dask(n, m, args.rounds, args.tiny) + run_ray(n, m, args.rounds, args.tiny)
+    rows = run_quiver(args) + run_dask(n, m, args.rounds, args.tiny)
+    if not args.no_ray:
+        rows += run_ray(n, m, args.rounds, args.tiny)
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -5,14 +5,30 @@
 # worker-to-worker route. Prints the ratios; JSON lands in target/.
 #
 #   benches/compare/compare.sh [--quick] [--arrays N] [--size M] [--rounds R] [--tiny T]
+#   benches/compare/compare.sh --smoke BIN_DIR
 #
-# Python packages come from the package registry into target/compare-env.
+# --smoke is the test suite's run: tiny sizes, one round, without Ray or the
+# transfer bench, on binaries already built in BIN_DIR (quiver, quiver-bench,
+# examples/seed). Python packages come from the package registry into
+# target/compare-env.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 env=target/compare-env
+smoke=
+if [ "${1:-}" = --smoke ]; then
+  smoke=${2:?--smoke takes the directory of built binaries}
+fi
 if [ ! -x "$env/bin/python" ] || ! "$env/bin/python" -c "import dask.distributed, pyarrow.flight, numpy" 2>/dev/null; then
   python3 -m venv "$env"
   "$env/bin/pip" install --quiet "dask[distributed]" numpy pyarrow
+fi
+if [ -n "$smoke" ]; then
+  exec "$env/bin/python" benches/compare/compare.py \
+    --quiver "$smoke/quiver" --seed "$smoke/examples/seed" --bench "$smoke/quiver-bench" \
+    --json target/compare-smoke.json --arrays 8 --size 10000 --rounds 1 --tiny 100 --no-ray
+fi
+# Ray is tried on every full run: a smoke run's venv has none.
+if ! "$env/bin/python" -c "import ray" 2>/dev/null; then
   "$env/bin/pip" install --quiet ray || echo "Ray did not install: it is left out of the comparison"
 fi
 cargo build --release --locked --bins --example seed

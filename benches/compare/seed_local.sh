@@ -5,29 +5,41 @@
 #
 #   bash benches/compare/seed_local.sh [ROUNDS] [QUIVER_BIN] [SEED_BIN]
 #
-# Builds the release binaries first; QUIVER_BIN (default target/release/quiver)
-# and SEED_BIN (default target/release/examples/seed) let another build run,
-# its seed client speaking its cluster's protocol version.
+# QUIVER_BIN (default target/release/quiver) and SEED_BIN (default
+# target/release/examples/seed) let another build run, its seed client
+# speaking its cluster's protocol version; without SEED_BIN the release
+# binaries are built first. SEED_ARGS (e.g. "--arrays 8 --size 10000") goes to
+# every seed run: the test suite's smoke run sets it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-5}
 quiver=${2:-target/release/quiver}
-port=8797
-cargo build --release --bin quiver --example seed >&2
+if [ -z "${3:-}" ]; then
+    cargo build --release --bin quiver --example seed >&2
+fi
 seed=${3:-target/release/examples/seed}
+read -r -a sizes <<<"${SEED_ARGS:-}"
 out=$(mktemp)
-"$quiver" local --workers 4 --port "$port" >/dev/null 2>&1 &
+log=$(mktemp)
+"$quiver" local --workers 4 --port 0 >"$log" 2>/dev/null &
 cluster=$!
-trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null; rm -f "$out"' EXIT
-for _ in $(seq 50); do
-    "$quiver" status "127.0.0.1:$port" >/dev/null 2>&1 && break
-    sleep 0.2
+trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null; rm -f "$out" "$log"' EXIT
+address=
+for _ in $(seq 100); do
+    address=$(sed -n 's/^quiver cluster at \([^ ]*\).*/\1/p' "$log")
+    [ -n "$address" ] && break
+    kill -0 $cluster 2>/dev/null || break
+    sleep 0.1
 done
-"$seed" --scheduler "127.0.0.1:$port" --approach graph >/dev/null # warm-up
+if [ -z "$address" ]; then
+    echo "quiver local did not start" >&2
+    exit 1
+fi
+"$seed" "${sizes[@]}" --scheduler "$address" --approach graph >/dev/null # warm-up
 for _ in $(seq "$rounds"); do
-    "$seed" --scheduler "127.0.0.1:$port" --approach graph --approach delayed \
+    "$seed" "${sizes[@]}" --scheduler "$address" --approach graph --approach delayed \
         --approach array --approach pool --approach mix | sed 's/^/local /' >>"$out"
-    "$seed" --approach graph --approach delayed --approach array --approach pool \
+    "$seed" "${sizes[@]}" --approach graph --approach delayed --approach array --approach pool \
         --approach mix | sed 's/^/embedded /' >>"$out"
 done
 awk '
