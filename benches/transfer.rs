@@ -279,7 +279,7 @@ fn main() {
     drop(node_rts);
     let mut rows = rows;
     if let Some(python) = option("--pyarrow") {
-        rows.extend(pyarrow_rows(python, quick, &rows));
+        rows.extend(pyarrow_rows(python, quick, reps, &rows));
     }
     println!(
         "{:<15} {:>10} {:>12} {:>16} {:>10}",
@@ -359,6 +359,7 @@ fn read_once(c: &quiver::Chunk) {
 fn pyarrow_rows(
     python: &str,
     quick: bool,
+    reps: usize,
     rows: &[(&'static str, usize, f64, f64)],
 ) -> Vec<(&'static str, usize, f64, f64)> {
     let script = concat!(
@@ -370,6 +371,7 @@ fn pyarrow_rows(
     if quick {
         cmd.arg("--quick");
     }
+    cmd.args(["--reps", &reps.to_string()]);
     let out = match cmd.output() {
         Ok(o) if o.status.success() => o.stdout,
         Ok(o) => {
