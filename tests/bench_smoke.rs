@@ -246,6 +246,10 @@ fn compare_smoke() {
     );
     assert!(stdout.contains("Quiver's best is"), "{stdout}");
     assert!(stdout.contains("x dask's tasks/s"), "{stdout}");
+    assert!(
+        stdout.contains(r#"{"route": "pyarrow-flight", "chunk_bytes": 8388608"#),
+        "{stdout}"
+    );
     let json = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compare-smoke.json");
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();

@@ -7,9 +7,9 @@
 #   benches/compare/compare.sh [--quick] [--arrays N] [--size M] [--rounds R] [--tiny T]
 #   benches/compare/compare.sh --smoke BIN_DIR
 #
-# --smoke is the test suite's run: tiny sizes, one round, without Ray or the
-# transfer bench, on binaries already built in BIN_DIR (quiver, quiver-bench,
-# examples/seed). Python packages come from the package registry into
+# --smoke is the test suite's run: tiny sizes, one round, without Ray, on
+# binaries already built in BIN_DIR (quiver, quiver-bench, examples/seed); of
+# the transfer bench only pyarrow's half, one 8 MB fetch. Python packages come from the package registry into
 # target/compare-env.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,9 +23,11 @@ if [ ! -x "$env/bin/python" ] || ! "$env/bin/python" -c "import dask.distributed
   "$env/bin/pip" install --quiet "dask[distributed]" numpy pyarrow
 fi
 if [ -n "$smoke" ]; then
-  exec "$env/bin/python" benches/compare/compare.py \
+  "$env/bin/python" benches/compare/compare.py \
     --quiver "$smoke/quiver" --seed "$smoke/examples/seed" --bench "$smoke/quiver-bench" \
     --json target/compare-smoke.json --arrays 8 --size 10000 --rounds 1 --tiny 100 --no-ray
+  # The transfer bench's pyarrow half, alone: one size, one fetch.
+  exec "$env/bin/python" benches/compare/pyarrow_flight.py --quick --reps 1
 fi
 # Ray is tried on every full run: a smoke run's venv has none.
 if ! "$env/bin/python" -c "import ray" 2>/dev/null; then
