@@ -9,8 +9,9 @@
 #
 # --smoke is the test suite's run: tiny sizes, one round, without Ray, on
 # binaries already built in BIN_DIR (quiver, quiver-bench, examples/seed); of
-# the transfer bench only pyarrow's half, one 8 MB fetch. Python packages come from the package registry into
-# target/compare-env.
+# the transfer bench only pyarrow's half, one 8 MB fetch.
+#
+# Python packages come from the package registry into target/compare-env.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 env=target/compare-env

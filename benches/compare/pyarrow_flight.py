@@ -8,6 +8,7 @@ Usage: python pyarrow_flight.py [--quick] [--reps N]
 """
 import json
 import multiprocessing
+import queue
 import statistics
 import sys
 import time
@@ -46,7 +47,10 @@ def main():
     server = ctx.Process(target=serve, args=(sizes, port), daemon=True)
     server.start()
     try:
-        client = flight.connect(f"grpc://127.0.0.1:{port.get(timeout=60)}")
+        try:
+            client = flight.connect(f"grpc://127.0.0.1:{port.get(timeout=60)}")
+        except queue.Empty:
+            raise SystemExit("pyarrow's Flight server did not start within 60 s")
         for size in sizes:
             ticket = flight.Ticket(str(size))
             client.do_get(ticket).read_all()
