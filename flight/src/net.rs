@@ -140,15 +140,22 @@ pub async fn channel(address: &str) -> Result<Channel> {
         .max_frame_size(FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
+    endpoint.connect().await.map_err(|e| fail(chain(&e)))
+}
+
+/// An error and its sources, each once: the transport's layers often repeat
+/// their source's text ("tcp connect error: tcp connect error: …").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
         }
-        fail(msg)
-    })
+        src = s.source();
+    }
+    parts.join(": ")
 }
 
 /// How long a control action may take before the peer is deemed unresponsive
@@ -277,4 +284,25 @@ pub async fn get_many(
         .try_collect()
         .await
         .map_err(|s| Error::remote(what(), s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_says_each_cause_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let e = channel(&format!("127.0.0.1:{port}")).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("refused"), "{msg}");
+        let parts: Vec<&str> = msg.split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1]),
+            "a cause repeated: {msg}"
+        );
+    }
 }
