@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
 
+/// The repository's root.
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// Where `cargo test` built `quiver`, `quiver-bench` and `examples/seed`.
 fn bin_dir() -> &'static Path {
     Path::new(BENCH).parent().unwrap()
@@ -20,11 +25,7 @@ fn bin_dir() -> &'static Path {
 /// Runs a script of `benches/compare` with `args` and `env`; its stdout.
 fn script(name: &str, args: &[&OsStr], env: &[(&str, &str)]) -> String {
     let out = Command::new("bash")
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("benches/compare")
-                .join(name),
-        )
+        .arg(root().join("benches/compare").join(name))
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -250,7 +251,7 @@ fn compare_smoke() {
         stdout.contains(r#"{"route": "pyarrow-flight", "chunk_bytes": 8388608"#),
         "{stdout}"
     );
-    let json = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compare-smoke.json");
+    let json = root().join("target/compare-smoke.json");
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     let has = |system: &str, workload: &str| {
