@@ -21,7 +21,8 @@ static GLOBAL: quiver::engine::shm::SharedAlloc<mimalloc::MiMalloc> =
 #[command(
     name = "quiver",
     version,
-    about = "A distributed dataflow engine for Arrow data"
+    about = "A distributed dataflow engine for Arrow data",
+    next_help_heading = "Cluster-wide options"
 )]
 struct Cli {
     #[command(subcommand)]
