@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release --example seed -- [--arrays N] [--size M] [--workers W] [--approach NAME]... [--json]`
 
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
@@ -36,11 +37,23 @@ struct Args {
     scheduler: Option<String>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let args = Args::parse();
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        // Said as a sentence, not as the error's debug form.
+        Err(e) => {
+            eprintln!("seed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the chosen approaches; whether every total came out right.
+fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     let (n, m, w) = (args.arrays, args.size, args.workers);
     let approaches = if args.approaches.is_empty() {
         seed::APPROACHES.map(String::from).to_vec()
@@ -80,8 +93,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ok = false;
         }
     }
-    if !ok {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(ok)
 }

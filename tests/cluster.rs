@@ -441,14 +441,25 @@ fn a_worker_whose_center_goes_away_exits_with_a_message() {
     };
     assert!(!status.success());
 
+    // `--center-timeout` bounds the wait at start-up too.
     let out = Command::new(quiver_bin())
-        .args(["worker", "127.0.0.1:1"])
+        .args(["worker", "127.0.0.1:1", "--center-timeout", "1"])
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("cannot reach 127.0.0.1:1"), "{err}");
+    assert!(err.contains("no center answered for 1s"), "{err}");
+    // An address without a port is a mistake, refused without waiting.
+    let out = Command::new(quiver_bin())
+        .args(["worker", "node1"])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not a host:port address"), "{err}");
 }
 
 #[test]

@@ -103,6 +103,19 @@ pub fn host_port(address: &str) -> &str {
         .unwrap_or(address)
 }
 
+/// `address` as `host:port`, or an error saying it is not one: a missing
+/// port is a mistake to report at once, not a connection to retry.
+pub fn check_address(address: &str) -> Result<&str> {
+    let hp = host_port(address);
+    match hp.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(hp),
+        _ => Err(Error::Connect {
+            address: hp.to_string(),
+            reason: "not a host:port address (a port number is needed, e.g. 127.0.0.1:8787)".into(),
+        }),
+    }
+}
+
 /// Connects to the Flight service at `address` (`host:port` or `grpc://host:port`).
 pub async fn connect(address: &str) -> Result<FlightClient> {
     Ok(client(channel(address).await?))
@@ -117,7 +130,7 @@ pub fn client(channel: Channel) -> FlightClient {
 
 /// A tuned channel to the Flight service at `address` (`host:port` or `grpc://host:port`).
 pub async fn channel(address: &str) -> Result<Channel> {
-    let hp = host_port(address);
+    let hp = check_address(address)?;
     let fail = |reason: String| Error::Connect {
         address: hp.to_string(),
         reason,
@@ -304,5 +317,21 @@ mod tests {
             parts.windows(2).all(|w| w[0] != w[1]),
             "a cause repeated: {msg}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_address_without_a_port_is_refused_before_connecting() {
+        for bad in [
+            "localhost",
+            "grpc://10.0.0.1",
+            ":8787",
+            "host:http",
+            "host:70000",
+        ] {
+            let msg = channel(bad).await.unwrap_err().to_string();
+            assert!(msg.contains("not a host:port address"), "{bad}: {msg}");
+        }
+        assert_eq!(check_address("grpc://node1:8787").unwrap(), "node1:8787");
+        assert_eq!(check_address("[::1]:8787").unwrap(), "[::1]:8787");
     }
 }

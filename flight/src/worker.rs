@@ -60,7 +60,8 @@ pub struct WorkerConfig {
     pub pause_fraction: f64,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
-    /// How long the center may stay unreachable before the worker exits.
+    /// How long the center may stay unreachable, at start-up or later,
+    /// before the worker exits.
     pub center_patience: Duration,
 }
 
@@ -1126,9 +1127,13 @@ async fn connect_center(center: &str, patience: Duration) -> Result<FlightClient
         match net::connect(center).await {
             Ok(c) => return Ok(c),
             Err(e) if start.elapsed() >= patience => {
+                let why = match e {
+                    Error::Connect { reason, .. } => reason,
+                    other => other.to_string(),
+                };
                 return Err(Error::Connect {
                     address: center.to_string(),
-                    reason: format!("no center answered for {patience:?} ({e})"),
+                    reason: format!("no center answered for {patience:?} ({why})"),
                 });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -1145,7 +1150,8 @@ pub async fn run(
 ) -> Result<()> {
     let (incoming, local) = net::bind(&config.host, config.port).await?;
     let address = local.to_string();
-    let mut center = connect_center(&config.center, Duration::from_secs(10)).await?;
+    net::check_address(&config.center)?;
+    let mut center = connect_center(&config.center, config.center_patience).await?;
     let probed = net::probe_center(&mut center, &config.center).await?;
     if probed.protocol_version != PROTOCOL_VERSION {
         return Err(Error::Protocol(format!(

@@ -98,8 +98,9 @@ enum Cmd {
         /// Milliseconds between heartbeats to the center.
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
-        /// Seconds the center may stay unreachable before the worker exits
-        /// (a center restarted within this time is joined again).
+        /// Seconds the center may stay unreachable, at start-up or later,
+        /// before the worker exits (a center restarted within this time is
+        /// joined again).
         #[arg(long, default_value_t = 10)]
         center_timeout: u64,
         /// Threads for network work (serving peers and clients; tasks run on
