@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::Float64Array;
 use common::{TestCluster, quiver_bin};
+use quiver::flight::net;
+use quiver::flight::protocol::ClusterStatus;
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
 #[test]
@@ -484,19 +486,48 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
-    let mut local = Command::new(quiver_bin())
-        .args(["local", "--workers", "2", "--port", &port.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(local.stdout.take().unwrap()).lines();
+    /// Stops `quiver local`, and with it its children, should the test fail.
+    struct Local(std::process::Child);
+    impl Drop for Local {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let pid = self.0.id().to_string();
+                let _ = Command::new("kill").args(["-TERM", &pid]).status();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut local = Local(
+        Command::new(quiver_bin())
+            .args(["local", "--workers", "3", "--port", &port.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(local.0.stdout.take().unwrap()).lines();
     let line = lines.next().unwrap().unwrap();
     std::thread::spawn(move || lines.for_each(drop));
     let address = format!("127.0.0.1:{port}");
     assert!(
         line.starts_with("quiver cluster at") && line.contains(&address),
         "{line}"
+    );
+    // Numbered by the center as they are named.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status: ClusterStatus = rt.block_on(async {
+        let mut c = net::connect(&address).await.unwrap();
+        net::action_json(&mut c, "cluster", &()).await.unwrap()
+    });
+    let named: Vec<(u32, &str)> = status
+        .workers
+        .iter()
+        .map(|w| (w.id, w.name.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        [(0, "worker-0"), (1, "worker-1"), (2, "worker-2")],
+        "{named:?}"
     );
     let client = Client::connect(&address).unwrap();
     assert_eq!(
@@ -505,11 +536,11 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
     );
     drop(client);
     let ok = Command::new("kill")
-        .args(["-TERM", &local.id().to_string()])
+        .args(["-TERM", &local.0.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
-    assert!(local.wait().unwrap().success());
+    assert!(local.0.wait().unwrap().success());
     // The center (and with it the cluster) is gone.
     let out = Command::new(quiver_bin())
         .args(["status", &address])

@@ -369,6 +369,12 @@ fn local(
     std::thread::spawn(move || lines.for_each(drop));
     let address = line.rsplit(' ').next().unwrap_or_default().to_string();
     let rt = runtime(1)?;
+    let Ok(mut center) = rt.block_on(net::connect(&address)) else {
+        kill_all(&mut children);
+        return Err(format!("the center at {address} does not answer"));
+    };
+    // One worker at a time, each started once the one before has joined, so
+    // that the center numbers them as they are named.
     for i in 0..workers {
         let mut cmd = Command::new(&exe);
         cmd.args([
@@ -391,23 +397,10 @@ fn local(
                 return Err(format!("cannot start worker {i}: {e}"));
             }
         }
-    }
-    let joined = rt.block_on(async {
-        let Ok(mut c) = net::connect(&address).await else {
-            return 0;
-        };
-        for _ in 0..200 {
-            let status = net::action_json::<ClusterStatus>(&mut c, "cluster", &()).await;
-            if let Some(s) = status.ok().filter(|s| s.workers.len() >= workers) {
-                return s.workers.len();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !rt.block_on(joined(&mut center, i + 1)) {
+            kill_all(&mut children);
+            return Err(format!("only {i} of {workers} workers joined"));
         }
-        0
-    });
-    if joined < workers {
-        kill_all(&mut children);
-        return Err(format!("only {joined} of {workers} workers joined"));
     }
     // Listen for the stop signal before announcing the cluster, so a signal sent
     // as soon as the address is known still stops every child.
@@ -420,6 +413,18 @@ fn local(
     eprintln!("stopping {} processes", children.len());
     kill_all(&mut children);
     Ok(())
+}
+
+/// Whether `n` workers have joined the center within 10 s.
+async fn joined(center: &mut net::FlightClient, n: usize) -> bool {
+    for _ in 0..2000 {
+        let status = net::action_json::<ClusterStatus>(center, "cluster", &()).await;
+        if status.is_ok_and(|s| s.workers.len() >= n) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
 
 /// Loads the TLS files once; `quiver local`'s children get them through the environment.
