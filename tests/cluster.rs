@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::Float64Array;
-use common::{TestCluster, quiver_bin};
+use common::{Local, TestCluster, quiver_bin};
 use quiver::flight::net;
 use quiver::flight::protocol::ClusterStatus;
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
@@ -480,38 +480,17 @@ fn the_pool_map_works_against_a_remote_center() {
 
 #[test]
 fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    /// Stops `quiver local`, and with it its children, should the test fail.
-    struct Local(std::process::Child);
-    impl Drop for Local {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let pid = self.0.id().to_string();
-                let _ = Command::new("kill").args(["-TERM", &pid]).status();
-                let _ = self.0.wait();
-            }
-        }
-    }
-    let mut local = Local(
-        Command::new(quiver_bin())
-            .args(["local", "--workers", "3", "--port", &port.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(local.0.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut local = Local::start(&["--workers", "3", "--port", &port.to_string()]);
     let address = format!("127.0.0.1:{port}");
     assert!(
-        line.starts_with("quiver cluster at") && line.contains(&address),
-        "{line}"
+        local.line.starts_with("quiver cluster at") && local.address == address,
+        "{}",
+        local.line
     );
     // Numbered by the center as they are named.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -536,11 +515,11 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
     );
     drop(client);
     let ok = Command::new("kill")
-        .args(["-TERM", &local.0.id().to_string()])
+        .args(["-TERM", &local.child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
-    assert!(local.0.wait().unwrap().success());
+    assert!(local.child.wait().unwrap().success());
     // The center (and with it the cluster) is gone.
     let out = Command::new(quiver_bin())
         .args(["status", &address])

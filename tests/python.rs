@@ -4,10 +4,13 @@
 //! a message saying what was wrong). A venv with pyarrow is made under
 //! target/ when pyarrow is missing.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use common::Local;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,45 +49,6 @@ fn python() -> &'static Path {
     })
 }
 
-/// `quiver local`, stopped with SIGTERM (so it stops its children) on drop.
-struct Local {
-    child: Child,
-    address: String,
-}
-
-impl Local {
-    fn start(workers: usize) -> Local {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quiver"))
-            .args(["local", "--workers", &workers.to_string(), "--port", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start quiver local");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = lines
-            .next()
-            .expect("quiver local printed nothing")
-            .expect("read");
-        std::thread::spawn(move || lines.for_each(drop));
-        let address = line
-            .split_whitespace()
-            .nth(3)
-            .expect("quiver cluster at ADDRESS")
-            .to_string();
-        Local { child, address }
-    }
-}
-
-impl Drop for Local {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 fn run_script(script: &str, args: &[&str]) -> String {
     let out = Command::new(python())
         .arg(root().join(script))
@@ -102,7 +66,7 @@ fn run_script(script: &str, args: &[&str]) -> String {
 
 #[test]
 fn pyarrow_runs_the_seed_and_moves_tables_in_and_out() {
-    let local = Local::start(4);
+    let local = Local::start(&["--workers", "4", "--port", "0"]);
     let a = local.address.as_str();
     let text = run_script(
         "examples/python/seed.py",
@@ -120,7 +84,7 @@ fn pyarrow_runs_the_seed_and_moves_tables_in_and_out() {
 
 #[test]
 fn pyarrow_clients_get_errors_that_say_what_was_wrong() {
-    let local = Local::start(2);
+    let local = Local::start(&["--workers", "2", "--port", "0"]);
     let text = run_script("tests/python/errors.py", &[&local.address]);
     for needle in [
         "bad JSON: ArrowInvalid",

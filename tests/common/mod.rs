@@ -1,5 +1,5 @@
 //! A cluster of real `quiver center` and `quiver worker` processes for tests,
-//! killed by pid when dropped.
+//! or one `quiver local`, stopped by pid when dropped.
 
 #![allow(dead_code)]
 
@@ -13,6 +13,58 @@ use quiver::flight::protocol::{ClusterStatus, WorkerStatus};
 /// The `quiver` binary under test.
 pub fn quiver_bin() -> &'static str {
     env!("CARGO_BIN_EXE_quiver")
+}
+
+/// `quiver local ARGS`, stopped with SIGTERM (so it stops its children)
+/// when dropped, should a test not have stopped it.
+pub struct Local {
+    /// The `quiver local` process.
+    pub child: Child,
+    /// The line it printed once the cluster was up.
+    pub line: String,
+    /// The center's `host:port`, from that line.
+    pub address: String,
+}
+
+impl Local {
+    /// Starts `quiver local` with `args` and waits until it prints its address.
+    pub fn start(args: &[&str]) -> Local {
+        let mut child = Command::new(quiver_bin())
+            .arg("local")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start quiver local");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let line = lines
+            .next()
+            .expect("quiver local printed nothing")
+            .expect("read");
+        std::thread::spawn(move || lines.for_each(drop));
+        let address = line
+            .split_whitespace()
+            .nth(3)
+            .expect("quiver cluster at ADDRESS")
+            .to_string();
+        Local {
+            child,
+            line,
+            address,
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// A center and its workers, each a child process.
