@@ -397,9 +397,10 @@ fn local(
                 return Err(format!("cannot start worker {i}: {e}"));
             }
         }
-        if !rt.block_on(joined(&mut center, i + 1)) {
+        let worker = children.last_mut().expect("just started");
+        if let Err(why) = rt.block_on(joined(&mut center, i + 1, worker)) {
             kill_all(&mut children);
-            return Err(format!("only {i} of {workers} workers joined"));
+            return Err(format!("worker {i} did not join: {why}"));
         }
     }
     // Listen for the stop signal before announcing the cluster, so a signal sent
@@ -415,16 +416,24 @@ fn local(
     Ok(())
 }
 
-/// Whether `n` workers have joined the center within 10 s.
-async fn joined(center: &mut net::FlightClient, n: usize) -> bool {
+/// Waits until `n` workers have joined the center, or says why not: the
+/// newest, `worker`, exited, or 10 s went by.
+async fn joined(
+    center: &mut net::FlightClient,
+    n: usize,
+    worker: &mut Child,
+) -> Result<(), String> {
     for _ in 0..2000 {
         let status = net::action_json::<ClusterStatus>(center, "cluster", &()).await;
         if status.is_ok_and(|s| s.workers.len() >= n) {
-            return true;
+            return Ok(());
+        }
+        if let Ok(Some(exit)) = worker.try_wait() {
+            return Err(format!("it exited ({exit})"));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    false
+    Err("not registered after 10 s".into())
 }
 
 /// Loads the TLS files once; `quiver local`'s children get them through the environment.
