@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::Float64Array;
-use common::{Local, TestCluster, quiver_bin};
-use quiver::flight::net;
-use quiver::flight::protocol::ClusterStatus;
+use common::{Local, TestCluster, cluster_status, quiver_bin};
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
 #[test]
@@ -493,11 +491,7 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
         local.line
     );
     // Numbered by the center as they are named.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let status: ClusterStatus = rt.block_on(async {
-        let mut c = net::connect(&address).await.unwrap();
-        net::action_json(&mut c, "cluster", &()).await.unwrap()
-    });
+    let status = cluster_status(&address).expect("the center answers");
     let named: Vec<(u32, &str)> = status
         .workers
         .iter()

@@ -15,6 +15,18 @@ pub fn quiver_bin() -> &'static str {
     env!("CARGO_BIN_EXE_quiver")
 }
 
+/// The `cluster` reply of the center at `address`, if it answers.
+pub fn cluster_status(address: &str) -> Option<ClusterStatus> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let mut c = net::connect(address).await.ok()?;
+        net::action_json(&mut c, "cluster", &()).await.ok()
+    })
+}
+
 /// `quiver local ARGS`, stopped with SIGTERM (so it stops its children)
 /// when dropped, should a test not have stopped it.
 pub struct Local {
@@ -229,10 +241,7 @@ impl TestCluster {
 
     /// The center's `cluster` reply.
     pub fn status(&self) -> Option<ClusterStatus> {
-        self.rt.block_on(async {
-            let mut c = net::connect(&self.address).await.ok()?;
-            net::action_json(&mut c, "cluster", &()).await.ok()
-        })
+        cluster_status(&self.address)
     }
 
     /// Live figures of every worker, asked of the workers themselves.
