@@ -4,18 +4,17 @@
 //! the seed on `quiver local` against embedded, and the comparison with
 //! dask.distributed run. No figure is judged.
 
+mod common;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
+use common::{quiver_bin, root};
 
-/// The repository's root.
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
 
 /// Where `cargo test` built `quiver`, `quiver-bench` and `examples/seed`.
 fn bin_dir() -> &'static Path {
@@ -223,7 +222,7 @@ fn overhead_smoke() {
 #[test]
 fn seed_local_smoke() {
     let seed = bin_dir().join("examples/seed");
-    let quiver = env!("CARGO_BIN_EXE_quiver");
+    let quiver = quiver_bin();
     let table = script(
         "seed_local.sh",
         &[OsStr::new("1"), OsStr::new(quiver), seed.as_os_str()],

@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::Local;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{Local, root};
 
 /// A Python with pyarrow: `target/pyenv`, created from the package registry if needed.
 fn python() -> &'static Path {

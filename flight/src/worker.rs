@@ -1120,8 +1120,10 @@ async fn register(center: &mut FlightClient, reg: &Register) -> Result<u32> {
     Ok(registered.worker)
 }
 
-/// Connects to the center, retrying for up to `patience`.
+/// Connects to the center, retrying for up to `patience`; an address that is
+/// not `host:port` fails at once, as no retry can mend it.
 async fn connect_center(center: &str, patience: Duration) -> Result<FlightClient> {
+    net::check_address(center)?;
     let start = tokio::time::Instant::now();
     loop {
         match net::connect(center).await {
@@ -1150,7 +1152,6 @@ pub async fn run(
 ) -> Result<()> {
     let (incoming, local) = net::bind(&config.host, config.port).await?;
     let address = local.to_string();
-    net::check_address(&config.center)?;
     let mut center = connect_center(&config.center, config.center_patience).await?;
     let probed = net::probe_center(&mut center, &config.center).await?;
     if probed.protocol_version != PROTOCOL_VERSION {

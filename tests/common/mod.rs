@@ -4,11 +4,17 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quiver::flight::net;
 use quiver::flight::protocol::{ClusterStatus, WorkerStatus};
+
+/// The repository's root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
 
 /// The `quiver` binary under test.
 pub fn quiver_bin() -> &'static str {
