@@ -34,75 +34,80 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Loopback TCP: one stream, each end on a worker's runtime (`from` writes,
-/// `to` reads). The connection first moves 64 MiB untimed, so that the
-/// timed runs see the grown windows of a long-lived connection (as iperf3's
-/// steady state does, and as the workers' own connections do); then each of
-/// `reps` runs moves `bytes`, timed until the receiver has read them all.
-/// The sender writes one 1 MiB block over and over and the receiver reads
-/// into a 4 MiB buffer, both in cache as iperf3's are; with `chunk_memory`,
-/// the sender writes one buffer of `bytes` and the receiver reads into one,
-/// as a chunk moves from memory to memory.
-async fn tcp_ceiling(
-    from: &tokio::runtime::Handle,
-    to: &tokio::runtime::Handle,
-    bytes: usize,
-    reps: usize,
-    chunk_memory: bool,
-) -> Vec<f64> {
-    let (block_len, buf_len) = if chunk_memory {
-        (bytes, bytes)
-    } else {
-        (MB, 4 * MB)
-    };
-    const WARM: usize = 64 * MB;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-    // The warm-up, then the timed runs: the reader reads exactly these.
-    let plan: Vec<usize> = std::iter::once(WARM)
-        .chain(std::iter::repeat_n(bytes, reps))
-        .collect();
-    let wanted = plan.clone();
-    let _reader = to.spawn(async move {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-        let (mut s, _) = listener.accept().await.expect("accept");
-        // Every page of it is written by the warm-up's reads.
-        let mut buf = vec![0u8; buf_len];
-        for want in wanted {
-            let mut got = 0;
-            while got < want {
-                match s.read(&mut buf[..(want - got).min(buf_len)]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got += n,
+/// One loopback TCP connection between two workers' runtimes (`from`
+/// writes, `to` reads), kept open so that each run sees the grown windows of
+/// a long-lived connection, as iperf3's steady state does and as the
+/// workers' own connections do. It first moves 64 MiB untimed. The sender
+/// writes `block_len` bytes over and over and the receiver reads into a
+/// buffer of `buf_len`: 1 MiB into 4 MiB, both in cache as iperf3's are, or a
+/// chunk's size into another, as a chunk moves from memory to memory.
+struct TcpCopy {
+    runs: tokio::sync::mpsc::UnboundedSender<(usize, oneshot::Sender<f64>)>,
+}
+
+impl TcpCopy {
+    async fn open(
+        from: &tokio::runtime::Handle,
+        to: &tokio::runtime::Handle,
+        block_len: usize,
+        buf_len: usize,
+    ) -> TcpCopy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The reader learns each run's length before the run is timed.
+        let (want_tx, mut wants) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        to.spawn(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let (mut s, _) = listener.accept().await.expect("accept");
+            // Every page of it is written by the warm-up's reads.
+            let mut buf = vec![0u8; buf_len];
+            while let Some(want) = wants.recv().await {
+                let mut got = 0;
+                while got < want {
+                    match s.read(&mut buf[..(want - got).min(buf_len)]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
                 }
+                let _ = done_tx.send(());
             }
-            let _ = done_tx.send(());
-        }
-    });
-    from.spawn(async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        let block = vec![7u8; block_len];
-        let mut rates = Vec::with_capacity(reps);
-        for (i, n) in plan.into_iter().enumerate() {
-            let start = Instant::now();
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(block_len);
-                s.write_all(&block[..k]).await.expect("write");
-                left -= k;
+        });
+        let (runs, mut asked) =
+            tokio::sync::mpsc::unbounded_channel::<(usize, oneshot::Sender<f64>)>();
+        from.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            let block = vec![7u8; block_len];
+            while let Some((n, reply)) = asked.recv().await {
+                if want_tx.send(n).is_err() {
+                    return;
+                }
+                let start = Instant::now();
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(block_len);
+                    s.write_all(&block[..k]).await.expect("write");
+                    left -= k;
+                }
+                done.recv().await.expect("the TCP reader stopped");
+                let _ = reply.send(n as f64 / start.elapsed().as_secs_f64());
             }
-            done.recv().await.expect("the TCP reader stopped");
-            if i > 0 {
-                rates.push(n as f64 / start.elapsed().as_secs_f64());
-            }
-        }
-        rates
-    })
-    .await
-    .expect("TCP writer")
+        });
+        let copy = TcpCopy { runs };
+        copy.rate(64 * MB).await;
+        copy
+    }
+
+    /// Moves `bytes` and returns the rate, timed until the reader has them all.
+    async fn rate(&self, bytes: usize) -> f64 {
+        let (reply, rate) = oneshot::channel();
+        self.runs
+            .send((bytes, reply))
+            .expect("the TCP writer stopped");
+        rate.await.expect("the TCP writer stopped")
+    }
 }
 
 /// Starts a worker on `rt`, a runtime of its own as its process would have.
@@ -224,32 +229,40 @@ fn main() {
         let latency = median(tiny_secs);
         let mut rows = Vec::new();
         for &size in &sizes {
-            let ceiling = median(tcp_ceiling(&ra, &rb, size.max(64 * MB), reps, false).await);
-            // Raw TCP moving one chunk's size per run, start-up included: what
-            // a plain copy of this chunk does, where the ceiling is a stream.
-            let tcp_chunk = median(tcp_ceiling(&ra, &rb, size, reps, false).await);
-            rows.push(("tcp-chunk", size, tcp_chunk, ceiling));
-            // The same from a buffer of the chunk's size into another, as
-            // a fetch moves a chunk, where the others stay in cache.
-            let tcp_memory = median(tcp_ceiling(&ra, &rb, size, reps, true).await);
-            rows.push(("tcp-memory", size, tcp_memory, ceiling));
             let rate = |secs: f64| size as f64 / secs;
             let data = |seed: u64| {
                 chunk::from_array(Arc::new(Float64Array::from(uniform_vec(size / 8, seed))))
             };
-            // Flight: one chunk fetched back to back (the fetcher keeps no
-            // copy), after one untimed fetch, as the ceiling is warmed. Runs
-            // spaced by other work found the workers idle, which in this VM
-            // alone cost a 32 MB fetch a quarter of its speed.
+            // The ceiling: the stream, timed per 64 MiB (or the chunk's size,
+            // if larger). Beside it, the same connection's kind moving one
+            // chunk's size per run, start-up included (what a plain copy of
+            // this chunk does, where the ceiling is a stream), and the same
+            // from a buffer of the chunk's size into another (as a fetch moves
+            // a chunk, where the others stay in cache).
+            let stream = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
+            let copy = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
+            let memory = TcpCopy::open(&ra, &rb, size, size).await;
+            // Flight: one chunk fetched again and again (the fetcher keeps no
+            // copy), after one untimed fetch, as the TCP connections are
+            // warmed. Each run fetches it, then times each TCP reference once,
+            // so that all of them see the machine in the same state: its speed
+            // drifts by a quarter within minutes.
             let key = Key::from(format!("c-{size}").as_str());
             a.store().put(key.clone(), data(0));
             fetch_on(&rb, &b, &key, &from_a, size).await;
             let (mut flight, mut flight_read) = (Vec::new(), Vec::new());
+            let (mut ceiling, mut tcp_chunk, mut tcp_memory) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
                 let (fetched, read) = fetch_on(&rb, &b, &key, &from_a, size).await;
                 flight.push(rate(fetched));
                 flight_read.push(rate(read));
+                ceiling.push(stream.rate(size.max(64 * MB)).await);
+                tcp_chunk.push(copy.rate(size).await);
+                tcp_memory.push(memory.rate(size).await);
             }
+            let ceiling = median(ceiling);
+            rows.push(("tcp-chunk", size, median(tcp_chunk), ceiling));
+            rows.push(("tcp-memory", size, median(tcp_memory), ceiling));
             a.free(std::slice::from_ref(&key));
             // Shared memory: each run a new chunk, so that each first fetch
             // publishes it.
