@@ -110,6 +110,76 @@ impl TcpCopy {
     }
 }
 
+/// Loopback TCP as a fetch: the fetching end (on `to`) asks for a length in
+/// 8 bytes and the holding end (on `from`) answers with that many bytes from a
+/// buffer of `len`, read into another. Timed at the fetching end, from the
+/// request until the last byte, on a connection kept open (warmed by 64 MiB
+/// first): what any request and answer over raw TCP pays, where the stream
+/// never waits for a request.
+struct TcpFetch {
+    runs: tokio::sync::mpsc::UnboundedSender<(usize, oneshot::Sender<f64>)>,
+}
+
+impl TcpFetch {
+    async fn open(
+        from: &tokio::runtime::Handle,
+        to: &tokio::runtime::Handle,
+        len: usize,
+    ) -> TcpFetch {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        from.spawn(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let (mut s, _) = listener.accept().await.expect("accept");
+            s.set_nodelay(true).expect("nodelay");
+            let block = vec![7u8; len];
+            let mut ask = [0u8; 8];
+            while s.read_exact(&mut ask).await.is_ok() {
+                let mut left = u64::from_le_bytes(ask) as usize;
+                while left > 0 {
+                    let k = left.min(len);
+                    if s.write_all(&block[..k]).await.is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+            }
+        });
+        let (runs, mut asked) =
+            tokio::sync::mpsc::unbounded_channel::<(usize, oneshot::Sender<f64>)>();
+        to.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; len];
+            while let Some((n, reply)) = asked.recv().await {
+                let start = Instant::now();
+                s.write_all(&(n as u64).to_le_bytes()).await.expect("ask");
+                let mut got = 0;
+                while got < n {
+                    match s.read(&mut buf[..(n - got).min(len)]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => got += k,
+                    }
+                }
+                let _ = reply.send(n as f64 / start.elapsed().as_secs_f64());
+            }
+        });
+        let fetch = TcpFetch { runs };
+        fetch.rate(64 * MB).await;
+        fetch
+    }
+
+    /// Fetches `bytes` and returns the rate.
+    async fn rate(&self, bytes: usize) -> f64 {
+        let (reply, rate) = oneshot::channel();
+        self.runs
+            .send((bytes, reply))
+            .expect("the TCP fetcher stopped");
+        rate.await.expect("the TCP fetcher stopped")
+    }
+}
+
 /// Starts a worker on `rt`, a runtime of its own as its process would have.
 async fn start_worker(
     rt: &tokio::runtime::Handle,
@@ -242,6 +312,7 @@ fn main() {
             let stream = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
             let copy = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
             let memory = TcpCopy::open(&ra, &rb, size, size).await;
+            let asked = TcpFetch::open(&ra, &rb, size).await;
             // Flight: one chunk fetched again and again (the fetcher keeps no
             // copy), after one untimed fetch, as the TCP connections are
             // warmed. Each run fetches it, then times each TCP reference once,
@@ -251,7 +322,8 @@ fn main() {
             a.store().put(key.clone(), data(0));
             fetch_on(&rb, &b, &key, &from_a, size).await;
             let (mut flight, mut flight_read) = (Vec::new(), Vec::new());
-            let (mut ceiling, mut tcp_chunk, mut tcp_memory) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut ceiling, mut tcp_chunk, mut tcp_memory, mut tcp_fetch) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..reps {
                 let (fetched, read) = fetch_on(&rb, &b, &key, &from_a, size).await;
                 flight.push(rate(fetched));
@@ -259,10 +331,12 @@ fn main() {
                 ceiling.push(stream.rate(size.max(64 * MB)).await);
                 tcp_chunk.push(copy.rate(size).await);
                 tcp_memory.push(memory.rate(size).await);
+                tcp_fetch.push(asked.rate(size).await);
             }
             let ceiling = median(ceiling);
             rows.push(("tcp-chunk", size, median(tcp_chunk), ceiling));
             rows.push(("tcp-memory", size, median(tcp_memory), ceiling));
+            rows.push(("tcp-fetch", size, median(tcp_fetch), ceiling));
             a.free(std::slice::from_ref(&key));
             // Shared memory: each run a new chunk, so that each first fetch
             // publishes it.
@@ -318,6 +392,7 @@ fn main() {
         for (against, what) in [
             ("tcp-chunk", "a TCP copy of"),
             ("tcp-memory", "a TCP copy between buffers of"),
+            ("tcp-fetch", "a TCP request and answer of"),
         ] {
             if let Some((.., tcp, _)) = rows.iter().find(|r| r.0 == against && r.1 == *size) {
                 println!("flight against {what} {}MB: {:.2}", size / MB, bps / tcp);
