@@ -153,22 +153,10 @@ pub async fn channel(address: &str) -> Result<Channel> {
         .max_frame_size(FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| fail(chain(&e)))
-}
-
-/// An error and its sources, each once: the transport's layers often repeat
-/// their source's text ("tcp connect error: tcp connect error: …").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| fail(crate::error::chain(&e)))
 }
 
 /// How long a control action may take before the peer is deemed unresponsive
