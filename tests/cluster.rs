@@ -523,6 +523,77 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
 }
 
 #[test]
+fn quiver_local_starts_again_a_worker_that_dies_not_one_that_retires() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut local = Local::start(&["--workers", "2", "--port", &port.to_string()]);
+    let kill = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        assert!(ok.unwrap().success(), "kill {pid}");
+    };
+    let wait_pid = |name: &str, not: u32| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match local.worker_pid(name) {
+                Some(pid) if pid != not => return pid,
+                _ if Instant::now() > deadline => panic!("no new {name}: {}", local.stderr()),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
+    let first = wait_pid("worker-0", 0);
+    kill(first);
+    let again = wait_pid("worker-0", first);
+    assert!(local.said(
+        "worker-0 exited (signal: 9 (SIGKILL)); starting it again",
+        Duration::from_secs(5)
+    ));
+    // Dead again at once: it would only die again, so it is left stopped.
+    kill(again);
+    assert!(
+        local.said("leaving it stopped", Duration::from_secs(10)),
+        "{}",
+        local.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(local.worker_pid("worker-0"), None);
+    // A retired worker exits cleanly, and stays stopped.
+    let status = cluster_status(&local.address).unwrap();
+    let one = status
+        .workers
+        .iter()
+        .find(|w| w.name == "worker-1")
+        .unwrap();
+    let out = Command::new(quiver_bin())
+        .args(["retire", &one.address])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        local.said(
+            "worker-1 exited cleanly (retired); not starting it again",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        local.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(local.worker_pid("worker-1"), None);
+    assert!(cluster_status(&local.address).unwrap().workers.is_empty());
+    let ok = Command::new("kill")
+        .args(["-TERM", &local.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(local.child.wait().unwrap().success());
+}
+
+#[test]
 fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
     // Heartbeats a minute apart: the center's own figures stay those the
     // workers registered with, before any data.

@@ -1,9 +1,9 @@
 //! The `quiver` command: `center`, `worker`, `local` and `status`.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use quiver::flight::center::{self, CenterConfig};
@@ -113,7 +113,8 @@ enum Cmd {
         /// The worker's host:port (see `quiver status`).
         worker: String,
     },
-    /// Start a center and W workers on this host; stop them all on Ctrl-C.
+    /// Start a center and W workers on this host, start again a worker that
+    /// dies, and stop them all on Ctrl-C.
     Local {
         /// Worker processes.
         #[arg(long, default_value_t = 4)]
@@ -333,7 +334,9 @@ fn print_status(s: &ClusterStatus) {
     );
 }
 
-/// Starts `quiver local`'s children and waits for a stop signal.
+/// Starts `quiver local`'s children and watches them until a stop signal:
+/// as a nanny does, it starts again a worker that dies, and leaves stopped
+/// one that exits cleanly (retired, or sent SIGTERM).
 fn local(
     workers: usize,
     port: u16,
@@ -342,15 +345,6 @@ fn local(
     no_shm: bool,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the quiver binary: {e}"))?;
-    let mut children: Vec<Child> = Vec::new();
-    let kill_all = |children: &mut Vec<Child>| {
-        for c in children.iter_mut() {
-            let _ = c.kill();
-        }
-        for c in children.iter_mut() {
-            let _ = c.wait();
-        }
-    };
     let mut center = Command::new(&exe)
         .args(["center", "--port", &port.to_string()])
         .stdin(Stdio::null())
@@ -359,9 +353,11 @@ fn local(
         .map_err(|e| format!("cannot start the center: {e}"))?;
     // The center prints its address once it listens (the port may have been 0).
     let mut lines = std::io::BufReader::new(center.stdout.take().expect("piped")).lines();
-    children.push(center);
+    let mut cluster = LocalCluster {
+        center,
+        workers: Vec::new(),
+    };
     let Some(Ok(line)) = lines.next() else {
-        kill_all(&mut children);
         return Err(format!(
             "the center did not start on 127.0.0.1:{port} (is the port in use?)"
         ));
@@ -370,38 +366,27 @@ fn local(
     let address = line.rsplit(' ').next().unwrap_or_default().to_string();
     let rt = runtime(1)?;
     let Ok(mut center) = rt.block_on(net::connect(&address)) else {
-        kill_all(&mut children);
         return Err(format!("the center at {address} does not answer"));
+    };
+    let start = |i: usize| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["worker", &address, "--name", &format!("worker-{i}")])
+            .args(["--nthreads", &nthreads.to_string()])
+            .args(["--memory-limit", &memory_limit.to_string()])
+            .stdin(Stdio::null());
+        if no_shm {
+            cmd.arg("--no-shm");
+        }
+        cmd.spawn()
+            .map_err(|e| format!("cannot start worker {i}: {e}"))
     };
     // One worker at a time, each started once the one before has joined, so
     // that the center numbers them as they are named.
     for i in 0..workers {
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "worker",
-            &address,
-            "--name",
-            &format!("worker-{i}"),
-            "--nthreads",
-            &nthreads.to_string(),
-        ])
-        .args(["--memory-limit", &memory_limit.to_string()])
-        .stdin(Stdio::null());
-        if no_shm {
-            cmd.arg("--no-shm");
-        }
-        match cmd.spawn() {
-            Ok(c) => children.push(c),
-            Err(e) => {
-                kill_all(&mut children);
-                return Err(format!("cannot start worker {i}: {e}"));
-            }
-        }
-        let worker = children.last_mut().expect("just started");
-        if let Err(why) = rt.block_on(joined(&mut center, i + 1, worker)) {
-            kill_all(&mut children);
-            return Err(format!("worker {i} did not join: {why}"));
-        }
+        cluster.workers.push(Some((start(i)?, Instant::now())));
+        let (worker, _) = cluster.workers[i].as_mut().expect("just started");
+        rt.block_on(joined(&mut center, i + 1, worker))
+            .map_err(|why| format!("worker {i} did not join: {why}"))?;
     }
     // Listen for the stop signal before announcing the cluster, so a signal sent
     // as soon as the address is known still stops every child.
@@ -410,10 +395,95 @@ fn local(
         stop_signal()
     };
     println!("quiver cluster at {address} ({workers} workers); Ctrl-C stops it");
-    rt.block_on(stop);
-    eprintln!("stopping {} processes", children.len());
-    kill_all(&mut children);
-    Ok(())
+    rt.block_on(cluster.watch(stop, start))
+}
+
+/// `quiver local`'s processes, killed (and reaped) when dropped.
+struct LocalCluster {
+    center: Child,
+    /// Worker `i` (named `worker-i`) and when it last started; `None` once
+    /// it is left stopped.
+    workers: Vec<Option<(Child, Instant)>>,
+}
+
+/// A worker that dies this soon after being started again is left stopped:
+/// it would only die again.
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+
+impl LocalCluster {
+    /// Until `stop`: every 200 ms, starts again each worker that died
+    /// (unless it died within [`RESTART_GRACE`] of its last restart) and
+    /// fails if the center exited.
+    async fn watch(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+        start: impl Fn(usize) -> Result<Child, String>,
+    ) -> Result<(), String> {
+        let mut stop = std::pin::pin!(stop);
+        let mut restarted = vec![false; self.workers.len()];
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if let Ok(Some(exit)) = self.center.try_wait() {
+                return Err(format!("the center exited ({exit}); stopping the workers"));
+            }
+            for (i, slot) in self.workers.iter_mut().enumerate() {
+                let Some((child, since)) = slot else { continue };
+                let Ok(Some(exit)) = child.try_wait() else {
+                    continue;
+                };
+                let name = format!("worker-{i}");
+                if exit.success() {
+                    eprintln!("{name} exited cleanly (retired); not starting it again");
+                    *slot = None;
+                } else if restarted[i] && since.elapsed() < RESTART_GRACE {
+                    eprintln!(
+                        "{name} exited ({exit}) within {}s of starting again; leaving it stopped",
+                        RESTART_GRACE.as_secs()
+                    );
+                    *slot = None;
+                } else {
+                    eprintln!("{name} exited ({exit}); starting it again");
+                    match start(i) {
+                        Ok(c) => {
+                            *slot = Some((c, Instant::now()));
+                            restarted[i] = true;
+                        }
+                        Err(e) => {
+                            eprintln!("{e}");
+                            *slot = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let mut children: Vec<&mut Child> = self
+            .workers
+            .iter_mut()
+            .flatten()
+            .map(|(c, _)| c)
+            .chain([&mut self.center])
+            .filter_map(|c| matches!(c.try_wait(), Ok(None)).then_some(c))
+            .collect();
+        match children.len() {
+            0 => {}
+            1 => eprintln!("stopping 1 process"),
+            n => eprintln!("stopping {n} processes"),
+        }
+        for c in children.iter_mut() {
+            let _ = c.kill();
+        }
+        for c in children {
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Waits until `n` workers have joined the center, or says why not: the
@@ -465,6 +535,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     if let Some(t) = &cli.token {

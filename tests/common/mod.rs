@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver::flight::net;
@@ -42,6 +43,8 @@ pub struct Local {
     pub line: String,
     /// The center's `host:port`, from that line.
     pub address: String,
+    /// What it has written to stderr so far (also passed on to the test's).
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Local {
@@ -53,8 +56,19 @@ impl Local {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start quiver local");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (err, seen) = (child.stderr.take().expect("stderr"), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut seen = seen.lock().unwrap();
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let line = lines
             .next()
@@ -70,10 +84,48 @@ impl Local {
             child,
             line,
             address,
+            stderr,
         }
     }
-}
 
+    /// Waits up to `within` for its stderr to have said `text`.
+    pub fn said(&self, text: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.stderr.lock().unwrap().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Everything it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The pid of its worker named `name`, if that process is running.
+    pub fn worker_pid(&self, name: &str) -> Option<u32> {
+        let parent = self.child.id().to_string();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // `pid (comm) state ppid …`: comm may hold spaces, so read after it.
+                let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+                let (state, ppid) = (after.next()?, after.next()?);
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+                let named = args
+                    .windows(2)
+                    .any(|w| w == [&b"--name"[..], name.as_bytes()]);
+                (ppid == parent && state != "Z" && named).then_some(pid)
+            })
+    }
+}
 impl Drop for Local {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
