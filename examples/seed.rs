@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release --example seed -- [--arrays N] [--size M] [--workers W] [--approach NAME]... [--json]`
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -40,6 +41,8 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Args::parse()) {
         Ok(true) => ExitCode::SUCCESS,
