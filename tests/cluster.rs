@@ -508,12 +508,19 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
         seed::floor(1, 4, 100)
     );
     drop(client);
+    // Its workers spill under a directory of its own, which it removes on
+    // stopping, with whatever a killed worker left there.
+    let spill = std::env::temp_dir().join(format!("quiver-local-{}", local.child.id()));
+    let left = spill.join("worker-0").join("worker-0-1");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("c-0.arrow"), b"spilled").unwrap();
     let ok = Command::new("kill")
         .args(["-TERM", &local.child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
     assert!(local.child.wait().unwrap().success());
+    assert!(!spill.exists(), "{} is left", spill.display());
     // The center (and with it the cluster) is gone.
     let out = Command::new(quiver_bin())
         .args(["status", &address])

@@ -356,6 +356,7 @@ fn local(
     let mut cluster = LocalCluster {
         center,
         workers: Vec::new(),
+        spill: std::env::temp_dir().join(format!("quiver-local-{}", std::process::id())),
     };
     let Some(Ok(line)) = lines.next() else {
         return Err(format!(
@@ -368,11 +369,14 @@ fn local(
     let Ok(mut center) = rt.block_on(net::connect(&address)) else {
         return Err(format!("the center at {address} does not answer"));
     };
+    let spill = cluster.spill.clone();
     let start = |i: usize| {
         let mut cmd = Command::new(&exe);
         cmd.args(["worker", &address, "--name", &format!("worker-{i}")])
             .args(["--nthreads", &nthreads.to_string()])
             .args(["--memory-limit", &memory_limit.to_string()])
+            .arg("--spill-dir")
+            .arg(spill.join(format!("worker-{i}")))
             .stdin(Stdio::null());
         if no_shm {
             cmd.arg("--no-shm");
@@ -383,7 +387,7 @@ fn local(
     // One worker at a time, each started once the one before has joined, so
     // that the center numbers them as they are named.
     for i in 0..workers {
-        cluster.workers.push(Some((start(i)?, Instant::now())));
+        cluster.workers.push(Some((start(i)?, None)));
         let (worker, _) = cluster.workers[i].as_mut().expect("just started");
         rt.block_on(joined(&mut center, i + 1, worker))
             .map_err(|why| format!("worker {i} did not join: {why}"))?;
@@ -395,15 +399,20 @@ fn local(
         stop_signal()
     };
     println!("quiver cluster at {address} ({workers} workers); Ctrl-C stops it");
-    rt.block_on(cluster.watch(stop, start))
+    rt.block_on(cluster.watch(stop, start))?;
+    eprintln!("stopping {} processes", cluster.running().len());
+    Ok(())
 }
 
-/// `quiver local`'s processes, killed (and reaped) when dropped.
+/// `quiver local`'s processes, killed and reaped when dropped, and the
+/// directory its workers spill to, removed then (a killed worker leaves its
+/// spill files behind).
 struct LocalCluster {
     center: Child,
-    /// Worker `i` (named `worker-i`) and when it last started; `None` once
-    /// it is left stopped.
-    workers: Vec<Option<(Child, Instant)>>,
+    /// Worker `i` (named `worker-i`), and when it was last started again if
+    /// it was; `None` once it is left stopped.
+    workers: Vec<Option<(Child, Option<Instant>)>>,
+    spill: PathBuf,
 }
 
 /// A worker that dies this soon after being started again is left stopped:
@@ -412,7 +421,7 @@ const RESTART_GRACE: Duration = Duration::from_secs(5);
 
 impl LocalCluster {
     /// Until `stop`: every 200 ms, starts again each worker that died
-    /// (unless it died within [`RESTART_GRACE`] of its last restart) and
+    /// (unless it died within [`RESTART_GRACE`] of being started again) and
     /// fails if the center exited.
     async fn watch(
         &mut self,
@@ -420,17 +429,20 @@ impl LocalCluster {
         start: impl Fn(usize) -> Result<Child, String>,
     ) -> Result<(), String> {
         let mut stop = std::pin::pin!(stop);
-        let mut restarted = vec![false; self.workers.len()];
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if let Ok(Some(exit)) = self.center.try_wait() {
-                return Err(format!("the center exited ({exit}); stopping the workers"));
+                return Err(format!(
+                    "the center exited ({exit}); its workers are stopped"
+                ));
             }
             for (i, slot) in self.workers.iter_mut().enumerate() {
-                let Some((child, since)) = slot else { continue };
+                let Some((child, restarted)) = slot else {
+                    continue;
+                };
                 let Ok(Some(exit)) = child.try_wait() else {
                     continue;
                 };
@@ -438,7 +450,7 @@ impl LocalCluster {
                 if exit.success() {
                     eprintln!("{name} exited cleanly (retired); not starting it again");
                     *slot = None;
-                } else if restarted[i] && since.elapsed() < RESTART_GRACE {
+                } else if restarted.is_some_and(|t| t.elapsed() < RESTART_GRACE) {
                     eprintln!(
                         "{name} exited ({exit}) within {}s of starting again; leaving it stopped",
                         RESTART_GRACE.as_secs()
@@ -446,43 +458,37 @@ impl LocalCluster {
                     *slot = None;
                 } else {
                     eprintln!("{name} exited ({exit}); starting it again");
-                    match start(i) {
-                        Ok(c) => {
-                            *slot = Some((c, Instant::now()));
-                            restarted[i] = true;
-                        }
-                        Err(e) => {
-                            eprintln!("{e}");
-                            *slot = None;
-                        }
-                    }
+                    *slot = start(i)
+                        .inspect_err(|e| eprintln!("{e}"))
+                        .ok()
+                        .map(|c| (c, Some(Instant::now())));
                 }
             }
         }
     }
-}
 
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let mut children: Vec<&mut Child> = self
-            .workers
+    /// The processes still running.
+    fn running(&mut self) -> Vec<&mut Child> {
+        self.workers
             .iter_mut()
             .flatten()
             .map(|(c, _)| c)
             .chain([&mut self.center])
             .filter_map(|c| matches!(c.try_wait(), Ok(None)).then_some(c))
-            .collect();
-        match children.len() {
-            0 => {}
-            1 => eprintln!("stopping 1 process"),
-            n => eprintln!("stopping {n} processes"),
-        }
-        for c in children.iter_mut() {
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let mut running = self.running();
+        for c in running.iter_mut() {
             let _ = c.kill();
         }
-        for c in children {
+        for c in running {
             let _ = c.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.spill);
     }
 }
 
