@@ -9,6 +9,7 @@
 //! client (`benches/compare/pyarrow_flight.py`, run by PYTHON) for reference;
 //! `benches/compare/transfer.sh` sets up a venv with pyarrow and does this.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,150 +35,155 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One loopback TCP connection between two workers' runtimes (`from`
-/// writes, `to` reads), kept open so that each run sees the grown windows of
-/// a long-lived connection, as iperf3's steady state does and as the
-/// workers' own connections do. It first moves 64 MiB untimed. The sender
-/// writes `block_len` bytes over and over and the receiver reads into a
-/// buffer of `buf_len`: 1 MiB into 4 MiB, both in cache as iperf3's are, or a
-/// chunk's size into another, as a chunk moves from memory to memory.
-struct TcpCopy {
+/// A TCP reference: one loopback connection between two workers' runtimes,
+/// kept open so that each run sees the grown windows of a long-lived
+/// connection, as iperf3's steady state does and as the workers' own
+/// connections do. It first moves 64 MiB untimed; then each run moves the
+/// bytes asked for and returns their rate.
+struct TcpRef {
     runs: tokio::sync::mpsc::UnboundedSender<(usize, oneshot::Sender<f64>)>,
 }
 
-impl TcpCopy {
-    async fn open(
+/// A TCP reference's runs: how many bytes each, and where to send its rate.
+type Runs = tokio::sync::mpsc::UnboundedReceiver<(usize, oneshot::Sender<f64>)>;
+
+impl TcpRef {
+    /// A copy: `from` writes `block_len` bytes over and over and `to` reads
+    /// into a buffer of `buf_len` (1 MiB into 4 MiB, both in cache as
+    /// iperf3's are, or a chunk's size into another, as a chunk moves from
+    /// memory to memory); timed at the writer until the reader has them all.
+    async fn copy(
         from: &tokio::runtime::Handle,
         to: &tokio::runtime::Handle,
         block_len: usize,
         buf_len: usize,
-    ) -> TcpCopy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+    ) -> TcpRef {
+        let (listener, addr) = listen();
         // The reader learns each run's length before the run is timed.
         let (want_tx, mut wants) = tokio::sync::mpsc::unbounded_channel::<usize>();
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
         to.spawn(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut s = accept(listener).await;
             // Every page of it is written by the warm-up's reads.
             let mut buf = vec![0u8; buf_len];
             while let Some(want) = wants.recv().await {
-                let mut got = 0;
-                while got < want {
-                    match s.read(&mut buf[..(want - got).min(buf_len)]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
+                if read(&mut s, &mut buf, want).await.is_err() {
+                    return;
                 }
                 let _ = done_tx.send(());
             }
         });
-        let (runs, mut asked) =
-            tokio::sync::mpsc::unbounded_channel::<(usize, oneshot::Sender<f64>)>();
-        from.spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.set_nodelay(true).expect("nodelay");
+        TcpRef::open(from, move |mut asked: Runs| async move {
+            let mut s = connect(addr).await;
             let block = vec![7u8; block_len];
             while let Some((n, reply)) = asked.recv().await {
                 if want_tx.send(n).is_err() {
                     return;
                 }
                 let start = Instant::now();
-                let mut left = n;
-                while left > 0 {
-                    let k = left.min(block_len);
-                    s.write_all(&block[..k]).await.expect("write");
-                    left -= k;
-                }
+                write(&mut s, &block, n).await;
                 done.recv().await.expect("the TCP reader stopped");
                 let _ = reply.send(n as f64 / start.elapsed().as_secs_f64());
             }
-        });
-        let copy = TcpCopy { runs };
-        copy.rate(64 * MB).await;
-        copy
+        })
+        .await
     }
 
-    /// Moves `bytes` and returns the rate, timed until the reader has them all.
-    async fn rate(&self, bytes: usize) -> f64 {
-        let (reply, rate) = oneshot::channel();
-        self.runs
-            .send((bytes, reply))
-            .expect("the TCP writer stopped");
-        rate.await.expect("the TCP writer stopped")
-    }
-}
-
-/// Loopback TCP as a fetch: the fetching end (on `to`) asks for a length in
-/// 8 bytes and the holding end (on `from`) answers with that many bytes from a
-/// buffer of `len`, read into another. Timed at the fetching end, from the
-/// request until the last byte, on a connection kept open (warmed by 64 MiB
-/// first): what any request and answer over raw TCP pays, where the stream
-/// never waits for a request.
-struct TcpFetch {
-    runs: tokio::sync::mpsc::UnboundedSender<(usize, oneshot::Sender<f64>)>,
-}
-
-impl TcpFetch {
-    async fn open(
+    /// A fetch over raw TCP: `to` asks for a length in 8 bytes and `from`
+    /// answers with that many bytes from a buffer of `len`, read into
+    /// another; timed at `to`, from the request until the last byte. What
+    /// any request and answer pays, where a stream never waits for one.
+    async fn fetch(
         from: &tokio::runtime::Handle,
         to: &tokio::runtime::Handle,
         len: usize,
-    ) -> TcpFetch {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+    ) -> TcpRef {
+        let (listener, addr) = listen();
         from.spawn(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let (mut s, _) = listener.accept().await.expect("accept");
-            s.set_nodelay(true).expect("nodelay");
+            let mut s = accept(listener).await;
             let block = vec![7u8; len];
             let mut ask = [0u8; 8];
             while s.read_exact(&mut ask).await.is_ok() {
-                let mut left = u64::from_le_bytes(ask) as usize;
-                while left > 0 {
-                    let k = left.min(len);
-                    if s.write_all(&block[..k]).await.is_err() {
-                        return;
-                    }
-                    left -= k;
-                }
+                write(&mut s, &block, u64::from_le_bytes(ask) as usize).await;
             }
         });
-        let (runs, mut asked) =
-            tokio::sync::mpsc::unbounded_channel::<(usize, oneshot::Sender<f64>)>();
-        to.spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            s.set_nodelay(true).expect("nodelay");
+        TcpRef::open(to, move |mut asked: Runs| async move {
+            let mut s = connect(addr).await;
             let mut buf = vec![0u8; len];
             while let Some((n, reply)) = asked.recv().await {
                 let start = Instant::now();
                 s.write_all(&(n as u64).to_le_bytes()).await.expect("ask");
-                let mut got = 0;
-                while got < n {
-                    match s.read(&mut buf[..(n - got).min(len)]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => got += k,
-                    }
+                if read(&mut s, &mut buf, n).await.is_err() {
+                    return;
                 }
                 let _ = reply.send(n as f64 / start.elapsed().as_secs_f64());
             }
-        });
-        let fetch = TcpFetch { runs };
-        fetch.rate(64 * MB).await;
-        fetch
+        })
+        .await
     }
 
-    /// Fetches `bytes` and returns the rate.
+    /// Spawns the timing end on `rt`, serving runs, and warms the connection.
+    async fn open<F: Future<Output = ()> + Send + 'static>(
+        rt: &tokio::runtime::Handle,
+        timer: impl FnOnce(Runs) -> F,
+    ) -> TcpRef {
+        let (runs, asked) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(timer(asked));
+        let tcp = TcpRef { runs };
+        tcp.rate(64 * MB).await;
+        tcp
+    }
+
+    /// Moves `bytes` and returns the rate.
     async fn rate(&self, bytes: usize) -> f64 {
         let (reply, rate) = oneshot::channel();
         self.runs
             .send((bytes, reply))
-            .expect("the TCP fetcher stopped");
-        rate.await.expect("the TCP fetcher stopped")
+            .expect("the TCP reference stopped");
+        rate.await.expect("the TCP reference stopped")
     }
+}
+
+fn listen() -> (std::net::TcpListener, std::net::SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
+async fn accept(listener: std::net::TcpListener) -> tokio::net::TcpStream {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let (s, _) = listener.accept().await.expect("accept");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+async fn connect(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// Writes `n` bytes, `block` over and over.
+async fn write(s: &mut tokio::net::TcpStream, block: &[u8], n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len());
+        s.write_all(&block[..k]).await.expect("write");
+        left -= k;
+    }
+}
+
+/// Reads `n` bytes into `buf`, over and over.
+async fn read(s: &mut tokio::net::TcpStream, buf: &mut [u8], n: usize) -> std::io::Result<()> {
+    let (mut got, len) = (0, buf.len());
+    while got < n {
+        match s.read(&mut buf[..(n - got).min(len)]).await? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            k => got += k,
+        }
+    }
+    Ok(())
 }
 
 /// Starts a worker on `rt`, a runtime of its own as its process would have.
@@ -309,10 +315,10 @@ fn main() {
             // this chunk does, where the ceiling is a stream), and the same
             // from a buffer of the chunk's size into another (as a fetch moves
             // a chunk, where the others stay in cache).
-            let stream = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
-            let copy = TcpCopy::open(&ra, &rb, MB, 4 * MB).await;
-            let memory = TcpCopy::open(&ra, &rb, size, size).await;
-            let asked = TcpFetch::open(&ra, &rb, size).await;
+            let stream = TcpRef::copy(&ra, &rb, MB, 4 * MB).await;
+            let copy = TcpRef::copy(&ra, &rb, MB, 4 * MB).await;
+            let memory = TcpRef::copy(&ra, &rb, size, size).await;
+            let asked = TcpRef::fetch(&ra, &rb, size).await;
             // Flight: one chunk fetched again and again (the fetcher keeps no
             // copy), after one untimed fetch, as the TCP connections are
             // warmed. Each run fetches it, then times each TCP reference once,
