@@ -601,6 +601,22 @@ fn quiver_local_starts_again_a_worker_that_dies_not_one_that_retires() {
 }
 
 #[test]
+fn quiver_retire_given_the_center_says_to_give_a_worker() {
+    let cluster = TestCluster::start(1, &[]);
+    let out = Command::new(quiver_bin())
+        .args(["retire", &cluster.address])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("this is the center; a worker is retired at its own address"),
+        "{err}"
+    );
+    assert_eq!(cluster.status().unwrap().workers.len(), 1);
+}
+
+#[test]
 fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
     // Heartbeats a minute apart: the center's own figures stay those the
     // workers registered with, before any data.

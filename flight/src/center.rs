@@ -943,6 +943,13 @@ impl FlightService for CenterService {
                 json_result(&serde_json::json!({}))
             }
             "retire" => {
+                // What `quiver retire` sends a worker, sent to the center.
+                if body.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "this is the center; a worker is retired at its own address \
+                         (`quiver retire WORKER_HOST:PORT`; `quiver status` lists them)",
+                    ));
+                }
                 let retire: Retire = parse(&r#type, &body)?;
                 match retire.phase.as_str() {
                     "drain" => {
