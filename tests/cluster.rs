@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::Float64Array;
-use common::{Local, TestCluster, cluster_status, quiver_bin};
+use common::{Local, TestCluster, child_of, cluster_status, quiver_bin};
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
 #[test]
@@ -598,6 +598,49 @@ fn quiver_local_starts_again_a_worker_that_dies_not_one_that_retires() {
         .unwrap();
     assert!(ok.success());
     assert!(local.child.wait().unwrap().success());
+}
+
+#[test]
+fn quiver_local_stopped_while_starting_leaves_no_process_behind() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let local = Command::new(quiver_bin())
+        .args(["local", "--workers", "4", "--port", &port.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped as soon as its center runs, before its workers have joined.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let center = loop {
+        if let Some(pid) = child_of(local.id(), &["center"]) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no center started");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let ok = Command::new("kill")
+        .args(["-TERM", &local.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let out = local.wait_with_output().unwrap();
+    let alive = std::path::Path::new(&format!("/proc/{center}")).exists();
+    if alive {
+        // Its workers exit by themselves once their center is gone.
+        let _ = Command::new("kill")
+            .args(["-KILL", &center.to_string()])
+            .status();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!alive, "the center ({center}) outlived quiver local: {err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.contains("stopped while starting"), "{err}");
 }
 
 #[test]

@@ -345,6 +345,13 @@ fn local(
     no_shm: bool,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the quiver binary: {e}"))?;
+    // Listen for the stop signal before starting any child, so that a signal
+    // sent during start-up still stops every child rather than orphaning them.
+    let rt = runtime(1)?;
+    let mut stop = {
+        let _guard = rt.enter();
+        Box::pin(stop_signal())
+    };
     let mut center = Command::new(&exe)
         .args(["center", "--port", &port.to_string()])
         .stdin(Stdio::null())
@@ -365,7 +372,6 @@ fn local(
     };
     std::thread::spawn(move || lines.for_each(drop));
     let address = line.rsplit(' ').next().unwrap_or_default().to_string();
-    let rt = runtime(1)?;
     let Ok(mut center) = rt.block_on(net::connect(&address)) else {
         return Err(format!("the center at {address} does not answer"));
     };
@@ -389,19 +395,36 @@ fn local(
     for i in 0..workers {
         cluster.workers.push(Some((start(i)?, None)));
         let (worker, _) = cluster.workers[i].as_mut().expect("just started");
-        rt.block_on(joined(&mut center, i + 1, worker))
-            .map_err(|why| format!("worker {i} did not join: {why}"))?;
+        let up = rt.block_on(async {
+            tokio::select! {
+                up = joined(&mut center, i + 1, worker) => Some(up),
+                () = &mut stop => None,
+            }
+        });
+        match up {
+            Some(up) => up.map_err(|why| format!("worker {i} did not join: {why}"))?,
+            None => {
+                eprintln!("stopped while starting");
+                return Ok(());
+            }
+        }
     }
-    // Listen for the stop signal before announcing the cluster, so a signal sent
-    // as soon as the address is known still stops every child.
-    let stop = {
-        let _guard = rt.enter();
-        stop_signal()
-    };
-    println!("quiver cluster at {address} ({workers} workers); Ctrl-C stops it");
+    announce(format_args!(
+        "quiver cluster at {address} ({workers} workers); Ctrl-C stops it"
+    ));
     rt.block_on(cluster.watch(stop, start))?;
     eprintln!("stopping {} processes", cluster.running().len());
     Ok(())
+}
+
+/// Prints the line a long-running process announces itself with. A reader
+/// gone (a closed pipe) is no reason for the process to stop, as
+/// `println!` would make it by panicking.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    let _ = out.flush();
 }
 
 /// `quiver local`'s processes, killed and reaped when dropped, and the
@@ -578,9 +601,7 @@ fn main() -> ExitCode {
                 stop_signal()
             };
             rt.block_on(center::run(config, stop, |h| {
-                use std::io::Write;
-                println!("quiver center listening on {}", h.address);
-                let _ = std::io::stdout().flush();
+                announce(format_args!("quiver center listening on {}", h.address))
             }))
             .map_err(|e| e.to_string())
         }),

@@ -107,25 +107,30 @@ impl Local {
 
     /// The pid of its worker named `name`, if that process is running.
     pub fn worker_pid(&self, name: &str) -> Option<u32> {
-        let parent = self.child.id().to_string();
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .find_map(|entry| {
-                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                // `pid (comm) state ppid …`: comm may hold spaces, so read after it.
-                let mut after = stat.rsplit_once(')')?.1.split_whitespace();
-                let (state, ppid) = (after.next()?, after.next()?);
-                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-                let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-                let named = args
-                    .windows(2)
-                    .any(|w| w == [&b"--name"[..], name.as_bytes()]);
-                (ppid == parent && state != "Z" && named).then_some(pid)
-            })
+        child_of(self.child.id(), &["--name", name])
     }
 }
+
+/// A running child of `parent` whose command line holds `args` in a row.
+pub fn child_of(parent: u32, args: &[&str]) -> Option<u32> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after it.
+            let mut after = stat.rsplit_once(')')?.1.split_whitespace();
+            let (state, ppid) = (after.next()?, after.next()?);
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let have: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let want: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            let holds = have.windows(want.len()).any(|w| w == want.as_slice());
+            (ppid == parent && state != "Z" && holds).then_some(pid)
+        })
+}
+
 impl Drop for Local {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
