@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::Float64Array;
-use common::{Local, TestCluster, child_of, cluster_status, quiver_bin};
+use common::{Local, TestCluster, child_of, cluster_status, quiver_bin, signal};
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
 #[test]
@@ -514,11 +514,7 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
     let left = spill.join("worker-0").join("worker-0-1");
     std::fs::create_dir_all(&left).unwrap();
     std::fs::write(left.join("c-0.arrow"), b"spilled").unwrap();
-    let ok = Command::new("kill")
-        .args(["-TERM", &local.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(signal(local.child.id(), "TERM"));
     assert!(local.child.wait().unwrap().success());
     assert!(!spill.exists(), "{} is left", spill.display());
     // The center (and with it the cluster) is gone.
@@ -531,18 +527,8 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
 
 #[test]
 fn quiver_local_starts_again_a_worker_that_dies_not_one_that_retires() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut local = Local::start(&["--workers", "2", "--port", &port.to_string()]);
-    let kill = |pid: u32| {
-        let ok = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        assert!(ok.unwrap().success(), "kill {pid}");
-    };
+    let mut local = Local::start(&["--workers", "2", "--port", "0"]);
+    let kill = |pid: u32| assert!(signal(pid, "KILL"), "kill {pid}");
     let wait_pid = |name: &str, not: u32| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -592,23 +578,14 @@ fn quiver_local_starts_again_a_worker_that_dies_not_one_that_retires() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(local.worker_pid("worker-1"), None);
     assert!(cluster_status(&local.address).unwrap().workers.is_empty());
-    let ok = Command::new("kill")
-        .args(["-TERM", &local.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(signal(local.child.id(), "TERM"));
     assert!(local.child.wait().unwrap().success());
 }
 
 #[test]
 fn quiver_local_stopped_while_starting_leaves_no_process_behind() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let local = Command::new(quiver_bin())
-        .args(["local", "--workers", "4", "--port", &port.to_string()])
+        .args(["local", "--workers", "4", "--port", "0"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -624,18 +601,12 @@ fn quiver_local_stopped_while_starting_leaves_no_process_behind() {
         assert!(Instant::now() < deadline, "no center started");
         std::thread::sleep(Duration::from_millis(1));
     };
-    let ok = Command::new("kill")
-        .args(["-TERM", &local.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    assert!(signal(local.id(), "TERM"));
     let out = local.wait_with_output().unwrap();
     let alive = std::path::Path::new(&format!("/proc/{center}")).exists();
     if alive {
         // Its workers exit by themselves once their center is gone.
-        let _ = Command::new("kill")
-            .args(["-KILL", &center.to_string()])
-            .status();
+        signal(center, "KILL");
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!alive, "the center ({center}) outlived quiver local: {err}");
@@ -670,7 +641,7 @@ fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
         .apply("random", Call::new().arg(100_000).kw("seed", 1))
         .unwrap();
     held.get().unwrap();
-    let stopped = cluster.worker(0).id().to_string();
+    let stopped = cluster.worker(0).id();
     let status = |json: bool| {
         let mut args = vec!["status", cluster.address.as_str()];
         if json {
@@ -687,16 +658,9 @@ fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
         "{s}"
     );
     // A worker that cannot answer keeps the center's figures, and is named.
-    let kill = |signal: &str| {
-        let ok = Command::new("kill")
-            .args([signal, &stopped])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    kill("-STOP");
+    assert!(signal(stopped, "STOP"));
     let text = status(false);
-    kill("-CONT");
+    assert!(signal(stopped, "CONT"));
     let names: Vec<String> =
         serde_json::from_str::<serde_json::Value>(&status(true)).unwrap()["workers"]
             .as_array()

@@ -187,13 +187,7 @@ fn workers_join_a_restarted_center_by_themselves() {
 
 #[test]
 fn sigterm_retires_a_worker_without_losing_or_recomputing_data() {
-    retire_the_busiest_worker(|_, pid| {
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    });
+    retire_the_busiest_worker(|_, pid| common::signal(pid, "TERM"));
 }
 
 #[test]

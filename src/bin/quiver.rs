@@ -412,7 +412,7 @@ fn local(
     announce(format_args!(
         "quiver cluster at {address} ({workers} workers); Ctrl-C stops it"
     ));
-    rt.block_on(cluster.watch(stop, start))?;
+    rt.block_on(cluster.watch(&mut stop, start))?;
     eprintln!("stopping {} processes", cluster.running().len());
     Ok(())
 }
@@ -448,13 +448,12 @@ impl LocalCluster {
     /// fails if the center exited.
     async fn watch(
         &mut self,
-        stop: impl std::future::Future<Output = ()>,
+        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
         start: impl Fn(usize) -> Result<Child, String>,
     ) -> Result<(), String> {
-        let mut stop = std::pin::pin!(stop);
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                () = &mut *stop => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if let Ok(Some(exit)) = self.center.try_wait() {

@@ -134,12 +134,18 @@ pub fn child_of(parent: u32, args: &[&str]) -> Option<u32> {
 impl Drop for Local {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
+            signal(self.child.id(), "TERM");
             let _ = self.child.wait();
         }
     }
+}
+
+/// Sends `sig` (`TERM`, `KILL`, `STOP`…) to `pid`; whether it was sent.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A center and its workers, each a child process.
