@@ -323,7 +323,7 @@ fn a_spilled_chunk_is_handed_over_by_mapping_its_spill_file() {
     retire(&mut cluster, 0);
     // w1 maps w0's spill file itself (deleted by now, as w0 has exited).
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", cluster.worker(1).id())).unwrap();
-    let spill_dir = format!("/worker-0-{first_pid}/");
+    let spill_dir = format!("/worker-0-{first_pid}-");
     let mapped: u64 = maps
         .lines()
         .filter(|l| l.contains(&spill_dir))

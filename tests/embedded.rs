@@ -103,14 +103,20 @@ fn ten_times_the_memory_limit_completes_by_spilling() {
     // Freeing the chunks deletes their spill files.
     drop((arrays, maxes));
     assert!(wait_until(|| !path.exists()));
-    assert!(wait_until(|| std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .all(|d| {
-            std::fs::read_dir(d.path())
-                .map(|mut e| e.next().is_none())
-                .unwrap_or(true)
-        })));
+    assert!(wait_until(|| files_under(dir.path()).is_empty()));
+}
+
+/// Every file (not directory) under `dir`, at any depth.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            files.extend(files_under(&e.path()));
+        } else {
+            files.push(e.path());
+        }
+    }
+    files
 }
 
 #[test]
@@ -257,4 +263,43 @@ fn delayed_values_share_common_inputs() {
     assert_eq!(total.compute_f64(&client).unwrap(), 30.0);
     let got = client.compute(&[&x, &both]).unwrap();
     assert_eq!(got[1].column(0).len(), 5);
+}
+
+#[test]
+fn a_given_spill_dir_keeps_what_was_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("notes.txt");
+    std::fs::write(&mine, b"the user's own file").unwrap();
+    let cluster = Cluster::builder()
+        .workers(2)
+        .memory_limit(100_000)
+        .spill_dir(dir.path())
+        .build()
+        .unwrap();
+    let pool = cluster.client().pool();
+    let arrays = pool
+        .map(
+            "random",
+            (0..8).map(|i| Call::new().arg(25_000).kw("seed", i)),
+        )
+        .unwrap();
+    for a in &arrays {
+        a.wait().unwrap();
+    }
+    let spilled: u64 = cluster.worker_stats().iter().map(|s| s.spill_count).sum();
+    assert!(spilled > 0, "nothing spilled");
+    drop((arrays, pool, cluster));
+    // The cluster goes with its last owner, which may be a worker thread.
+    let only_mine = || {
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        left.len() == 1
+    };
+    assert!(
+        wait_until(only_mine),
+        "the cluster's own directory outlived it"
+    );
+    assert!(
+        mine.exists(),
+        "the cluster removed its spill dir's other files"
+    );
 }

@@ -248,3 +248,80 @@ fn retire_the_busiest_worker(retire: impl Fn(&str, u32) -> bool) {
         "only the new sums ran: nothing was recomputed"
     );
 }
+
+/// The directories worker `pid` owns: under `spill` and in shared memory.
+fn dirs_of(spill: &std::path::Path, pid: u32) -> Vec<std::path::PathBuf> {
+    let shm = std::path::Path::new("/dev/shm");
+    let shm = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let mine = |n: &str| n.split('-').nth(2) == Some(pid.to_string().as_str());
+    [(spill.to_path_buf(), "worker-"), (shm, "quiver-worker-")]
+        .into_iter()
+        .flat_map(|(base, prefix)| {
+            std::fs::read_dir(base)
+                .unwrap()
+                .flatten()
+                .filter(move |e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(prefix) && mine(n.trim_start_matches("quiver-"))
+                })
+                .map(|e| e.path())
+        })
+        .collect()
+}
+
+/// Waits until worker `pid` has made its two directories; returns them.
+fn made_dirs(spill: &std::path::Path, pid: u32) -> Vec<std::path::PathBuf> {
+    let t = Instant::now();
+    loop {
+        let dirs = dirs_of(spill, pid);
+        if dirs.len() == 2 || t.elapsed() > Duration::from_secs(30) {
+            return dirs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_workers_files_are_removed_by_the_next_worker_on_its_host() {
+    let mut cluster = TestCluster::start(1, &[]);
+    let spill = cluster.spill_dir().to_path_buf();
+    let first = cluster.worker(0).id();
+    let left = made_dirs(&spill, first);
+    assert_eq!(
+        left.len(),
+        2,
+        "a spill and a shared-memory directory: {left:?}"
+    );
+    for d in &left {
+        std::fs::write(d.join("chunk.arrow"), [0u8; 4096]).unwrap();
+    }
+    cluster.kill_worker(0);
+    assert!(left.iter().all(|d| d.exists()), "SIGKILL leaves them");
+
+    cluster.start_worker(&[]);
+    let second = cluster.worker(1).id();
+    let ours = made_dirs(&spill, second);
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    for d in &left {
+        assert!(!d.exists(), "{} outlived its worker", d.display());
+    }
+
+    // A live worker's directories survive the next one's sweep, and go
+    // when it stops.
+    cluster.start_worker(&[]);
+    let third = cluster.worker(2).id();
+    assert_eq!(made_dirs(&spill, third).len(), 2);
+    assert!(
+        ours.iter().all(|d| d.exists()),
+        "a live worker's files were removed"
+    );
+    assert!(common::signal(second, "TERM"));
+    cluster.worker(1).wait().unwrap();
+    for d in &ours {
+        assert!(!d.exists(), "{} outlived its worker", d.display());
+    }
+}

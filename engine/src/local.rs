@@ -28,7 +28,10 @@ use crate::ops::{OpRegistry, Signature, Value};
 use crate::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
-use crate::store::{ChunkStore, StoreConfig, StoreStats};
+use crate::store::{ChunkStore, OwnedDir, StoreConfig, StoreStats, owned};
+
+/// The name of an embedded cluster's spill directory starts with this.
+const SPILL_PREFIX: &str = "quiver-embedded-";
 
 /// One in-process worker.
 struct LocalWorker {
@@ -66,7 +69,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Where workers spill (default: a directory under the system temp dir).
+    /// Where workers spill: a directory of the cluster's own is made inside
+    /// `dir` (default: the system temp dir) and removed with the cluster;
+    /// nothing else in `dir` is touched.
     pub fn spill_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spill_dir = Some(dir.into());
         self
@@ -93,13 +98,22 @@ impl ClusterBuilder {
     /// Starts the workers and the driver.
     pub fn build(self) -> Result<Cluster> {
         let ops = Arc::new(self.ops);
-        let base = self.spill_dir.unwrap_or_else(|| {
-            std::env::temp_dir().join(format!(
-                "quiver-{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4()
-            ))
-        });
+        // Its own directory inside the given one: what else lies there is
+        // not the cluster's to remove.
+        let parent = self.spill_dir.unwrap_or_else(std::env::temp_dir);
+        owned::sweep(&parent, SPILL_PREFIX);
+        let name = format!(
+            "{SPILL_PREFIX}{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let spill_root = OwnedDir::create(&parent, &name)
+            .inspect_err(|e| {
+                tracing::warn!(dir = %parent.join(&name).display(), error = %e,
+                    "cannot make the cluster's spill directory");
+            })
+            .ok();
+        let base = parent.join(&name);
         let workers: Vec<Arc<LocalWorker>> = (0..self.workers)
             .map(|i| {
                 let store = ChunkStore::new(StoreConfig {
@@ -143,7 +157,7 @@ impl ClusterBuilder {
             workers,
             finished: AtomicU64::new(0),
             next_client: AtomicU64::new(1),
-            spill_base: base,
+            _spill_root: spill_root,
         });
         Ok(Cluster { inner })
     }
@@ -201,7 +215,9 @@ struct Embedded {
     workers: Vec<Arc<LocalWorker>>,
     finished: AtomicU64,
     next_client: AtomicU64,
-    spill_base: PathBuf,
+    /// Removed when the cluster goes, after its chunks (`None` if it could
+    /// not be made: spills then fail and say so).
+    _spill_root: Option<OwnedDir>,
 }
 
 impl Embedded {
@@ -318,7 +334,6 @@ impl Drop for Embedded {
                 w.store.remove(&k);
             }
         }
-        let _ = std::fs::remove_dir_all(&self.spill_base);
     }
 }
 

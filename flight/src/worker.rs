@@ -7,7 +7,7 @@
 //! inputs are used and dropped, never kept, so the center's view of who holds
 //! what stays exact.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use crate::net::{self, FlightClient};
 use crate::protocol::*;
 use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse, ticket_key};
 use quiver_engine::executor::{Executor, evaluate};
-use quiver_engine::store::{ChunkStore, StoreConfig, TempIpcFile, ipcfile};
+use quiver_engine::store::{ChunkStore, OwnedDir, StoreConfig, TempIpcFile, ipcfile, owned};
 use quiver_engine::{Chunk, Key, OpRegistry, chunk, shm};
 
 /// How a worker is started.
@@ -1177,11 +1177,29 @@ pub async fn run(
     tracing::info!(worker, %address, center = %config.center, "worker registered");
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let shm_dir = ["/dev/shm"]
+    let shm_base = ["/dev/shm"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
+    // Absolute, as a same-host peer maps spill files by their path.
+    let spill_base =
+        std::path::absolute(&config.spill_dir).unwrap_or_else(|_| config.spill_dir.clone());
+    // Named for people (worker id, pid) and unique (workers of one process,
+    // as in tests, may share an id and a base directory).
+    let name = format!(
+        "worker-{worker}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let spill = own_dir(&spill_base, "worker-", &name);
+    let shared = own_dir(&shm_base, "quiver-worker-", &format!("quiver-{name}"));
+    // Without a directory of its own, a worker still spills (each spill says
+    // why it failed) and shares (straight in the shared-memory directory).
+    let spill_dir = spill
+        .as_ref()
+        .map_or_else(|| spill_base.join(&name), |d| d.path().to_path_buf());
+    let shm_dir = shared.as_ref().map_or(shm_base, |d| d.path().to_path_buf());
     let core = Arc::new(WorkerCore {
         id: AtomicU32::new(worker),
         address: address.clone(),
@@ -1189,10 +1207,7 @@ pub async fn run(
         no_shm: config.no_shm,
         store: Arc::new(ChunkStore::new(StoreConfig {
             memory_limit: fraction_of(config.memory_limit, config.spill_fraction),
-            // Absolute, as a same-host peer maps spill files by their path.
-            spill_dir: std::path::absolute(&config.spill_dir)
-                .unwrap_or_else(|_| config.spill_dir.clone())
-                .join(format!("worker-{worker}-{}", std::process::id())),
+            spill_dir,
         })),
         executor: Executor::new(
             &config.name,
@@ -1306,5 +1321,24 @@ pub async fn run(
     let keys = core.store.keys();
     core.free(&keys);
     let _ = std::fs::remove_dir_all(core.store.config().spill_dir.clone());
+    drop((spill, shared));
     result
+}
+
+/// This worker's directory `name` in `base`, once the directories that dead
+/// workers left there (named `prefix…`) are removed; `None`, with a warning,
+/// if it cannot be made.
+fn own_dir(base: &Path, prefix: &str, name: &str) -> Option<OwnedDir> {
+    for gone in owned::sweep(base, prefix) {
+        tracing::info!(dir = %gone.display(), "removed the files of a worker that died");
+    }
+    OwnedDir::create(base, name)
+        .inspect_err(|e| {
+            tracing::warn!(
+                dir = %base.join(name).display(),
+                error = %e,
+                "cannot make this worker's directory"
+            );
+        })
+        .ok()
 }

@@ -255,6 +255,11 @@ impl TestCluster {
         self.workers.len() - 1
     }
 
+    /// The directory every worker of [`TestCluster::start_worker`] spills under.
+    pub fn spill_dir(&self) -> &Path {
+        self.spill.path()
+    }
+
     /// The worker process `i`.
     pub fn worker(&mut self, i: usize) -> &mut Child {
         self.workers[i].as_mut().expect("worker killed")

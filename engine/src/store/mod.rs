@@ -5,6 +5,7 @@
 //! *where the bytes go* ([`ipcfile`]) runs outside it, so readers never wait on disk.
 
 pub mod ipcfile;
+pub mod owned;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{self, Chunk};
 use crate::key::Key;
 pub use ipcfile::TempIpcFile;
+pub use owned::OwnedDir;
 
 /// How a store is bounded.
 #[derive(Clone, Debug)]
