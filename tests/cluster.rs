@@ -614,6 +614,46 @@ fn quiver_local_stopped_while_starting_leaves_no_process_behind() {
     assert!(err.contains("stopped while starting"), "{err}");
 }
 
+/// Whether process `pid` runs (exists, and is not a zombie awaiting its reaper).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn quiver_local_killed_takes_its_processes_with_it() {
+    let mut local = Local::start(&["--workers", "2", "--port", "0"]);
+    let pid = local.child.id();
+    let children: Vec<u32> = [
+        &["center"][..],
+        &["--name", "worker-0"],
+        &["--name", "worker-1"],
+    ]
+    .iter()
+    .map(|args| child_of(pid, args).expect("quiver local's child runs"))
+    .collect();
+    let spill = std::env::temp_dir().join(format!("quiver-local-{pid}"));
+    assert!(spill.is_dir());
+    // SIGKILL: no chance to stop anything itself.
+    assert!(signal(pid, "KILL"));
+    local.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while children.iter().any(|&c| running(c)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let orphans: Vec<u32> = children.iter().copied().filter(|&c| running(c)).collect();
+    for &c in &orphans {
+        signal(c, "KILL");
+    }
+    assert!(orphans.is_empty(), "{orphans:?} outlived quiver local");
+    // What it could not remove goes when the next one starts.
+    let next = Local::start(&["--workers", "1", "--port", "0"]);
+    assert!(!spill.exists(), "{} is left", spill.display());
+    drop(next);
+}
+
 #[test]
 fn quiver_retire_given_the_center_says_to_give_a_worker() {
     let cluster = TestCluster::start(1, &[]);

@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use quiver::engine::store::{OwnedDir, owned};
 use quiver::flight::center::{self, CenterConfig};
 use quiver::flight::protocol::{ClusterStatus, WorkerStatus};
 use quiver::flight::worker::{self, WorkerConfig};
@@ -352,7 +353,7 @@ fn local(
         let _guard = rt.enter();
         Box::pin(stop_signal())
     };
-    let mut center = Command::new(&exe)
+    let mut center = stopped_with_this_process(&mut Command::new(&exe))
         .args(["center", "--port", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -360,10 +361,17 @@ fn local(
         .map_err(|e| format!("cannot start the center: {e}"))?;
     // The center prints its address once it listens (the port may have been 0).
     let mut lines = std::io::BufReader::new(center.stdout.take().expect("piped")).lines();
+    // Workers spill under a directory of this process's own, which also
+    // goes when a `quiver local` killed before it could remove it is
+    // followed by another.
+    let temp = std::env::temp_dir();
+    owned::sweep(&temp, "quiver-local-");
+    let name = format!("quiver-local-{}", std::process::id());
     let mut cluster = LocalCluster {
         center,
         workers: Vec::new(),
-        spill: std::env::temp_dir().join(format!("quiver-local-{}", std::process::id())),
+        spill: temp.join(&name),
+        _spill_lock: OwnedDir::create(&temp, &name).ok(),
     };
     let Some(Ok(line)) = lines.next() else {
         return Err(format!(
@@ -378,7 +386,8 @@ fn local(
     let spill = cluster.spill.clone();
     let start = |i: usize| {
         let mut cmd = Command::new(&exe);
-        cmd.args(["worker", &address, "--name", &format!("worker-{i}")])
+        stopped_with_this_process(&mut cmd)
+            .args(["worker", &address, "--name", &format!("worker-{i}")])
             .args(["--nthreads", &nthreads.to_string()])
             .args(["--memory-limit", &memory_limit.to_string()])
             .arg("--spill-dir")
@@ -435,7 +444,12 @@ struct LocalCluster {
     /// Worker `i` (named `worker-i`), and when it was last started again if
     /// it was; `None` once it is left stopped.
     workers: Vec<Option<(Child, Option<Instant>)>>,
+    /// Where the workers spill, each in a directory of its own.
     spill: PathBuf,
+    /// Holds `spill` for this process and removes it on drop, after the
+    /// children are stopped (`None` if it could not be made: the workers
+    /// then make it, and it is removed by hand).
+    _spill_lock: Option<OwnedDir>,
 }
 
 /// A worker that dies this soon after being started again is left stopped:
@@ -511,6 +525,29 @@ impl Drop for LocalCluster {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.spill);
+    }
+}
+
+/// Has `cmd`'s process sent SIGTERM when this one dies, however it dies:
+/// `quiver local` killed with SIGKILL has no chance to stop its children,
+/// which would otherwise run on, orphaned. The signal comes when the
+/// spawning thread ends, so children are spawned from the main thread.
+fn stopped_with_this_process(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; prctl, getppid and raise
+    // are async-signal-safe and touch nothing shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the request took effect.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        })
     }
 }
 
