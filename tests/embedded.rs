@@ -303,3 +303,27 @@ fn a_given_spill_dir_keeps_what_was_in_it() {
         "the cluster removed its spill dir's other files"
     );
 }
+
+#[test]
+fn an_empty_array_reduces_to_what_its_op_says_of_no_values() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let empty = Array::random(0, 1000, 7);
+    assert!(empty.is_empty() && empty.chunks().is_empty());
+    assert_eq!(empty.sum().compute_f64(&client).unwrap(), 0.0);
+    assert_eq!(empty.count().compute_f64(&client).unwrap(), 0.0);
+    let e = empty.min().compute_f64(&client).unwrap_err().to_string();
+    assert!(e.contains("reduction of no values"), "{e}");
+    let e = empty.mean().compute_f64(&client).unwrap_err().to_string();
+    assert!(e.contains("mean of no values"), "{e}");
+    // As over one chunk with nothing in it.
+    let no_rows = chunk::from_array(Arc::new(Float64Array::from(Vec::<f64>::new())));
+    let one_empty = Array::from_chunks(&client, vec![no_rows]).unwrap();
+    assert_eq!((&one_empty * 2.0).sum().compute_f64(&client).unwrap(), 0.0);
+    let e = one_empty
+        .max()
+        .compute_f64(&client)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reduction of no values"), "{e}");
+}

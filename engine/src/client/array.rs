@@ -17,8 +17,13 @@ pub struct Array {
     len: usize,
 }
 
-/// Reduces `parts` pairwise in groups of [`SPLIT_EVERY`] with `op` until one remains.
+/// Reduces `parts` pairwise in groups of [`SPLIT_EVERY`] with `op` until one
+/// remains. No parts at all is `op` over an empty list: the op says what
+/// that is (a sum is 0, a minimum an error).
 pub fn tree_reduce(op: &str, mut parts: Vec<Delayed>) -> Delayed {
+    if parts.is_empty() {
+        return delayed(op, parts);
+    }
     loop {
         if parts.len() == 1 {
             return parts.pop().expect("one part");

@@ -170,14 +170,17 @@ impl Moments {
     }
 }
 
-/// Folds a reduction over one chunk or a list of them, as if they were concatenated.
+/// Folds a reduction over one chunk or a list of them, as if they were
+/// concatenated; over no values at all it is `identity`, or an error if the
+/// reduction has none.
 fn fold(
     name: &'static str,
     args: &[Value],
     f: fn(&Float64Array) -> Option<f64>,
     combine: fn(f64, f64) -> f64,
+    identity: Option<f64>,
 ) -> Result<Chunk> {
-    let mut acc: Option<f64> = None;
+    let mut acc: Option<f64> = identity;
     for c in args[0].chunks()? {
         if let Some(v) = f(&floats(c)?) {
             acc = Some(acc.map_or(v, |a| combine(a, v)));
@@ -261,13 +264,14 @@ pub(super) fn register_all(r: &mut OpRegistry) {
             a,
             |x| Some(compute::sum(x).unwrap_or(0.0)),
             |p, q| p + q,
+            Some(0.0),
         )
     });
     r.register("min", reduce(), |a, _| {
-        fold("min", a, compute::min, f64::min)
+        fold("min", a, compute::min, f64::min, None)
     });
     r.register("max", reduce(), |a, _| {
-        fold("max", a, compute::max, f64::max)
+        fold("max", a, compute::max, f64::max, None)
     });
     r.register("count", reduce(), |a, _| {
         let mut n = 0;
