@@ -54,6 +54,38 @@ fn seed_runs_every_way_on_four_worker_processes_and_only_partials_move() {
     }
 }
 
+/// The same mistakes, made through `client`; each one's error.
+fn mistakes(client: &Client) -> Vec<quiver::Error> {
+    let data = chunk::from_array(Arc::new(Float64Array::from(vec![1.0, 2.0])));
+    let held = client.scatter_as(Key::from("twice"), data.clone()).unwrap();
+    let mut unknown_op = Graph::new();
+    unknown_op.insert("u", Task::new("nope").arg(1));
+    let mut failing = Graph::new();
+    failing.insert("x", Task::new("arange").arg(4));
+    failing.insert("s", Task::new("slice").arg(Key::from("x")).arg(3).arg(9));
+    let errors = vec![
+        client.get(&Graph::new(), &["nothing".into()]).unwrap_err(),
+        client.get(&unknown_op, &["u".into()]).unwrap_err(),
+        client.scatter_as(Key::from("twice"), data).unwrap_err(),
+        client.get(&failing, &["s".into()]).unwrap_err(),
+    ];
+    drop(held);
+    errors
+}
+
+#[test]
+fn a_rust_client_gets_the_errors_an_embedded_cluster_raises() {
+    let embedded = quiver::Cluster::local(2).unwrap();
+    let want: Vec<String> = mistakes(&embedded.client())
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let cluster = TestCluster::start(2, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let got: Vec<String> = mistakes(&client).iter().map(|e| format!("{e:?}")).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
     let cluster = TestCluster::start(2, &[]);

@@ -208,9 +208,12 @@ impl CenterCore {
             }
             Command::Failed { key, error } => {
                 for w in st.waiters.remove(&key).unwrap_or_default() {
-                    let _ = w.send(Err(Status::failed_precondition(format!(
-                        "task '{key}' failed: {error}"
-                    ))));
+                    let _ = w.send(Err(crate::error::engine_status(
+                        &quiver_engine::Error::TaskFailed {
+                            key: key.clone(),
+                            error: error.clone(),
+                        },
+                    )));
                 }
             }
         }
@@ -627,13 +630,18 @@ impl CenterCore {
             let mut st = self.lock();
             match st.scheduler.status(key) {
                 KeyStatus::Memory(_) => None,
-                KeyStatus::Erred(e) => {
-                    return Err(Status::failed_precondition(format!(
-                        "task '{key}' failed: {e}"
-                    )));
+                KeyStatus::Erred(error) => {
+                    return Err(crate::error::engine_status(
+                        &quiver_engine::Error::TaskFailed {
+                            key: key.clone(),
+                            error,
+                        },
+                    ));
                 }
                 KeyStatus::Unknown => {
-                    return Err(Status::not_found(format!("key '{key}' not found")));
+                    return Err(crate::error::engine_status(
+                        &quiver_engine::Error::KeyNotFound { key: key.clone() },
+                    ));
                 }
                 KeyStatus::Pending => {
                     let (tx, rx) = oneshot::channel();
@@ -836,9 +844,12 @@ impl FlightService for CenterService {
         let (worker, address) = {
             let st = self.0.lock();
             if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) {
-                return Err(Status::already_exists(format!(
-                    "key '{key}' already exists; release it first"
-                )));
+                // As the embedded cluster says it, for Rust clients.
+                let e = quiver_engine::Error::invalid(&key, "key already exists; release it first");
+                return Err(crate::error::with_engine_error(
+                    Status::already_exists(format!("key '{key}' already exists; release it first")),
+                    &e,
+                ));
             }
             st.workers
                 .iter()

@@ -110,6 +110,9 @@ fn to_engine(e: Error, key: Option<&Key>) -> quiver_engine::Error {
     match e {
         Error::Engine(e) => e,
         Error::Remote { status, context } => {
+            if let Some(e) = crate::error::engine_error(&status) {
+                return e;
+            }
             let msg = status.message().to_string();
             match (status.code(), key) {
                 (tonic::Code::NotFound, Some(k)) => E::KeyNotFound { key: k.clone() },

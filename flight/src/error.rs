@@ -1,6 +1,6 @@
 //! The network layer's errors and their mapping onto Flight status codes.
 
-use quiver_engine::Error as EngineError;
+use quiver_engine::{Error as EngineError, Key};
 use tonic::Status;
 
 /// Result with this crate's [`Error`].
@@ -98,8 +98,109 @@ impl From<arrow::error::ArrowError> for Error {
     }
 }
 
+/// Binary metadata that carries an engine error whole, so that a Rust client
+/// gets back the very variant the cluster raised, as from an embedded
+/// cluster (other clients read the status code and message).
+const ENGINE_ERROR: &str = "quiver-error-bin";
+
+/// Past this size the metadata is left out: headers are bounded (16 KiB by
+/// default), and the message already carries the text once.
+const ENGINE_ERROR_MAX: usize = 4096;
+
+/// The engine errors that cross the wire as themselves.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WireError {
+    InvalidGraph { key: Key, reason: String },
+    MalformedGraph { message: String },
+    UnknownOp { op: String },
+    Op { op: String, reason: String },
+    KeyNotFound { key: Key },
+    TaskFailed { key: Key, error: String },
+    Lost { key: Key, reason: String },
+    Timeout { key: Key, seconds: f64 },
+    Unavailable { message: String },
+}
+
+impl WireError {
+    fn of(e: &EngineError) -> Option<WireError> {
+        use EngineError as E;
+        let (k, t) = (Key::clone, String::clone);
+        Some(match e {
+            E::InvalidGraph { key, reason } => WireError::InvalidGraph {
+                key: k(key),
+                reason: t(reason),
+            },
+            E::MalformedGraph(message) => WireError::MalformedGraph {
+                message: t(message),
+            },
+            E::UnknownOp { op } => WireError::UnknownOp { op: t(op) },
+            E::Op { op, reason } => WireError::Op {
+                op: t(op),
+                reason: t(reason),
+            },
+            E::KeyNotFound { key } => WireError::KeyNotFound { key: k(key) },
+            E::TaskFailed { key, error } => WireError::TaskFailed {
+                key: k(key),
+                error: t(error),
+            },
+            E::Lost { key, reason } => WireError::Lost {
+                key: k(key),
+                reason: t(reason),
+            },
+            E::Timeout { key, seconds } => WireError::Timeout {
+                key: k(key),
+                seconds: *seconds,
+            },
+            E::Unavailable(message) => WireError::Unavailable {
+                message: t(message),
+            },
+            E::Spill { .. } | E::Arrow(_) | E::Json(_) => return None,
+        })
+    }
+
+    fn into_engine(self) -> EngineError {
+        use EngineError as E;
+        match self {
+            WireError::InvalidGraph { key, reason } => E::InvalidGraph { key, reason },
+            WireError::MalformedGraph { message } => E::MalformedGraph(message),
+            WireError::UnknownOp { op } => E::UnknownOp { op },
+            WireError::Op { op, reason } => E::Op { op, reason },
+            WireError::KeyNotFound { key } => E::KeyNotFound { key },
+            WireError::TaskFailed { key, error } => E::TaskFailed { key, error },
+            WireError::Lost { key, reason } => E::Lost { key, reason },
+            WireError::Timeout { key, seconds } => E::Timeout { key, seconds },
+            WireError::Unavailable { message } => E::Unavailable(message),
+        }
+    }
+}
+
+/// The engine error a status from a Quiver process carries, if any.
+pub fn engine_error(status: &Status) -> Option<EngineError> {
+    let bytes = status.metadata().get_bin(ENGINE_ERROR)?.to_bytes().ok()?;
+    serde_json::from_slice::<WireError>(&bytes)
+        .ok()
+        .map(WireError::into_engine)
+}
+
 /// Maps an engine error to the Flight status a client can act on.
 pub fn engine_status(e: &EngineError) -> Status {
+    with_engine_error(code_status(e), e)
+}
+
+/// `status` carrying `e` for Rust clients (see [`engine_error`]).
+pub fn with_engine_error(mut status: Status, e: &EngineError) -> Status {
+    let wire = WireError::of(e).and_then(|w| serde_json::to_vec(&w).ok());
+    if let Some(json) = wire.filter(|j| j.len() <= ENGINE_ERROR_MAX) {
+        status.metadata_mut().insert_bin(
+            ENGINE_ERROR,
+            tonic::metadata::MetadataValue::from_bytes(&json),
+        );
+    }
+    status
+}
+
+fn code_status(e: &EngineError) -> Status {
     let msg = e.to_string();
     match e {
         EngineError::InvalidGraph { .. }
@@ -149,6 +250,44 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             self.1.as_deref().map(|l| l as _)
         }
+    }
+
+    #[test]
+    fn an_engine_error_crosses_the_wire_as_itself() {
+        let key = Key::from("k'ey");
+        let errors = [
+            EngineError::invalid(&key, "cycle: 'k'ey' depends on itself"),
+            EngineError::MalformedGraph("not JSON".into()),
+            EngineError::UnknownOp { op: "nope".into() },
+            EngineError::op("slice", "rows 3..12 out of a chunk of 4"),
+            EngineError::KeyNotFound { key: key.clone() },
+            EngineError::TaskFailed {
+                key: key.clone(),
+                error: "op 'log' failed: é".into(),
+            },
+            EngineError::Lost {
+                key: key.clone(),
+                reason: "its worker died".into(),
+            },
+            EngineError::Timeout {
+                key: key.clone(),
+                seconds: 1.5,
+            },
+            EngineError::Unavailable("the driver stopped".into()),
+        ];
+        for e in errors {
+            let status = engine_status(&e);
+            assert_eq!(status.message(), e.to_string());
+            // Through HTTP headers and back, as a client receives it.
+            let http = status.clone().into_http::<tonic::body::Body>();
+            let back = Status::from_header_map(http.headers()).unwrap();
+            let got = engine_error(&back).expect("the error rides along");
+            assert_eq!(format!("{got:?}"), format!("{e:?}"));
+        }
+        // Too long for a header: the code and message alone.
+        let long = EngineError::op("x", "y".repeat(ENGINE_ERROR_MAX));
+        assert!(engine_error(&engine_status(&long)).is_none());
+        assert_eq!(engine_status(&long).code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
