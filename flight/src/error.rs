@@ -1,4 +1,5 @@
-//! The network layer's errors and their mapping onto Flight status codes.
+//! The network layer's errors, their mapping onto Flight status codes, and
+//! the engine errors those statuses carry back to Rust clients.
 
 use quiver_engine::{Error as EngineError, Key};
 use tonic::Status;
@@ -125,35 +126,34 @@ enum WireError {
 impl WireError {
     fn of(e: &EngineError) -> Option<WireError> {
         use EngineError as E;
-        let (k, t) = (Key::clone, String::clone);
         Some(match e {
             E::InvalidGraph { key, reason } => WireError::InvalidGraph {
-                key: k(key),
-                reason: t(reason),
+                key: key.clone(),
+                reason: reason.clone(),
             },
             E::MalformedGraph(message) => WireError::MalformedGraph {
-                message: t(message),
+                message: message.clone(),
             },
-            E::UnknownOp { op } => WireError::UnknownOp { op: t(op) },
+            E::UnknownOp { op } => WireError::UnknownOp { op: op.clone() },
             E::Op { op, reason } => WireError::Op {
-                op: t(op),
-                reason: t(reason),
+                op: op.clone(),
+                reason: reason.clone(),
             },
-            E::KeyNotFound { key } => WireError::KeyNotFound { key: k(key) },
+            E::KeyNotFound { key } => WireError::KeyNotFound { key: key.clone() },
             E::TaskFailed { key, error } => WireError::TaskFailed {
-                key: k(key),
-                error: t(error),
+                key: key.clone(),
+                error: error.clone(),
             },
             E::Lost { key, reason } => WireError::Lost {
-                key: k(key),
-                reason: t(reason),
+                key: key.clone(),
+                reason: reason.clone(),
             },
             E::Timeout { key, seconds } => WireError::Timeout {
-                key: k(key),
+                key: key.clone(),
                 seconds: *seconds,
             },
             E::Unavailable(message) => WireError::Unavailable {
-                message: t(message),
+                message: message.clone(),
             },
             E::Spill { .. } | E::Arrow(_) | E::Json(_) => return None,
         })
