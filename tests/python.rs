@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{Local, root};
+use common::{Local, TestCluster, root};
 
 /// A Python with pyarrow: `target/pyenv`, created from the package registry if needed.
 fn python() -> &'static Path {
@@ -106,4 +106,13 @@ fn pyarrow_clients_get_errors_that_say_what_was_wrong() {
         ],
     );
     assert!(text.contains("released; ok"), "{text}");
+}
+
+#[test]
+fn the_python_helper_keeps_its_handles_through_a_pause() {
+    // Sessions silent for 2 s are closed: the script pauses 5 s.
+    let cluster = TestCluster::start_with(1, &["--session-timeout", "2"], &[]);
+    let text = run_script("tests/python/keepalive.py", &[&cluster.address, "2"]);
+    assert!(text.contains("sum after a pause: 45.0"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
 }

@@ -11,6 +11,7 @@ seed.py and docs/PYTHON.md.
 """
 
 import json
+import threading
 import uuid
 
 import pyarrow as pa
@@ -79,13 +80,28 @@ class Pool:
 
 
 class Client:
-    """A session with a center: holds end when the client closes."""
+    """A session with a center: holds end when the client closes.
 
-    def __init__(self, address):
+    The center releases the holds of a session silent for 60 s, so a thread
+    calls it every `keepalive` seconds while the client is open, as the Rust
+    client does: a handle stays good however long you pause.
+    """
+
+    def __init__(self, address, keepalive=10.0):
         self.center = flight.connect(f"grpc://{address}")
         session = uuid.uuid4().hex.encode()
         self.options = flight.FlightCallOptions(headers=[(b"x-quiver-session", session)])
         self._workers = {}
+        self._closed = threading.Event()
+        self._keepalive = threading.Thread(target=self._keep_alive, args=(keepalive,), daemon=True)
+        self._keepalive.start()
+
+    def _keep_alive(self, every):
+        while not self._closed.wait(every):
+            try:
+                self.action("cluster")
+            except pa.ArrowException:
+                pass  # the center is away: the next call of the user's says so
 
     def action(self, name, body=None):
         payload = json.dumps(body).encode() if body is not None else b""
@@ -122,6 +138,8 @@ class Client:
         self.action("release", {"keys": list(keys)})
 
     def close(self):
+        self._closed.set()
+        self._keepalive.join()
         try:
             self.action("session-close")
         finally:
