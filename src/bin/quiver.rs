@@ -143,7 +143,9 @@ enum Cmd {
     },
 }
 
-/// Parses a size like `4GiB`, `512MB`, `64k` or `1000000` into bytes.
+/// Parses a size like `4GiB`, `512MB`, `64k` or `1000000` into bytes. Zero
+/// is refused: no size flag has a use for it (a memory limit of 0 would
+/// pause a worker for good, a message limit of 0 refuse every message).
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
@@ -165,7 +167,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "tib" => 1 << 40,
         other => return Err(format!("unknown size unit '{other}' in '{s}'")),
     };
-    Ok((n * mult as f64) as u64)
+    match (n * mult as f64) as u64 {
+        0 => Err(format!("'{s}' is no bytes at all; give a size above 0")),
+        bytes => Ok(bytes),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
@@ -744,6 +749,8 @@ mod tests {
         assert_eq!(parse_size("1.5 kib"), Ok(1536));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("4XB").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("0.0001 B").is_err());
     }
 
     #[test]
