@@ -1,6 +1,8 @@
 //! The embedded cluster end to end: the seed workload every way, memory that
 //! stays small, spilling past the limit, handles, user ops and errors.
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow::array::{Array as _, AsArray, Float64Array};
@@ -103,20 +105,7 @@ fn ten_times_the_memory_limit_completes_by_spilling() {
     // Freeing the chunks deletes their spill files.
     drop((arrays, maxes));
     assert!(wait_until(|| !path.exists()));
-    assert!(wait_until(|| files_under(dir.path()).is_empty()));
-}
-
-/// Every file (not directory) under `dir`, at any depth.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            files.extend(files_under(&e.path()));
-        } else {
-            files.push(e.path());
-        }
-    }
-    files
+    assert!(wait_until(|| common::files_under(dir.path()).is_empty()));
 }
 
 #[test]

@@ -136,20 +136,8 @@ fn a_full_spill_disk_keeps_data_in_memory_and_leaves_no_partial_file() {
     assert!(cluster.all_alive(), "the worker survived a full disk");
     // Look inside the worker's mount namespace: nothing half-written remains.
     let inside = std::path::PathBuf::from(format!("/proc/{pid}/root{dir}"));
-    let mut left = Vec::new();
-    let mut dirs = vec![inside.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d)
-            .expect("the worker's spill dir is readable")
-            .flatten()
-        {
-            if e.path().is_dir() {
-                dirs.push(e.path());
-            } else {
-                left.push(e.path());
-            }
-        }
-    }
+    assert!(inside.is_dir(), "the worker's spill dir is readable");
+    let left = common::files_under(&inside);
     cluster.kill_worker(i);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("spill failed, chunk kept in memory"), "{log}");

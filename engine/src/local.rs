@@ -101,18 +101,12 @@ impl ClusterBuilder {
         // Its own directory inside the given one: what else lies there is
         // not the cluster's to remove.
         let parent = self.spill_dir.unwrap_or_else(std::env::temp_dir);
-        owned::sweep(&parent, SPILL_PREFIX);
         let name = format!(
             "{SPILL_PREFIX}{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let spill_root = OwnedDir::create(&parent, &name)
-            .inspect_err(|e| {
-                tracing::warn!(dir = %parent.join(&name).display(), error = %e,
-                    "cannot make the cluster's spill directory");
-            })
-            .ok();
+        let spill_root = owned::claim(&parent, SPILL_PREFIX, &name);
         let base = parent.join(&name);
         let workers: Vec<Arc<LocalWorker>> = (0..self.workers)
             .map(|i| {

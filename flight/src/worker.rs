@@ -7,7 +7,7 @@
 //! inputs are used and dropped, never kept, so the center's view of who holds
 //! what stays exact.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use crate::net::{self, FlightClient};
 use crate::protocol::*;
 use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse, ticket_key};
 use quiver_engine::executor::{Executor, evaluate};
-use quiver_engine::store::{ChunkStore, OwnedDir, StoreConfig, TempIpcFile, ipcfile, owned};
+use quiver_engine::store::{ChunkStore, StoreConfig, TempIpcFile, ipcfile, owned};
 use quiver_engine::{Chunk, Key, OpRegistry, chunk, shm};
 
 /// How a worker is started.
@@ -1192,8 +1192,8 @@ pub async fn run(
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let spill = own_dir(&spill_base, "worker-", &name);
-    let shared = own_dir(&shm_base, "quiver-worker-", &format!("quiver-{name}"));
+    let spill = owned::claim(&spill_base, "worker-", &name);
+    let shared = owned::claim(&shm_base, "quiver-worker-", &format!("quiver-{name}"));
     // Without a directory of its own, a worker still spills (each spill says
     // why it failed) and shares (straight in the shared-memory directory).
     let spill_dir = spill
@@ -1323,22 +1323,4 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(core.store.config().spill_dir.clone());
     drop((spill, shared));
     result
-}
-
-/// This worker's directory `name` in `base`, once the directories that dead
-/// workers left there (named `prefix…`) are removed; `None`, with a warning,
-/// if it cannot be made.
-fn own_dir(base: &Path, prefix: &str, name: &str) -> Option<OwnedDir> {
-    for gone in owned::sweep(base, prefix) {
-        tracing::info!(dir = %gone.display(), "removed the files of a worker that died");
-    }
-    OwnedDir::create(base, name)
-        .inspect_err(|e| {
-            tracing::warn!(
-                dir = %base.join(name).display(),
-                error = %e,
-                "cannot make this worker's directory"
-            );
-        })
-        .ok()
 }

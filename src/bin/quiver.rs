@@ -370,13 +370,12 @@ fn local(
     // goes when a `quiver local` killed before it could remove it is
     // followed by another.
     let temp = std::env::temp_dir();
-    owned::sweep(&temp, "quiver-local-");
     let name = format!("quiver-local-{}", std::process::id());
     let mut cluster = LocalCluster {
         center,
         workers: Vec::new(),
         spill: temp.join(&name),
-        _spill_lock: OwnedDir::create(&temp, &name).ok(),
+        _spill_lock: owned::claim(&temp, "quiver-local-", &name),
     };
     let Some(Ok(line)) = lines.next() else {
         return Err(format!(

@@ -372,3 +372,16 @@ impl TestCluster {
                 .all(|w| w.try_wait().ok().flatten().is_none())
     }
 }
+
+/// Every file (not directory) under `dir`, at any depth.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            files.extend(files_under(&e.path()));
+        } else {
+            files.push(e.path());
+        }
+    }
+    files
+}

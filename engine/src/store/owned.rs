@@ -93,6 +93,20 @@ pub fn sweep(parent: &Path, prefix: &str) -> Vec<PathBuf> {
     removed
 }
 
+/// `parent/name`, made once the directories that dead owners left in
+/// `parent` (named `prefix…`) are removed, each logged; `None`, with a
+/// warning, if it cannot be made (the caller carries on without one).
+pub fn claim(parent: &Path, prefix: &str, name: &str) -> Option<OwnedDir> {
+    for gone in sweep(parent, prefix) {
+        tracing::info!(dir = %gone.display(), "removed the files of a process that died");
+    }
+    OwnedDir::create(parent, name)
+        .inspect_err(|e| {
+            tracing::warn!(dir = %parent.join(name).display(), error = %e, "cannot make a directory of this process's own");
+        })
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
