@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::Float64Array;
+use arrow::array::{AsArray, Float64Array};
+use arrow::datatypes::Float64Type;
 use common::{Local, TestCluster, child_of, cluster_status, quiver_bin, signal};
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
@@ -103,6 +104,18 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
     g.insert("total", Task::new("sum").arg(Key::from("doubled")));
     let out = client.get(&g, &["total".into()]).unwrap();
     assert_eq!(chunk::to_f64(&out[0]).unwrap(), 20.0);
+    // Literals, a list of numbers and a number, cross the wire as they are.
+    let mut g = Graph::new();
+    g.insert_literal("list", vec![1.0, 2.5]);
+    g.insert_literal("none", Vec::<f64>::new());
+    g.insert_literal("one", 4);
+    g.insert("doubled", Task::new("mul").arg(Key::from("list")).arg(2.0));
+    let keys = ["doubled".into(), "none".into(), "one".into()];
+    let out = client.get(&g, &keys).unwrap();
+    let doubled = out[0].column(0).as_primitive::<Float64Type>();
+    assert_eq!(doubled.values().to_vec(), [2.0, 5.0]);
+    assert_eq!(out[1].num_rows(), 0);
+    assert_eq!(chunk::to_f64(&out[2]).unwrap(), 4.0);
     // Scattering a key twice is refused with a message.
     let e = client
         .scatter_as(Key::from("my-data"), data.clone())

@@ -1,7 +1,8 @@
 //! Python's own Flight client (pyarrow) against a real `quiver local`
 //! cluster: examples/python/seed.py (raw Flight), examples/python/pool.py (the
-//! optional helper) and tests/python/errors.py (every client-caused error has
-//! a message saying what was wrong). A venv with pyarrow is made under
+//! optional helper), tests/python/tables.py (tables of every shape go in and
+//! come back) and tests/python/errors.py (every client-caused error has a
+//! message saying what was wrong). A venv with pyarrow is made under
 //! target/ when pyarrow is missing.
 
 mod common;
@@ -75,6 +76,14 @@ fn pyarrow_runs_the_seed_and_moves_tables_in_and_out() {
         &["--scheduler", a, "--arrays", "40", "--size", "100000"],
     );
     assert!(text.contains("mean of the scattered array = 2.5"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+}
+
+#[test]
+fn pyarrow_tables_of_every_shape_go_in_and_come_back() {
+    let local = Local::start(&["--workers", "2", "--port", "0"]);
+    let text = run_script("tests/python/tables.py", &[&local.address]);
+    assert!(text.contains("empty: 0 rows back"), "{text}");
     assert!(text.ends_with("ok\n"), "{text}");
 }
 

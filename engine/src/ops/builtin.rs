@@ -253,6 +253,10 @@ pub(super) fn register_all(r: &mut OpRegistry) {
                 .map(|v| v.as_f64().unwrap_or(f64::NAN))
                 .collect(),
         )),
+        // The same list after a trip over the wire, where a JSON list is a list of arguments.
+        Value::List(items) => Ok(f64_chunk(
+            items.iter().map(Value::f64).collect::<Result<_>>()?,
+        )),
         v => Ok(chunk::scalar(v.f64()?)),
     });
     r.register("noop", Signature::any(), |_, _| Ok(chunk::scalar(0.0)));
@@ -520,6 +524,14 @@ mod tests {
         assert_eq!(
             values(&call("literal", vec![lit(vec![1.0, 2.0])]).unwrap()),
             [1.0, 2.0]
+        );
+        let sent = Value::List(vec![lit(1.0), lit(2)]);
+        assert_eq!(values(&call("literal", vec![sent]).unwrap()), [1.0, 2.0]);
+        assert_eq!(
+            call("literal", vec![Value::List(vec![])])
+                .unwrap()
+                .num_rows(),
+            0
         );
     }
 }
