@@ -127,6 +127,17 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         req.metadata_mut().insert("x-quiver-timeout-ms", "1".parse().unwrap());
         let e = center.get_flight_info(req).await.unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+        assert!(e.message().contains("after 0.001s waiting for 'slow'"), "{}", e.message());
+        let timed = |ms: &str| {
+            let mut req = tonic::Request::new(FlightDescriptor::new_path(vec!["total".into()]));
+            req.metadata_mut().insert("x-quiver-timeout-ms", ms.parse().unwrap());
+            req
+        };
+        // A wait past what milliseconds in 64 bits can say is a wait without end.
+        center.get_flight_info(timed(&"9".repeat(40))).await.unwrap();
+        let e = center.get_flight_info(timed("soon")).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("got 'soon'"), "{}", e.message());
 
         // Released keys are gone.
         act(&mut center, "release", r#"{"keys": ["total", "bad", "slow"]}"#).await.unwrap();

@@ -56,7 +56,7 @@ pub enum Error {
         reason: String,
     },
     /// Waiting for a key took longer than allowed.
-    #[error("timed out after {seconds:.1}s waiting for '{key}'")]
+    #[error("timed out after {seconds:.3}s waiting for '{key}'")]
     Timeout {
         /// The key waited for.
         key: Key,

@@ -653,10 +653,12 @@ impl CenterCore {
         if let Some(rx) = rx {
             match tokio::time::timeout(timeout, rx).await {
                 Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "timed out after {:.1}s waiting for '{key}'",
-                        timeout.as_secs_f64()
-                    )));
+                    return Err(crate::error::engine_status(
+                        &quiver_engine::Error::Timeout {
+                            key: key.clone(),
+                            seconds: timeout.as_secs_f64(),
+                        },
+                    ));
                 }
                 Ok(Err(_)) => return Err(Status::unavailable("the center is shutting down")),
                 Ok(Ok(r)) => r?,
@@ -681,16 +683,18 @@ pub struct CenterService(pub Arc<CenterCore>);
 fn timeout_of<T>(req: &Request<T>) -> Result<Duration, Status> {
     match req.metadata().get(TIMEOUT_HEADER) {
         None => Ok(DEFAULT_WAIT),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_millis)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{TIMEOUT_HEADER} must be a number of milliseconds"
-                ))
-            }),
+        Some(v) => {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let text = text.trim();
+            // A wait longer than u64 milliseconds (585 million years) is a wait without end.
+            if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(Duration::from_millis(text.parse().unwrap_or(u64::MAX)))
+            } else {
+                Err(Status::invalid_argument(format!(
+                    "{TIMEOUT_HEADER} must be a whole number of milliseconds, got '{text}'"
+                )))
+            }
+        }
     }
 }
 
