@@ -18,7 +18,7 @@ use quiver::engine::ops::uniform_vec;
 use quiver::flight::center::{self, CenterConfig};
 use quiver::flight::protocol::Holder;
 use quiver::flight::worker::{self, WorkerConfig, WorkerCore};
-use quiver::{Key, chunk};
+use quiver::{Key, OpRegistry, chunk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -209,6 +209,7 @@ async fn start_worker(
         pause_fraction: 1.0,
         heartbeat_interval: std::time::Duration::from_secs(1),
         center_patience: std::time::Duration::from_secs(10),
+        ops: Arc::new(OpRegistry::builtin()),
     };
     rt.spawn(worker::run(
         config,

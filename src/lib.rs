@@ -23,6 +23,7 @@
 //!
 //! Layers: [`engine`] computes (no sockets); [`flight`] puts it on the network.
 
+pub mod cli;
 pub mod seed;
 
 pub use quiver_engine as engine;

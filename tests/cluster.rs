@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -763,4 +764,57 @@ fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
         "{silent} not in {names:?}"
     );
     drop(held);
+}
+
+#[test]
+fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
+    // examples/custom_ops.rs: `quiver::cli::main` with `clip` added.
+    let program = Path::new(quiver_bin())
+        .parent()
+        .unwrap()
+        .join("examples/custom_ops");
+    let local = Local::start_program(&program, &["--workers", "2", "--port", "0"]);
+    let client = Client::connect(&local.address).unwrap();
+    let mut g = Graph::new();
+    g.insert("x", Task::new("arange").arg(10));
+    g.insert(
+        "clipped",
+        Task::new("clip").arg(Key::from("x")).arg(2.0).arg(6.5),
+    );
+    g.insert("total", Task::new("sum").arg(Key::from("clipped")));
+    let out = client.get(&g, &["clipped".into(), "total".into()]).unwrap();
+    let clipped = out[0].column(0).as_primitive::<Float64Type>();
+    let want = [2.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0, 6.5, 6.5, 6.5];
+    assert_eq!(clipped.values().to_vec(), want);
+    assert_eq!(chunk::to_f64(&out[1]).unwrap(), 43.5);
+
+    // Its center checks the op's signature at submission, and its workers
+    // report the op's own errors.
+    let mut g = Graph::new();
+    g.insert("bad", Task::new("clip").arg(Key::from("x")).arg(1.0));
+    g.insert("x", Task::new("arange").arg(10));
+    let e = client.get(&g, &["bad".into()]).unwrap_err();
+    assert!(matches!(e, quiver::Error::InvalidGraph { .. }), "{e}");
+    let mut g = Graph::new();
+    g.insert(
+        "upside-down",
+        Task::new("clip").arg(Key::from("x")).arg(3.0).arg(1.0),
+    );
+    g.insert("x", Task::new("arange").arg(10));
+    let e = client
+        .get(&g, &["upside-down".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs lo ≤ hi, got 3 and 1"), "{e}");
+
+    // A worker of the stock binary cannot run `clip`: refused when it joins.
+    let stock = Command::new(quiver_bin())
+        .args(["worker", &local.address])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&stock.stderr);
+    assert!(!stock.status.success(), "{said}");
+    assert!(said.contains("lacks ops the center has: clip"), "{said}");
+    assert_eq!(cluster_status(&local.address).unwrap().workers.len(), 2);
 }

@@ -309,6 +309,7 @@ async fn join(center: &mut FlightClient, fake: &FakeWorker) {
     let register = serde_json::json!({
         "protocol_version": PROTOCOL_VERSION, "name": "fake", "address": addr.to_string(),
         "host_id": "fake", "nthreads": 1, "memory_limit": 1u64 << 30,
+        "ops": quiver::OpRegistry::builtin().names(),
     });
     let reply = act(center, "register", &register.to_string())
         .await

@@ -38,6 +38,9 @@ pub struct CenterConfig {
     pub heartbeat_timeout: Duration,
     /// A client session silent this long is closed and its holds released.
     pub session_timeout: Duration,
+    /// The ops graphs may use: submissions are checked against them, and a
+    /// worker that lacks any of them is refused.
+    pub ops: Arc<OpRegistry>,
 }
 
 impl Default for CenterConfig {
@@ -47,6 +50,7 @@ impl Default for CenterConfig {
             port: 8787,
             heartbeat_timeout: Duration::from_secs(10),
             session_timeout: Duration::from_secs(60),
+            ops: Arc::new(OpRegistry::builtin()),
         }
     }
 }
@@ -133,7 +137,7 @@ impl CenterCore {
         };
         Arc::new(CenterCore {
             state: Mutex::new(State {
-                scheduler: Scheduler::new(sched, Arc::new(OpRegistry::builtin())),
+                scheduler: Scheduler::new(sched, config.ops.clone()),
                 workers: FxHashMap::default(),
                 next_worker: 0,
                 waiters: FxHashMap::default(),
@@ -241,6 +245,17 @@ impl CenterCore {
             return Err(Status::failed_precondition(format!(
                 "protocol version mismatch: the worker speaks {}, the center speaks {PROTOCOL_VERSION}",
                 reg.protocol_version
+            )));
+        }
+        // Caught here rather than as tasks failing on this worker alone.
+        let missing: Vec<&str> = (self.config.ops.names().into_iter())
+            .filter(|op| !reg.ops.iter().any(|o| o == op))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "worker '{}' lacks ops the center has: {}; start it from the same program as the center",
+                reg.name,
+                missing.join(", ")
             )));
         }
         let mut st = self.lock();

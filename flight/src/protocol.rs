@@ -12,7 +12,7 @@ use quiver_engine::store::StoreStats;
 
 /// Version of this contract. Bump it when a message changes shape or meaning;
 /// a worker refuses a center of another version.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Header naming the client session whose holds a request adds or drops.
 pub const SESSION_HEADER: &str = "x-quiver-session";
@@ -107,6 +107,10 @@ pub struct Register {
     pub nthreads: usize,
     /// Memory limit in bytes.
     pub memory_limit: u64,
+    /// The names of the ops it can run. (Defaulted so that a worker of an
+    /// older version, which sends none, is told of the version mismatch.)
+    #[serde(default)]
+    pub ops: Vec<String>,
 }
 
 /// `register` reply.

@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     /// How long the center may stay unreachable, at start-up or later,
     /// before the worker exits.
     pub center_patience: Duration,
+    /// The ops it runs; the center refuses a worker that lacks any of its own.
+    pub ops: Arc<OpRegistry>,
 }
 
 /// Sets how this process hands its allocator's free memory back to the
@@ -1172,6 +1174,7 @@ pub async fn run(
         host_id: host_id.clone(),
         nthreads: config.nthreads.max(1),
         memory_limit: config.memory_limit,
+        ops: config.ops.names().into_iter().map(String::from).collect(),
     };
     let worker = register(&mut center, &reg).await?;
     tracing::info!(worker, %address, center = %config.center, "worker registered");
@@ -1209,11 +1212,7 @@ pub async fn run(
             memory_limit: fraction_of(config.memory_limit, config.spill_fraction),
             spill_dir,
         })),
-        executor: Executor::new(
-            &config.name,
-            config.nthreads,
-            Arc::new(OpRegistry::builtin()),
-        )?,
+        executor: Executor::new(&config.name, config.nthreads, config.ops.clone())?,
         outcomes: tx,
         routes: Routes::default(),
         running: AtomicUsize::new(0),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arrow::array::{AsArray, Float64Array};
 use arrow::datatypes::Float64Type;
-use quiver_engine::{Chunk, Key, chunk};
+use quiver_engine::{Chunk, Key, OpRegistry, chunk};
 use quiver_flight::center::{self, CenterConfig};
 use quiver_flight::protocol::Holder;
 use quiver_flight::worker::{self, WorkerConfig, WorkerCore};
@@ -63,6 +63,7 @@ impl Fixture {
             pause_fraction: 1.0,
             heartbeat_interval: std::time::Duration::from_secs(1),
             center_patience: std::time::Duration::from_secs(10),
+            ops: Arc::new(OpRegistry::builtin()),
         };
         tokio::spawn(worker::run(
             config,

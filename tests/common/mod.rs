@@ -50,7 +50,13 @@ pub struct Local {
 impl Local {
     /// Starts `quiver local` with `args` and waits until it prints its address.
     pub fn start(args: &[&str]) -> Local {
-        let mut child = Command::new(quiver_bin())
+        Local::start_program(Path::new(quiver_bin()), args)
+    }
+
+    /// As [`Local::start`], with `program` in place of `quiver`: a program
+    /// of its own that runs `quiver::cli::main`.
+    pub fn start_program(program: &Path, args: &[&str]) -> Local {
+        let mut child = Command::new(program)
             .arg("local")
             .args(args)
             .env("RUST_LOG", "warn")
@@ -58,7 +64,7 @@ impl Local {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start quiver local");
+            .unwrap_or_else(|e| panic!("start {} local: {e}", program.display()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (err, seen) = (child.stderr.take().expect("stderr"), stderr.clone());
         std::thread::spawn(move || {

@@ -210,6 +210,12 @@ pub struct OpRegistry {
     ops: FxHashMap<String, OpDef>,
 }
 
+impl std::fmt::Debug for OpRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
 impl OpRegistry {
     /// A registry with no ops.
     pub fn empty() -> Self {
