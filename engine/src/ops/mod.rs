@@ -253,7 +253,13 @@ impl OpRegistry {
     /// Checks a task against its op's signature; the error names `key`.
     pub fn check(&self, key: &Key, task: &Task) -> Result<()> {
         let Some(def) = self.ops.get(&task.op) else {
-            return Err(Error::invalid(key, format!("unknown op '{}'", task.op)));
+            // Named in full: a typo shows, and so does a cluster started
+            // from another program than the one with the op.
+            let known = self.names().join(", ");
+            return Err(Error::invalid(
+                key,
+                format!("unknown op '{}'; the ops here are: {known}", task.op),
+            ));
         };
         let sig = &def.signature;
         let n = task.args.len();
