@@ -1,8 +1,9 @@
 //! Python's own Flight client (pyarrow) against a real `quiver local`
 //! cluster: examples/python/seed.py (raw Flight), examples/python/pool.py (the
 //! optional helper), tests/python/tables.py (tables of every shape go in and
-//! come back) and tests/python/errors.py (every client-caused error has a
-//! message saying what was wrong). A venv with pyarrow is made under
+//! come back), tests/python/errors.py (every client-caused error has a
+//! message saying what was wrong), tests/python/keepalive.py and
+//! tests/python/secured.py (the helper's session, token and TLS). A venv with pyarrow is made under
 //! target/ when pyarrow is missing.
 
 mod common;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{Local, TestCluster, root};
+use common::{Local, TestCluster, certificates, root};
 
 /// A Python with pyarrow: `target/pyenv`, created from the package registry if needed.
 fn python() -> &'static Path {
@@ -47,9 +48,15 @@ fn python() -> &'static Path {
 }
 
 fn run_script(script: &str, args: &[&str]) -> String {
+    run_script_with(script, args, &[])
+}
+
+/// As [`run_script`], with `env` added to the script's environment.
+fn run_script_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(python())
         .arg(root().join(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run python");
     let text = format!(
@@ -123,5 +130,45 @@ fn the_python_helper_keeps_its_handles_through_a_pause() {
     let cluster = TestCluster::start_with(1, &["--session-timeout", "2"], &[]);
     let text = run_script("tests/python/keepalive.py", &[&cluster.address, "2"]);
     assert!(text.contains("sum after a pause: 45.0"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+}
+
+#[test]
+fn the_python_helper_reaches_a_cluster_with_a_token_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = certificates(dir.path());
+    let (cert, key, ca) = (
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        ca.to_str().unwrap(),
+    );
+    // `quiver local` hands the token and the TLS files on to its children;
+    // this process stays out of it (both settings are process-wide).
+    let local = Local::start(&[
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--token",
+        "s3cret",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--tls-ca",
+        ca,
+    ]);
+    let text = run_script_with(
+        "tests/python/secured.py",
+        &[&local.address],
+        &[("QUIVER_TOKEN", "s3cret"), ("QUIVER_TLS_CA", ca)],
+    );
+    assert!(text.contains("total: 1450.0"), "{text}");
+    assert!(text.contains("rows fetched from a worker: 40"), "{text}");
+    assert!(text.contains("mean of scattered: 3.0"), "{text}");
+    assert!(
+        text.contains("wrong token:") && text.contains("token"),
+        "{text}"
+    );
     assert!(text.ends_with("ok\n"), "{text}");
 }

@@ -11,6 +11,7 @@ seed.py and docs/PYTHON.md.
 """
 
 import json
+import os
 import threading
 import uuid
 
@@ -87,10 +88,21 @@ class Client:
     client does: a handle stays good however long you pause.
     """
 
-    def __init__(self, address, keepalive=10.0):
-        self.center = flight.connect(f"grpc://{address}")
-        session = uuid.uuid4().hex.encode()
-        self.options = flight.FlightCallOptions(headers=[(b"x-quiver-session", session)])
+    def __init__(self, address, keepalive=10.0, token=None, tls_ca=None):
+        """`token` and `tls_ca` (a CA certificate file) default, as in Quiver's
+        own processes, to $QUIVER_TOKEN and $QUIVER_TLS_CA."""
+        token = token or os.environ.get("QUIVER_TOKEN")
+        tls_ca = tls_ca or os.environ.get("QUIVER_TLS_CA")
+        self._connect_options = {}
+        if tls_ca:
+            with open(tls_ca, "rb") as f:
+                self._connect_options["tls_root_certs"] = f.read()
+        scheme = "grpc+tls" if tls_ca else "grpc"
+        self.center = flight.connect(f"{scheme}://{address}", **self._connect_options)
+        headers = [(b"x-quiver-session", uuid.uuid4().hex.encode())]
+        if token:
+            headers.append((b"authorization", b"Bearer " + token.encode()))
+        self.options = flight.FlightCallOptions(headers=headers)
         self._workers = {}
         self._closed = threading.Event()
         self._keepalive = threading.Thread(target=self._keep_alive, args=(keepalive,), daemon=True)
@@ -121,7 +133,7 @@ class Client:
         endpoint = info.endpoints[0]
         uri = endpoint.locations[0].uri.decode()
         if uri not in self._workers:
-            self._workers[uri] = flight.connect(uri)
+            self._workers[uri] = flight.connect(uri, **self._connect_options)
         return self._workers[uri].do_get(endpoint.ticket, self.options).read_all()
 
     def scatter(self, data, key=None):
