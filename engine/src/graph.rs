@@ -461,6 +461,12 @@ impl<'de> serde::de::Visitor<'de> for NodeVisitor {
             }
             None => Map::new(),
         };
+        // As a task anywhere else: a misspelt "kwargs" must not drop the keywords unseen.
+        if let Some(field) = rest.keys().next() {
+            return Err(A::Error::custom(format!(
+                "unknown field `{field}` in the task of op '{op}', expected `op`, `args` or `kwargs`"
+            )));
+        }
         Ok(Node::Task(Arc::new(Task { op, args, kwargs })))
     }
 }
@@ -622,6 +628,14 @@ mod tests {
         assert!(e.contains("must be a string"), "{e}");
         let e = err("{nope");
         assert!(e.contains("malformed"), "{e}");
+        // A misspelt field is an error, not keywords dropped unseen.
+        let e = err(
+            r#"{"graph": {"a": {"op": "random", "args": [3], "kwarg": {"seed": 1}}}, "keys": ["a"]}"#,
+        );
+        assert!(
+            e.contains("unknown field `kwarg` in the task of op 'random'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -221,6 +221,15 @@ pub(super) fn register_all(r: &mut OpRegistry) {
             .kwarg("scale", Number),
         |a, kw| {
             let (loc, scale) = (kw_f64(kw, "loc", 0.0), kw_f64(kw, "scale", 1.0));
+            // As numpy has it: a negative spread is a mistake, not a mirror image.
+            if !(scale >= 0.0 && scale.is_finite() && loc.is_finite()) {
+                return Err(Error::op(
+                    "normal",
+                    format!(
+                        "needs a finite loc and a finite scale ≥ 0, got loc {loc}, scale {scale}"
+                    ),
+                ));
+            }
             Ok(f64_chunk(normal_vec(
                 a[0].usize()?,
                 kw_u64(kw, "seed", 0),
@@ -525,6 +534,16 @@ mod tests {
             values(&call("literal", vec![lit(vec![1.0, 2.0])]).unwrap()),
             [1.0, 2.0]
         );
+        let kw = |scale: f64| {
+            serde_json::json!({"scale": scale})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let normal = |scale| OpRegistry::builtin().call("normal", &[lit(3)], &kw(scale));
+        assert_eq!(normal(2.0).unwrap().num_rows(), 3);
+        let e = normal(-1.0).unwrap_err().to_string();
+        assert!(e.contains("scale ≥ 0, got loc 0, scale -1"), "{e}");
         let sent = Value::List(vec![lit(1.0), lit(2)]);
         assert_eq!(values(&call("literal", vec![sent]).unwrap()), [1.0, 2.0]);
         assert_eq!(
