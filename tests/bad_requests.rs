@@ -120,11 +120,13 @@ async fn bad(i: usize, center: &mut FlightClient, worker: &mut FlightClient) -> 
             put(center, msgs).await
         }
         11 => {
-            // A schema and no batch.
-            let mut msgs = good.clone();
-            msgs.truncate(1);
-            msgs[0].flight_descriptor = Some(path(&key));
-            put(center, msgs).await
+            // A descriptor alone: no schema, no batch. (A schema alone is
+            // an empty chunk, as pyarrow writes an empty table.)
+            let alone = FlightData {
+                flight_descriptor: Some(path(&key)),
+                ..Default::default()
+            };
+            put(center, vec![alone]).await
         }
         12 => put(center, good.clone()).await, // no descriptor
         13 => action(center, &format!("frobnicate-{i}"), "").await,

@@ -201,6 +201,11 @@ pub struct Decoder {
 impl Decoder {
     /// Feeds one message; returns a chunk when it completes one.
     pub fn push(&mut self, data: FlightData) -> Result<Option<Chunk>> {
+        // A message of a descriptor or app_metadata alone carries no IPC
+        // message: Flight lets a client send its descriptor that way.
+        if data.data_header.is_empty() && data.data_body.is_empty() {
+            return Ok(None);
+        }
         let message = root_as_message(&data.data_header[..])
             .map_err(|e| Error::Protocol(format!("not an IPC message header: {e}")))?;
         match message.header_type() {
@@ -459,6 +464,10 @@ mod tests {
         assert_eq!(back.schema(), c.schema());
         let e = decode_one(Vec::new(), "k").unwrap_err().to_string();
         assert!(e.contains("k: the stream held no schema"), "{e}");
+        // A descriptor sent in a message of its own is passed over.
+        let mut msgs = vec![FlightData::default()];
+        msgs.extend(encode(&c, None).unwrap());
+        assert_eq!(decode_one(msgs, "t").unwrap().0, c);
     }
 
     #[test]
