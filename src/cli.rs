@@ -8,9 +8,8 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use quiver_engine::OpRegistry;
