@@ -766,14 +766,17 @@ fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
     drop(held);
 }
 
-#[test]
-fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
-    // examples/custom_ops.rs: `quiver::cli::main` with `clip` added.
-    let program = Path::new(quiver_bin())
+/// examples/custom_ops.rs: `quiver::cli::main` with `clip` added.
+fn custom_ops_program() -> std::path::PathBuf {
+    Path::new(quiver_bin())
         .parent()
         .unwrap()
-        .join("examples/custom_ops");
-    let local = Local::start_program(&program, &["--workers", "2", "--port", "0"]);
+        .join("examples/custom_ops")
+}
+
+#[test]
+fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
+    let local = Local::start_program(&custom_ops_program(), &["--workers", "2", "--port", "0"]);
     let client = Client::connect(&local.address).unwrap();
     let mut g = Graph::new();
     g.insert("x", Task::new("arange").arg(10));
@@ -817,4 +820,25 @@ fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
     assert!(!stock.status.success(), "{said}");
     assert!(said.contains("lacks ops the center has: clip"), "{said}");
     assert_eq!(cluster_status(&local.address).unwrap().workers.len(), 2);
+}
+
+#[test]
+fn a_worker_leaves_a_center_restarted_from_a_program_with_ops_it_lacks() {
+    let mut cluster = TestCluster::start(0, &[]);
+    let w = cluster.start_worker_logged(&[]);
+    assert!(cluster.wait_workers(1, Duration::from_secs(10)));
+    cluster.restart_center_as(&custom_ops_program());
+    // The new center does not know the worker, which registers again, is
+    // refused for good, and says why as it exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = cluster.worker(w).try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = cluster.stop_worker_and_read_log(w);
+    assert!(log.contains("lacks ops the center has: clip"), "{log}");
 }

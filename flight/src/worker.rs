@@ -1269,7 +1269,16 @@ pub async fn run(
                                 last_ok = tokio::time::Instant::now();
                                 tracing::info!(worker = id, center = %center_addr, "worker registered again");
                             }
-                            Err(e) => tracing::warn!("registering again failed: {e}"),
+                            Err(e) => {
+                                // A center restarted from another program or version
+                                // refuses for good: retrying would not mend it.
+                                if let Error::Remote { status, .. } = &e {
+                                    if status.code() == tonic::Code::FailedPrecondition {
+                                        return Err(e);
+                                    }
+                                }
+                                tracing::warn!("registering again failed: {e}");
+                            }
                         }
                     }
                     Err(e) => {

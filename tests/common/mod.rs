@@ -294,10 +294,16 @@ impl TestCluster {
 
     /// Kills the center and starts a new one on the same port.
     pub fn restart_center(&mut self) {
+        self.restart_center_as(Path::new(quiver_bin()));
+    }
+
+    /// As [`TestCluster::restart_center`], with the center of `program` (a
+    /// program of its own that runs `quiver::cli::main`).
+    pub fn restart_center_as(&mut self, program: &Path) {
         self.kill_center();
         let port = self.address.rsplit(':').next().expect("port").to_string();
         let center = quiet(
-            Command::new(quiver_bin())
+            Command::new(program)
                 .args(["center", "--port", &port])
                 .args(&self.center_args),
         )
