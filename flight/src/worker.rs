@@ -1272,10 +1272,10 @@ pub async fn run(
                             Err(e) => {
                                 // A center restarted from another program or version
                                 // refuses for good: retrying would not mend it.
-                                if let Error::Remote { status, .. } = &e {
-                                    if status.code() == tonic::Code::FailedPrecondition {
-                                        return Err(e);
-                                    }
+                                let refused =
+                                    |s: &Status| s.code() == tonic::Code::FailedPrecondition;
+                                if matches!(&e, Error::Remote { status, .. } if refused(status)) {
+                                    return Err(e);
                                 }
                                 tracing::warn!("registering again failed: {e}");
                             }
