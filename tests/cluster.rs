@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -767,7 +767,7 @@ fn status_shows_each_worker_as_it_is_now_not_as_of_its_last_heartbeat() {
 }
 
 /// examples/custom_ops.rs: `quiver::cli::main` with `clip` added.
-fn custom_ops_program() -> std::path::PathBuf {
+fn custom_ops_program() -> PathBuf {
     Path::new(quiver_bin())
         .parent()
         .unwrap()
@@ -811,15 +811,34 @@ fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
     assert!(e.contains("needs lo ≤ hi, got 3 and 1"), "{e}");
 
     // A worker of the stock binary cannot run `clip`: refused when it joins.
-    let stock = Command::new(quiver_bin())
+    let mut stock = Command::new(quiver_bin())
         .args(["worker", &local.address])
         .stdin(Stdio::null())
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let said = String::from_utf8_lossy(&stock.stderr);
-    assert!(!stock.status.success(), "{said}");
+    let status = exit_within(&mut stock, Duration::from_secs(20));
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stock.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "{said}");
     assert!(said.contains("lacks ops the center has: clip"), "{said}");
     assert_eq!(cluster_status(&local.address).unwrap().workers.len(), 2);
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails if it does not.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still runs after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -830,14 +849,7 @@ fn a_worker_leaves_a_center_restarted_from_a_program_with_ops_it_lacks() {
     cluster.restart_center_as(&custom_ops_program());
     // The new center does not know the worker, which registers again, is
     // refused for good, and says why as it exits.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = cluster.worker(w).try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the worker still runs");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(cluster.worker(w), Duration::from_secs(20));
     assert!(!status.success());
     let log = cluster.stop_worker_and_read_log(w);
     assert!(log.contains("lacks ops the center has: clip"), "{log}");

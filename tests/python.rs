@@ -3,8 +3,8 @@
 //! optional helper), tests/python/tables.py (tables of every shape go in and
 //! come back), tests/python/errors.py (every client-caused error has a
 //! message saying what was wrong), tests/python/keepalive.py and
-//! tests/python/secured.py (the helper's session, token and TLS). A venv with pyarrow is made under
-//! target/ when pyarrow is missing.
+//! tests/python/secured.py (the helper's session, token and TLS). A venv
+//! with pyarrow is made under target/ when pyarrow is missing.
 
 mod common;
 
