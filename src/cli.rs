@@ -613,13 +613,14 @@ fn setup_tls(cli: &Cli) -> Result<(), String> {
 /// cluster's ops (`OpRegistry::builtin()` and any of the program's own).
 pub fn main(ops: OpRegistry) -> ExitCode {
     let ops = Arc::new(ops);
-    tracing_subscriber::fmt()
+    // A program that set up its own logging keeps it.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .try_init();
     let cli = Cli::parse();
     if let Some(t) = &cli.token {
         // `quiver local`'s children inherit it through the environment.
