@@ -390,6 +390,12 @@ impl Scheduler {
     /// `id` gained a consumer: if it is only lineage, start computing it (and,
     /// transitively, whatever lineage it needs).
     fn need(&mut self, id: TaskId, out: &mut Vec<Command>) {
+        self.need_as(id, None, out);
+    }
+
+    /// As [`Scheduler::need`]; with `generation`, the tasks it brings back
+    /// are ranked as if submitted in that generation.
+    fn need_as(&mut self, id: TaskId, generation: Option<u64>, out: &mut Vec<Command>) {
         let mut work = vec![id];
         let (mut to_ready, mut to_pipeline) = (Vec::new(), Vec::new());
         while let Some(id) = work.pop() {
@@ -423,7 +429,11 @@ impl Scheduler {
                 }
             }
             self.set(id, State::Waiting);
-            self.tasks.get_mut(&id).expect("live").missing = missing;
+            let t = self.tasks.get_mut(&id).expect("live");
+            t.missing = missing;
+            if let Some(g) = generation {
+                t.priority.1 = g;
+            }
             if let Some(d) = failed {
                 let e = self.tasks[&self.index[&d]]
                     .error
@@ -925,7 +935,15 @@ impl Scheduler {
                 );
                 self.err(id, Arc::from(msg), out);
             } else if t.needed() {
-                self.need(id, out);
+                // A result only a client holds (it has had it already) is
+                // made again after the work queued now, not ahead of it by
+                // its old submission: a worker that dies again and again
+                // would otherwise hold newer graphs back for good.
+                let generation = (t.waiters == 0).then(|| {
+                    self.generation += 1;
+                    self.generation
+                });
+                self.need_as(id, generation, out);
             } else {
                 self.maybe_forget(id);
             }

@@ -470,6 +470,52 @@ fn lost_workers_are_recomputed_from_lineage() {
     );
 }
 
+/// [`seed_graph`] with every key prefixed by `p`.
+fn seed_graph_named(p: &str, n: usize) -> Graph {
+    let mut g = Graph::new();
+    let mut sums = vec![];
+    for i in 0..n {
+        g.insert_literal(format!("{p}x-{i}").as_str(), i as f64);
+        g.insert(
+            format!("{p}sum-{i}").as_str(),
+            sum_of(&[format!("{p}x-{i}")]),
+        );
+        sums.push(format!("{p}sum-{i}"));
+    }
+    g.insert(format!("{p}total").as_str(), sum_of(&sums));
+    g
+}
+
+#[test]
+fn a_held_result_lost_with_its_worker_is_made_again_after_the_work_queued() {
+    // One thread in all: tasks run one at a time, best priority first.
+    let mut env = Env::new(1, 1);
+    env.submit(1, seed_graph_named("a-", 4), &["a-total"])
+        .unwrap();
+    env.run_all();
+    env.submit(1, seed_graph_named("b-", 4), &["b-total"])
+        .unwrap();
+    let before = env.runs.len();
+    env.event(Event::RemoveWorker { worker: 0 }).unwrap();
+    env.stores.remove(&0);
+    env.add_worker(1);
+    env.run_all();
+    let order: Vec<&str> = env.runs[before..]
+        .iter()
+        .filter(|(w, _)| *w == 1)
+        .map(|(_, k)| k.as_str())
+        .collect();
+    let last_b = order.iter().rposition(|k| k.starts_with("b-")).unwrap();
+    let first_a = order.iter().position(|k| k.starts_with("a-")).unwrap();
+    assert!(
+        last_b < first_a,
+        "a's lost result came before b's work: {order:?}"
+    );
+    let total = (0..4).map(|i| i as f64 + 1.0).sum::<f64>() + 1.0;
+    assert_eq!(env.value("a-total"), total);
+    assert_eq!(env.value("b-total"), total);
+}
+
 #[test]
 fn silent_workers_are_removed_at_the_next_tick() {
     let mut env = Env::new(2, 1);
