@@ -10,9 +10,9 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{quiver_bin, root};
+use common::{exit_within, quiver_bin, root};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_quiver-bench");
 
@@ -171,14 +171,8 @@ fn interrupted_run_removes_its_testbed() {
     }
     // SAFETY: kill on the pid of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "quiver-bench ignored Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Fails, if quiver-bench ignores Ctrl-C, naming it.
+    let status = exit_within(&mut child, Duration::from_secs(20));
     assert!(
         !status.success(),
         "an interrupted run must not report success"

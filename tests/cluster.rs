@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, Float64Array};
 use arrow::datatypes::Float64Type;
-use common::{Local, TestCluster, child_of, cluster_status, quiver_bin, signal};
+use common::{Local, TestCluster, child_of, cluster_status, exit_within, quiver_bin, signal};
 use quiver::{Call, Client, Connect, Graph, Key, Task, chunk, seed};
 
 #[test]
@@ -106,17 +106,8 @@ fn scattered_data_feeds_a_graph_and_results_come_from_the_worker() {
     let out = client.get(&g, &["total".into()]).unwrap();
     assert_eq!(chunk::to_f64(&out[0]).unwrap(), 20.0);
     // Literals, a list of numbers and a number, cross the wire as they are.
-    let mut g = Graph::new();
-    g.insert_literal("list", vec![1.0, 2.5]);
-    g.insert_literal("none", Vec::<f64>::new());
-    g.insert_literal("one", 4);
-    g.insert("doubled", Task::new("mul").arg(Key::from("list")).arg(2.0));
-    let keys = ["doubled".into(), "none".into(), "one".into()];
-    let out = client.get(&g, &keys).unwrap();
-    let doubled = out[0].column(0).as_primitive::<Float64Type>();
-    assert_eq!(doubled.values().to_vec(), [2.0, 5.0]);
-    assert_eq!(out[1].num_rows(), 0);
-    assert_eq!(chunk::to_f64(&out[2]).unwrap(), 4.0);
+    let (g, keys) = common::literals();
+    common::check_literals(&client.get(&g, &keys).unwrap());
     // Scattering a key twice is refused with a message.
     let e = client
         .scatter_as(Key::from("my-data"), data.clone())
@@ -473,18 +464,7 @@ fn bad_addresses_and_busy_ports_get_clear_errors() {
 fn a_worker_whose_center_goes_away_exits_with_a_message() {
     let mut cluster = TestCluster::start(1, &[]);
     cluster.kill_center();
-    let start = Instant::now();
-    let worker = cluster.worker(0);
-    let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "worker did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(cluster.worker(0), Duration::from_secs(40));
     assert!(!status.success());
 
     // `--center-timeout` bounds the wait at start-up too.
@@ -823,22 +803,6 @@ fn a_program_with_an_op_of_its_own_runs_it_on_its_own_processes() {
     assert!(!status.success(), "{said}");
     assert!(said.contains("lacks ops the center has: clip"), "{said}");
     assert_eq!(cluster_status(&local.address).unwrap().workers.len(), 2);
-}
-
-/// Waits up to `limit` for `child` to exit; kills it and fails if it does not.
-fn exit_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process {} still runs after {limit:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -316,3 +316,12 @@ fn an_empty_array_reduces_to_what_its_op_says_of_no_values() {
         .to_string();
     assert!(e.contains("reduction of no values"), "{e}");
 }
+
+#[test]
+fn literals_are_read_as_on_a_cluster_of_processes() {
+    // The same graph as in tests/cluster.rs, where it crosses the wire.
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let (g, keys) = common::literals();
+    common::check_literals(&client.get(&g, &keys).unwrap());
+}

@@ -161,6 +161,17 @@ impl Drop for Executor {
     }
 }
 
+/// A literal argument as an op receives it. A JSON list is a list of
+/// arguments, as it is once a task has crossed the wire
+/// (`Arg::Literal([…])` reads back as `Arg::List`): so an op sees the same
+/// value in an embedded cluster as on a worker process.
+fn literal(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Array(items) => Value::List(items.iter().map(literal).collect()),
+        v => Value::Literal(v.clone()),
+    }
+}
+
 /// Evaluates `task`, reading each input with `input`. A panic in the op becomes an error.
 pub fn evaluate(
     ops: &OpRegistry,
@@ -172,7 +183,7 @@ pub fn evaluate(
             Arg::Ref(k) => {
                 Value::Chunk(input(k).ok_or_else(|| Error::KeyNotFound { key: k.clone() })?)
             }
-            Arg::Literal(v) => Value::Literal(v.clone()),
+            Arg::Literal(v) => literal(v),
             Arg::Task(t) => Value::Chunk(evaluate(ops, t, input)?),
             Arg::List(items) => Value::List(
                 items

@@ -864,9 +864,10 @@ impl FlightService for CenterService {
             let st = self.0.lock();
             if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) {
                 // As the embedded cluster says it, for Rust clients.
-                let e = quiver_engine::Error::invalid(&key, "key already exists; release it first");
+                let why = "already exists; release it first";
+                let e = quiver_engine::Error::invalid(&key, format!("key {why}"));
                 return Err(crate::error::with_engine_error(
-                    Status::already_exists(format!("key '{key}' already exists; release it first")),
+                    Status::already_exists(format!("key '{key}' {why}")),
                     &e,
                 ));
             }

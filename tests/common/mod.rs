@@ -398,6 +398,46 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Waits up to `limit` for `child` to exit; kills it and fails if it does not.
+pub fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still runs after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A graph of literals (a list of numbers, an empty list, a number) and a
+/// task over one, with the keys to ask for; [`check_literals`] checks what
+/// comes back. Run embedded and on processes, it must read the same.
+pub fn literals() -> (quiver::Graph, Vec<quiver::Key>) {
+    use quiver::{Graph, Key, Task};
+    let mut g = Graph::new();
+    g.insert_literal("list", vec![1.0, 2.5]);
+    g.insert_literal("none", Vec::<f64>::new());
+    g.insert_literal("one", 4);
+    g.insert("doubled", Task::new("mul").arg(Key::from("list")).arg(2.0));
+    (g, vec!["doubled".into(), "none".into(), "one".into()])
+}
+
+/// Checks the chunks computed for [`literals`].
+pub fn check_literals(out: &[quiver::Chunk]) {
+    use arrow::array::AsArray;
+    let doubled = out[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    assert_eq!(doubled.values().to_vec(), [2.0, 5.0]);
+    assert_eq!(out[1].num_rows(), 0);
+    assert_eq!(quiver::chunk::to_f64(&out[2]).unwrap(), 4.0);
+}
+
 /// A CA and a certificate for 127.0.0.1 and localhost signed by it.
 pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {

@@ -255,14 +255,8 @@ pub(super) fn register_all(r: &mut OpRegistry) {
     r.register("full", Signature::new(&[Size, Number]), |a, _| {
         Ok(f64_chunk(vec![a[1].f64()?; a[0].usize()?]))
     });
+    // A list of numbers comes as a list of arguments (`executor::evaluate`).
     r.register("literal", Signature::new(&[Any]), |a, _| match &a[0] {
-        Value::Literal(Json::Array(items)) => Ok(f64_chunk(
-            items
-                .iter()
-                .map(|v| v.as_f64().unwrap_or(f64::NAN))
-                .collect(),
-        )),
-        // The same list after a trip over the wire, where a JSON list is a list of arguments.
         Value::List(items) => Ok(f64_chunk(
             items.iter().map(Value::f64).collect::<Result<_>>()?,
         )),
@@ -531,7 +525,7 @@ mod tests {
         let r = call("random", vec![lit(10)]).unwrap();
         assert_eq!(r.num_rows(), 10);
         assert_eq!(
-            values(&call("literal", vec![lit(vec![1.0, 2.0])]).unwrap()),
+            values(&call("literal", vec![Value::List(vec![lit(1.0), lit(2.0)])]).unwrap()),
             [1.0, 2.0]
         );
         let kw = |scale: f64| {
@@ -544,8 +538,8 @@ mod tests {
         assert_eq!(normal(2.0).unwrap().num_rows(), 3);
         let e = normal(-1.0).unwrap_err().to_string();
         assert!(e.contains("scale ≥ 0, got loc 0, scale -1"), "{e}");
-        let sent = Value::List(vec![lit(1.0), lit(2)]);
-        assert_eq!(values(&call("literal", vec![sent]).unwrap()), [1.0, 2.0]);
+        let ints = Value::List(vec![lit(1.0), lit(2)]);
+        assert_eq!(values(&call("literal", vec![ints]).unwrap()), [1.0, 2.0]);
         assert_eq!(
             call("literal", vec![Value::List(vec![])])
                 .unwrap()
