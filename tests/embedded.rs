@@ -182,6 +182,45 @@ fn scatter_and_array_ops_match_local_arithmetic() {
 }
 
 #[test]
+fn arrays_chunked_differently_line_up_and_rechunk() {
+    let cluster = Cluster::local(2).unwrap();
+    let client = cluster.client();
+    let values = |a: &Array| {
+        let c = a.compute(&client).unwrap();
+        c.column(0).as_primitive::<Float64Type>().values().to_vec()
+    };
+    let want: Vec<f64> = (0..1000).map(|i| 3.0 * i as f64).collect();
+    let x = Array::arange(1000, 128);
+    let y = Array::arange(1000, 300);
+    let sum = &(&x * 2.0) + &y;
+    assert_eq!(sum.chunk_lens().iter().sum::<usize>(), 1000);
+    assert_eq!(values(&sum), want);
+    assert_eq!(sum.sum().compute_f64(&client).unwrap(), 3.0 * 499_500.0);
+    for len in [1, 7, 128, 999, 1000, 5000] {
+        let r = sum.rechunk(len);
+        assert!(
+            r.chunk_lens()[..r.chunks().len() - 1]
+                .iter()
+                .all(|&n| n == len)
+        );
+        assert_eq!(values(&r), want, "chunks of {len}");
+    }
+    let parts: Vec<_> = [3.0, 0.0, 5.0]
+        .iter()
+        .map(|&n| {
+            let c = chunk::from_array(Arc::new(Float64Array::from(vec![n; n as usize])));
+            (client.scatter(c).unwrap(), n as usize)
+        })
+        .collect();
+    let held = Array::from_remote(parts);
+    let diff = &held - &Array::arange(8, 3);
+    let got = values(&diff);
+    assert_eq!(got, [3.0, 2.0, 1.0, 2.0, 1.0, 0.0, -1.0, -2.0]);
+    let e = held.zip("add", &x).unwrap_err().to_string();
+    assert!(e.contains("8 elements vs 1000"), "{e}");
+}
+
+#[test]
 fn user_ops_run_on_the_workers() {
     let cluster = Cluster::builder()
         .workers(2)

@@ -10,11 +10,11 @@ use crate::error::{Error, Result};
 /// How many partials one node of a reduction tree combines.
 pub const SPLIT_EVERY: usize = 32;
 
-/// A lazy chunked array: one delayed value per chunk.
+/// A lazy chunked array: one delayed value per chunk, and each chunk's length.
 #[derive(Clone, Debug)]
 pub struct Array {
     chunks: Vec<Delayed>,
-    len: usize,
+    lens: Vec<usize>,
 }
 
 /// Reduces `parts` pairwise in groups of [`SPLIT_EVERY`] with `op` until one
@@ -40,6 +40,25 @@ fn chunk_lens(len: usize, chunk_len: usize) -> impl Iterator<Item = (usize, usiz
     (0..len.div_ceil(chunk_len)).map(move |i| (i, chunk_len.min(len - i * chunk_len)))
 }
 
+/// Where each chunk starts, then the end.
+fn starts(lens: &[usize]) -> Vec<usize> {
+    let mut at = 0;
+    std::iter::once(0)
+        .chain(lens.iter().map(|n| {
+            at += n;
+            at
+        }))
+        .collect()
+}
+
+/// The chunk boundaries of both, each once, in order.
+fn merged(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut cuts: Vec<usize> = a.iter().chain(b).copied().collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
 impl Array {
     /// `len` uniform numbers in [0, 1) in chunks of `chunk_len`; chunk `i` uses its own stream of `seed`.
     pub fn random(len: usize, chunk_len: usize, seed: u64) -> Array {
@@ -51,7 +70,8 @@ impl Array {
                 delayed("random", Call::new().arg(n).kw("seed", s))
             })
             .collect();
-        Array { chunks, len }
+        let lens = chunk_lens(len, chunk_len).map(|(_, n)| n).collect();
+        Array { chunks, lens }
     }
 
     /// 0, 1, … `len - 1` in chunks of `chunk_len`.
@@ -62,35 +82,37 @@ impl Array {
                 delayed("arange", Call::new().arg(start).arg(start + n as f64))
             })
             .collect();
-        Array { chunks, len }
+        let lens = chunk_lens(len, chunk_len).map(|(_, n)| n).collect();
+        Array { chunks, lens }
     }
 
     /// An array of chunks placed on the cluster now (each a one-column chunk).
     pub fn from_chunks(client: &Client, chunks: Vec<Chunk>) -> Result<Array> {
-        let len = chunks.iter().map(Chunk::num_rows).sum();
+        let lens = chunks.iter().map(Chunk::num_rows).collect();
         let chunks = chunks
             .into_iter()
             .map(|c| Ok(Delayed::from_remote(client.scatter(c)?)))
             .collect::<Result<_>>()?;
-        Ok(Array { chunks, len })
+        Ok(Array { chunks, lens })
     }
 
-    /// An array of data already on the cluster.
-    pub fn from_remote(handles: Vec<RemoteData>, len: usize) -> Array {
+    /// An array of data already on the cluster: each chunk and its length.
+    pub fn from_remote(parts: impl IntoIterator<Item = (RemoteData, usize)>) -> Array {
+        let (handles, lens): (Vec<_>, _) = parts.into_iter().unzip();
         Array {
             chunks: handles.into_iter().map(Delayed::from_remote).collect(),
-            len,
+            lens,
         }
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        self.len
+        self.lens.iter().sum()
     }
 
     /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The chunks, one delayed value each.
@@ -98,39 +120,103 @@ impl Array {
         &self.chunks
     }
 
-    /// Applies a one-input op to every chunk.
+    /// The length of each chunk.
+    pub fn chunk_lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Applies a one-input op that keeps a chunk's length to every chunk.
     pub fn map(&self, op: &str) -> Array {
         let chunks = self.chunks.iter().map(|c| delayed(op, c)).collect();
         Array {
             chunks,
-            len: self.len,
+            lens: self.lens.clone(),
         }
     }
 
-    /// Applies a two-input op chunk by chunk; the arrays must be chunked alike.
+    /// Applies a two-input op chunk by chunk. Arrays of one length chunked
+    /// differently are first cut at the boundaries of both, as dask does: a
+    /// piece is a whole chunk where it can be, else a slice of one, so no
+    /// chunk is copied to line them up.
     pub fn zip(&self, op: &str, other: &Array) -> Result<Array> {
-        if self.chunks.len() != other.chunks.len() || self.len != other.len {
+        if self.len() != other.len() {
             return Err(Error::op(
                 op,
                 format!(
-                    "arrays differ: {} elements in {} chunks vs {} in {}",
-                    self.len,
-                    self.chunks.len(),
-                    other.len,
-                    other.chunks.len()
+                    "arrays differ in length: {} elements vs {}",
+                    self.len(),
+                    other.len()
                 ),
             ));
         }
-        let chunks = self
+        let (a, b) = if self.lens == other.lens {
+            (self.clone(), other.clone())
+        } else {
+            let cuts = merged(&starts(&self.lens), &starts(&other.lens));
+            (self.cut(&cuts), other.cut(&cuts))
+        };
+        let chunks = a
             .chunks
             .iter()
-            .zip(&other.chunks)
+            .zip(&b.chunks)
             .map(|(a, b)| delayed(op, Call::new().arg(a).arg(b)))
             .collect();
         Ok(Array {
             chunks,
-            len: self.len,
+            lens: a.lens,
         })
+    }
+
+    /// The same elements in chunks of `chunk_len` (the last may be shorter).
+    /// A new chunk that lies inside an old one is a slice of it; one that
+    /// spans several is the concatenation of their slices.
+    pub fn rechunk(&self, chunk_len: usize) -> Array {
+        let target: Vec<usize> = chunk_lens(self.len(), chunk_len).map(|(_, n)| n).collect();
+        let pieces = self.cut(&merged(&starts(&self.lens), &starts(&target)));
+        let mut pieces = pieces.chunks.into_iter().zip(pieces.lens);
+        let chunks = target
+            .iter()
+            .map(|&want| {
+                let mut parts = Vec::new();
+                let mut got = 0;
+                while got < want {
+                    let (part, n) = pieces.next().expect("the cuts include the target's");
+                    parts.push(part);
+                    got += n;
+                }
+                match parts.len() {
+                    1 => parts.pop().expect("one part"),
+                    _ => delayed("concat", parts),
+                }
+            })
+            .collect();
+        Array {
+            chunks,
+            lens: target,
+        }
+    }
+
+    /// The array cut at `cuts`, which hold every boundary of its own chunks.
+    fn cut(&self, cuts: &[usize]) -> Array {
+        let starts = starts(&self.lens);
+        let mut i = 0;
+        let (chunks, lens) = cuts
+            .windows(2)
+            .map(|w| {
+                let (from, to) = (w[0], w[1]);
+                while starts[i + 1] <= from {
+                    i += 1;
+                }
+                let piece = if (from, to) == (starts[i], starts[i + 1]) {
+                    self.chunks[i].clone()
+                } else {
+                    let call = Call::new().arg(&self.chunks[i]);
+                    delayed("slice", call.arg(from - starts[i]).arg(to - from))
+                };
+                (piece, to - from)
+            })
+            .unzip();
+        Array { chunks, lens }
     }
 
     /// Applies a chunk ⊕ scalar op to every chunk.
@@ -142,7 +228,7 @@ impl Array {
             .collect();
         Array {
             chunks,
-            len: self.len,
+            lens: self.lens.clone(),
         }
     }
 
@@ -204,9 +290,9 @@ macro_rules! arith {
         }
         impl ops::$trait<&Array> for &Array {
             type Output = Array;
-            /// Panics if the arrays are chunked differently; use [`Array::zip`] to get an error.
+            /// Panics if the arrays differ in length; use [`Array::zip`] to get an error.
             fn $method(self, other: &Array) -> Array {
-                self.zip($op, other).expect("arrays must be chunked alike")
+                self.zip($op, other).expect("arrays of one length")
             }
         }
     };
@@ -220,5 +306,42 @@ impl ops::Neg for &Array {
     type Output = Array;
     fn neg(self) -> Array {
         self.map("neg")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops(a: &Array) -> Vec<String> {
+        a.chunks.iter().map(|c| c.key().to_string()).collect()
+    }
+
+    #[test]
+    fn chunks_that_line_up_are_used_whole_and_only_the_rest_sliced() {
+        let a = Array::arange(10, 5);
+        let b = Array::arange(10, 2);
+        let sum = a.zip("add", &b).unwrap();
+        assert_eq!(sum.lens, [2, 2, 1, 1, 2, 2]);
+        let same = a.zip("add", &a).unwrap();
+        assert_eq!(same.lens, [5, 5]);
+        let cut = a.cut(&[0, 2, 5, 10]);
+        assert_eq!(cut.lens, [2, 3, 5]);
+        let keys = ops(&cut);
+        assert!(keys[0].starts_with("slice-") && keys[1].starts_with("slice-"));
+        assert_eq!(keys[2], a.chunks[1].key().to_string());
+    }
+
+    #[test]
+    fn rechunking_slices_within_a_chunk_and_joins_across_chunks() {
+        let a = Array::arange(10, 4);
+        assert_eq!(ops(&a.rechunk(4)), ops(&a));
+        let r = a.rechunk(6);
+        assert_eq!(r.lens, [6, 4]);
+        assert!(ops(&r)[0].starts_with("concat-") && ops(&r)[1].starts_with("concat-"));
+        let r = a.rechunk(2);
+        assert_eq!(r.lens, [2, 2, 2, 2, 2]);
+        assert_eq!(ops(&r)[4], a.chunks[2].key().to_string());
+        assert!(Array::arange(0, 3).rechunk(2).chunks.is_empty());
     }
 }
