@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         port: u16,
         /// Task threads.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         nthreads: usize,
         /// Memory before spilling, e.g. 4GiB, 512MB, 1000000.
         #[arg(long, default_value = "4GiB", value_parser = parse_size)]
@@ -129,7 +129,7 @@ enum Cmd {
     /// dies, and stop them all on Ctrl-C.
     Local {
         /// Worker processes.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 4, value_parser = at_least_one)]
         workers: usize,
         /// The center's port.
         #[arg(long, default_value_t = 8787)]
@@ -138,7 +138,7 @@ enum Cmd {
         #[arg(long, default_value = "4GiB", value_parser = parse_size)]
         memory_limit: u64,
         /// Threads per worker.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one)]
         nthreads: usize,
         /// Give workers distinct host ids so they use Flight, not shared memory.
         #[arg(long)]
@@ -152,6 +152,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Parses a count that must be above 0 (threads, worker processes).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
 }
 
 /// Parses a size like `4GiB`, `512MB`, `64k` or `1000000` into bytes. Zero
@@ -755,7 +764,7 @@ pub fn main(ops: OpRegistry) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{at_least_one, parse_size};
 
     #[test]
     fn sizes_parse() {
@@ -767,5 +776,12 @@ mod tests {
         assert!(parse_size("4XB").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("0.0001 B").is_err());
+    }
+
+    #[test]
+    fn counts_parse_from_one() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").unwrap_err().contains("1 or more"));
+        assert!(at_least_one("-1").is_err());
     }
 }

@@ -90,6 +90,8 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         let names: Vec<String> =
             flights.iter().flat_map(|f| f.flight_descriptor.clone()).flat_map(|d| d.path).collect();
         assert_eq!(names, ["total"], "only the held key stays; intermediates are freed");
+        assert_eq!(flights[0].total_records, 1, "the holder describes it");
+        assert_eq!(flights[0].clone().try_decode_schema().unwrap().fields().len(), 1);
         let actions: Vec<_> = center.list_actions(Empty {}).await.unwrap().into_inner().try_collect().await.unwrap();
         assert!(actions.iter().any(|a| a.r#type == "submit"));
 

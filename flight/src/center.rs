@@ -738,30 +738,67 @@ impl FlightService for CenterService {
         &self,
         _: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let st = self.0.lock();
-        let infos: Vec<Result<FlightInfo, Status>> = st
-            .scheduler
-            .keys_in_memory()
-            .into_iter()
-            .map(|(k, nbytes, ws)| {
-                let mut info = FlightInfo::new()
-                    .with_descriptor(FlightDescriptor::new_path(vec![k.to_string()]))
-                    .with_total_bytes(nbytes as i64);
-                for w in ws.iter().filter_map(|w| st.workers.get(w)) {
-                    info = info.with_endpoint(
-                        arrow_flight::FlightEndpoint::new()
-                            .with_ticket(Ticket::new(k.to_string()))
-                            .with_location(format!(
-                                "{}://{}",
-                                crate::tls::location_scheme(),
-                                w.info.address
-                            )),
-                    );
-                }
-                Ok(info)
+        let (mut infos, holders) = {
+            let st = self.0.lock();
+            let mut holders = Vec::new();
+            let infos: Vec<FlightInfo> = st
+                .scheduler
+                .keys_in_memory()
+                .into_iter()
+                .map(|(k, nbytes, ws)| {
+                    let mut info = FlightInfo::new()
+                        .with_descriptor(FlightDescriptor::new_path(vec![k.to_string()]))
+                        .with_total_bytes(nbytes as i64);
+                    for w in ws.iter().filter_map(|w| st.workers.get(w)) {
+                        holders.push(w.info.address.clone());
+                        info = info.with_endpoint(
+                            arrow_flight::FlightEndpoint::new()
+                                .with_ticket(Ticket::new(k.to_string()))
+                                .with_location(format!(
+                                    "{}://{}",
+                                    crate::tls::location_scheme(),
+                                    w.info.address
+                                )),
+                        );
+                    }
+                    info
+                })
+                .collect();
+            holders.sort_unstable();
+            holders.dedup();
+            (infos, holders)
+        };
+        // The schema and rows come from the holders, asked all at once; one
+        // that does not answer in time leaves its chunks described by size
+        // and place alone (no schema, rows -1, as Flight has it for unknown).
+        let asks = holders.iter().map(|address| {
+            tokio::time::timeout(Duration::from_secs(2), async move {
+                let mut client = worker_client(address).await?;
+                let listed = client.list_flights(Criteria::default()).await?;
+                listed.into_inner().try_collect::<Vec<_>>().await
             })
-            .collect();
-        Ok(Response::new(Box::pin(stream::iter(infos))))
+        });
+        let key_of = |info: &FlightInfo| {
+            let d = info.flight_descriptor.as_ref()?;
+            d.path.first().cloned()
+        };
+        let mut described: FxHashMap<String, FlightInfo> = FxHashMap::default();
+        for answer in futures::future::join_all(asks).await {
+            for info in answer.into_iter().flatten().flatten() {
+                if let Some(key) = key_of(&info) {
+                    described.insert(key, info);
+                }
+            }
+        }
+        for info in &mut infos {
+            if let Some(d) = key_of(info).and_then(|k| described.get(&k)) {
+                info.schema = d.schema.clone();
+                info.total_records = d.total_records;
+            }
+        }
+        Ok(Response::new(Box::pin(stream::iter(
+            infos.into_iter().map(Ok),
+        ))))
     }
 
     async fn get_flight_info(

@@ -52,6 +52,13 @@ for name, table in tables.items():
         failures.append(f"{name}: {table.to_pydict()} came back as {back.to_pydict()}")
     print(f"{name}: {back.num_rows} rows back")
 
+# The center's listing describes each chunk as its holder does: schema and rows.
+listed = {f.descriptor.path[0].decode(): f for f in center.list_flights()}
+for name, table in tables.items():
+    f = listed.get(name)
+    if f is None or f.schema != table.schema or f.total_records != table.num_rows:
+        failures.append(f"{name}: listed as {f and (f.schema, f.total_records)}")
+
 sums = {f"sum-{n}": {"op": "sum", "args": [{"key": n}]} for n in
         ["empty", "several-batches", "sliced", "nulls", "ints"]}
 submit(sums, list(sums))
