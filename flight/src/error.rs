@@ -223,7 +223,13 @@ impl From<Error> for Status {
         match e {
             Error::Engine(e) => engine_status(&e),
             Error::Remote { context, status } => {
-                Status::new(status.code(), format!("{context}: {}", status.message()))
+                let message = format!("{context}: {}", status.message());
+                let mut passed_on = Status::new(status.code(), message);
+                // An engine error it carries reaches the Rust client as itself.
+                if let Some(e) = status.metadata().get_bin(ENGINE_ERROR) {
+                    passed_on.metadata_mut().insert_bin(ENGINE_ERROR, e.clone());
+                }
+                passed_on
             }
             Error::Connect { .. } => Status::unavailable(e.to_string()),
             Error::Protocol(_) => Status::invalid_argument(e.to_string()),
@@ -305,6 +311,16 @@ mod tests {
         );
         let e = Error::remote("get 'x'", Status::not_found("no key 'x'"));
         assert_eq!(e.to_string(), "get 'x': no key 'x'");
+        let lost = EngineError::Lost {
+            key: "x".into(),
+            reason: "its worker died".into(),
+        };
+        let passed_on = Status::from(Error::remote("get 'x'", engine_status(&lost)));
+        assert_eq!(passed_on.message(), format!("get 'x': {lost}"));
+        assert!(matches!(
+            engine_error(&passed_on),
+            Some(EngineError::Lost { .. })
+        ));
         let e = Error::remote("get 'x'", Status::unavailable(""));
         assert_eq!(
             e.to_string(),
