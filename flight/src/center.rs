@@ -68,6 +68,11 @@ struct WorkerLink {
     /// Its address and host id, as `run` messages name it.
     holder: Arc<Holder>,
     tx: mpsc::UnboundedSender<ToWorker>,
+    /// For the calls the center makes on a client's behalf (describe, proxy,
+    /// list): kept apart from the `commands` exchange, so that proxied data
+    /// does not hold up commands and reports, and made once, so that no such
+    /// call pays for a connection.
+    client: FlightClient,
     status: WorkerStatus,
     /// Moving average of its tasks' run time, in microseconds.
     task_micros: f64,
@@ -240,6 +245,18 @@ impl CenterCore {
         entry.0
     }
 
+    /// A client to the worker at `address`: its link's, or a new connection
+    /// for an address that is not a worker's now.
+    async fn worker_client(&self, address: &str) -> Result<FlightClient, Status> {
+        let linked = (self.lock().workers.values())
+            .find(|l| l.info.address == address)
+            .map(|l| l.client.clone());
+        match linked {
+            Some(client) => Ok(client),
+            None => net::connect(address).await.map_err(Status::from),
+        }
+    }
+
     fn register(self: &Arc<Self>, reg: Register) -> Result<Registered, Status> {
         if reg.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -258,6 +275,7 @@ impl CenterCore {
                 missing.join(", ")
             )));
         }
+        let client = net::lazy_client(&reg.address).map_err(Status::from)?;
         let mut st = self.lock();
         let worker = st.next_worker;
         st.next_worker += 1;
@@ -279,6 +297,7 @@ impl CenterCore {
                 }),
                 info: info.clone(),
                 tx,
+                client,
                 status: WorkerStatus::default(),
                 task_micros: QUEUED_WORK_MICROS,
                 extra_slots: EXTRA_SLOTS.0,
@@ -713,10 +732,6 @@ fn timeout_of<T>(req: &Request<T>) -> Result<Duration, Status> {
     }
 }
 
-async fn worker_client(address: &str) -> Result<FlightClient, Status> {
-    net::connect(address).await.map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl FlightService for CenterService {
     type HandshakeStream = BoxStream<HandshakeResponse>;
@@ -773,7 +788,7 @@ impl FlightService for CenterService {
         // and place alone (no schema, rows -1, as Flight has it for unknown).
         let asks = holders.iter().map(|address| {
             tokio::time::timeout(Duration::from_secs(2), async move {
-                let mut client = worker_client(address).await?;
+                let mut client = self.0.worker_client(address).await?;
                 let listed = client.list_flights(Criteria::default()).await?;
                 listed.into_inner().try_collect::<Vec<_>>().await
             })
@@ -812,7 +827,7 @@ impl FlightService for CenterService {
         let mut last = None;
         for (i, h) in holders.iter().enumerate() {
             let answer = async {
-                let mut client = worker_client(h).await?;
+                let mut client = self.0.worker_client(h).await?;
                 client
                     .get_flight_info(FlightDescriptor::new_path(vec![key.to_string()]))
                     .await
@@ -856,7 +871,7 @@ impl FlightService for CenterService {
         let first = holders
             .first()
             .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
-        let mut client = worker_client(first).await?;
+        let mut client = self.0.worker_client(first).await?;
         Ok(client
             .get_schema(FlightDescriptor::new_path(vec![key.to_string()]))
             .await?)
@@ -868,7 +883,7 @@ impl FlightService for CenterService {
         let first = holders
             .first()
             .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
-        let mut client = worker_client(first).await?;
+        let mut client = self.0.worker_client(first).await?;
         let stream = client
             .do_get(Ticket::new(key.to_string()))
             .await?
@@ -917,7 +932,7 @@ impl FlightService for CenterService {
         let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
         msgs[0].flight_descriptor = descriptor;
         let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
-        let mut wc = worker_client(&address).await?;
+        let mut wc = self.0.worker_client(&address).await?;
         wc.do_put(stream::iter(msgs))
             .await?
             .into_inner()

@@ -130,6 +130,21 @@ pub fn client(channel: Channel) -> FlightClient {
 
 /// A tuned channel to the Flight service at `address` (`host:port` or `grpc://host:port`).
 pub async fn channel(address: &str) -> Result<Channel> {
+    let (endpoint, hp) = endpoint(address)?;
+    endpoint.connect().await.map_err(|e| Error::Connect {
+        address: hp,
+        reason: crate::error::chain(&e),
+    })
+}
+
+/// A Flight client on a tuned channel to `address` that connects on its
+/// first call, and again after a failure.
+pub fn lazy_client(address: &str) -> Result<FlightClient> {
+    Ok(client(endpoint(address)?.0.connect_lazy()))
+}
+
+/// The tuned endpoint for `address`, and its `host:port`.
+fn endpoint(address: &str) -> Result<(Endpoint, String)> {
     let hp = check_address(address)?;
     let fail = |reason: String| Error::Connect {
         address: hp.to_string(),
@@ -153,10 +168,7 @@ pub async fn channel(address: &str) -> Result<Channel> {
         .max_frame_size(FRAME)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| fail(crate::error::chain(&e)))
+    Ok((endpoint, hp.to_string()))
 }
 
 /// How long a control action may take before the peer is deemed unresponsive
