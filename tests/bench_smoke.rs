@@ -195,7 +195,8 @@ fn overhead_smoke() {
     let json = dir.path().join("o.json");
     let out = Command::new(BENCH)
         .args([
-            "overhead", "--map", "200", "--graph", "1000", "--rounds", "1", "--json",
+            "overhead", "--map", "200", "--graph", "1000", "--gets", "10", "--rounds", "1",
+            "--json",
         ])
         .arg(&json)
         .output()
@@ -211,6 +212,8 @@ fn overhead_smoke() {
     assert_eq!(rows[0]["tasks"], 201);
     assert!(rows[1]["tasks"].as_u64().unwrap() >= 1000);
     assert!(rows[1]["tasks_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows[2]["scenario"], "get");
+    assert!(rows[2]["median_micros"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

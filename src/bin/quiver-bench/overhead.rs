@@ -1,10 +1,13 @@
 //! Scheduler overhead end to end, through real processes: a `quiver center`
 //! and 4 `quiver worker`s on this host run no-op tasks submitted by a client
 //! (a pool map of N tasks gathered by one task; a graph of G tasks), and the
-//! center's peak memory per task is read from /proc.
+//! center's peak memory per task is read from /proc. Then a client gets a
+//! small result K times: the round trips of a get (the center describes
+//! the key, the holder sends it).
 //!
-//! `quiver-bench overhead [--quick] [--map N] [--graph G] [--rounds R] [--json FILE]`
-//! (defaults: N = 100,000, G = 1,000,000, R = 3; `--quick`: 2,000 and 10,000, one round).
+//! `quiver-bench overhead [--quick] [--map N] [--graph G] [--gets K] [--rounds R] [--json FILE]`
+//! (defaults: N = 100,000, G = 1,000,000, K = 1,000, R = 3; `--quick`: 2,000,
+//! 10,000 and 100, one round).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,6 +28,9 @@ pub struct Overhead {
     /// Tasks in the graph, about (default 1,000,000; quick 10,000; 0 skips it).
     #[arg(long)]
     graph: Option<usize>,
+    /// Gets of a small result (default 1,000; quick 100; 0 skips them).
+    #[arg(long)]
+    gets: Option<usize>,
     /// Rounds; medians are reported (default 3; quick 1).
     #[arg(long)]
     rounds: Option<usize>,
@@ -203,6 +209,23 @@ fn graph(client: &Client, g: usize) -> (usize, f64) {
     (tasks, start.elapsed().as_secs_f64())
 }
 
+/// Gets a 10-value result `k` times: returns the median microseconds of one.
+fn gets(client: &Client, k: usize) -> f64 {
+    let mut g = Graph::new();
+    g.insert("small", Task::new("arange").arg(10));
+    let handle = client.submit(g, &["small".into()]).expect("submit");
+    let handle = &handle[0];
+    handle.wait().expect("wait");
+    let micros = (0..k)
+        .map(|_| {
+            let start = Instant::now();
+            handle.get().expect("get");
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    median(micros)
+}
+
 /// The median; NaN for no runs (a skipped part).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -212,13 +235,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs `overhead`: prints the figures and writes them as JSON.
 pub fn overhead(opts: Overhead) -> Result<(), String> {
     let bin = crate::scenarios::quiver_binary(opts.quiver.as_ref())?;
-    let (n, g) = if opts.quick {
-        (2_000, 10_000)
+    let (n, g, k) = if opts.quick {
+        (2_000, 10_000, 100)
     } else {
-        (100_000, 1_000_000)
+        (100_000, 1_000_000, 1_000)
     };
     let n = opts.map.unwrap_or(n);
     let g = opts.graph.unwrap_or(g);
+    let k = opts.gets.unwrap_or(k);
     let rounds = opts.rounds.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
     let json = opts.json.display().to_string();
 
@@ -251,6 +275,10 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
         .collect();
     let (map_cpu, graph_cpu) = (median(map_cpu), median(graph_cpu));
     let map_secs = median(maps.clone());
+    let get_micros: Vec<f64> = (0..if k == 0 { 0 } else { rounds })
+        .map(|_| gets(&client, k))
+        .collect();
+    let get_median = median(get_micros.clone());
 
     println!("scheduler overhead: center + 4 worker processes on this host, no-op tasks");
     println!(
@@ -266,12 +294,16 @@ pub fn overhead(opts: Overhead) -> Result<(), String> {
         base_rss as f64 / 1048576.0,
         peak as f64 / 1048576.0
     );
+    println!(
+        "get of a 10-value result        : median {get_median:.0} µs over {k} gets  (rounds {get_micros:.0?})"
+    );
     let out = serde_json::json!([
         {"scenario": "map", "tasks": n + 1, "seconds": map_secs, "tasks_per_sec": (n + 1) as f64 / map_secs, "runs": maps,
          "center_cpu_us_per_task": map_cpu},
         {"scenario": "graph", "tasks": tasks, "seconds": graph_secs, "tasks_per_sec": tasks as f64 / graph_secs, "runs": graphs,
          "center_cpu_us_per_task": graph_cpu,
          "center_base_rss": base_rss, "center_peak_rss": peak, "center_bytes_per_task": per_task},
+        {"scenario": "get", "gets": k, "median_micros": get_median, "runs": get_micros},
     ]);
     std::fs::write(&json, serde_json::to_vec_pretty(&out).expect("json"))
         .map_err(|e| format!("cannot write {json}: {e}"))?;
