@@ -799,7 +799,8 @@ impl FlightService for CenterService {
         };
         let mut described: FxHashMap<String, FlightInfo> = FxHashMap::default();
         for answer in futures::future::join_all(asks).await {
-            for info in answer.into_iter().flatten().flatten() {
+            let Ok(Ok(listed)) = answer else { continue };
+            for info in listed {
                 if let Some(key) = key_of(&info) {
                     described.insert(key, info);
                 }
