@@ -21,7 +21,7 @@ use crate::codec;
 use crate::error::{Error, Result, engine_status};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::service::{BoxStream, descriptor_key, json_result, parse, ticket_key};
+use crate::service::{BoxStream, descriptor_key, endpoint, json_result, parse, ticket_key};
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
@@ -766,15 +766,7 @@ impl FlightService for CenterService {
                         .with_total_bytes(nbytes as i64);
                     for w in ws.iter().filter_map(|w| st.workers.get(w)) {
                         holders.push(w.info.address.clone());
-                        info = info.with_endpoint(
-                            arrow_flight::FlightEndpoint::new()
-                                .with_ticket(Ticket::new(k.to_string()))
-                                .with_location(format!(
-                                    "{}://{}",
-                                    crate::tls::location_scheme(),
-                                    w.info.address
-                                )),
-                        );
+                        info = info.with_endpoint(endpoint(k.as_str(), &w.info.address));
                     }
                     info
                 })
@@ -837,14 +829,7 @@ impl FlightService for CenterService {
             match answer.await {
                 Ok(mut info) => {
                     for (_, other) in holders.iter().enumerate().filter(|(j, _)| *j != i) {
-                        info = info.with_endpoint(
-                            arrow_flight::FlightEndpoint::new()
-                                .with_ticket(Ticket::new(key.to_string()))
-                                .with_location(format!(
-                                    "{}://{other}",
-                                    crate::tls::location_scheme()
-                                )),
-                        );
+                        info = info.with_endpoint(endpoint(key.as_str(), other));
                     }
                     return Ok(Response::new(info));
                 }

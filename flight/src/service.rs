@@ -30,24 +30,23 @@ pub fn ticket_key(t: &Ticket) -> Result<Key, Status> {
 
 /// Flight info for a chunk held at `locations`.
 pub fn flight_info(key: &Key, c: &Chunk, locations: &[String]) -> Result<FlightInfo, Status> {
-    let endpoints = locations
-        .iter()
-        .map(|l| {
-            FlightEndpoint::new()
-                .with_ticket(Ticket::new(key.as_str().to_string()))
-                .with_location(format!("{}://{l}", crate::tls::location_scheme()))
-        })
-        .collect::<Vec<_>>();
     let mut info = FlightInfo::new()
         .try_with_schema(c.schema_ref())
         .map_err(|e| Status::internal(e.to_string()))?
         .with_descriptor(FlightDescriptor::new_path(vec![key.to_string()]))
         .with_total_records(c.num_rows() as i64)
         .with_total_bytes(chunk::nbytes(c) as i64);
-    for e in endpoints {
-        info = info.with_endpoint(e);
+    for l in locations {
+        info = info.with_endpoint(endpoint(key.as_str(), l));
     }
     Ok(info)
+}
+
+/// Where to get `key`: from the Flight service at `address` (`host:port`).
+pub fn endpoint(key: &str, address: &str) -> FlightEndpoint {
+    FlightEndpoint::new()
+        .with_ticket(Ticket::new(key.to_string()))
+        .with_location(format!("{}://{address}", crate::tls::location_scheme()))
 }
 
 /// A boxed stream of Flight replies.

@@ -35,9 +35,12 @@ pub fn tree_reduce(op: &str, mut parts: Vec<Delayed>) -> Delayed {
     }
 }
 
-fn chunk_lens(len: usize, chunk_len: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The lengths of `len` elements in chunks of `chunk_len` (the last may be shorter).
+fn chunk_lens(len: usize, chunk_len: usize) -> Vec<usize> {
     let chunk_len = chunk_len.max(1);
-    (0..len.div_ceil(chunk_len)).map(move |i| (i, chunk_len.min(len - i * chunk_len)))
+    (0..len.div_ceil(chunk_len))
+        .map(|i| chunk_len.min(len - i * chunk_len))
+        .collect()
 }
 
 /// Where each chunk starts, then the end.
@@ -62,27 +65,25 @@ fn merged(a: &[usize], b: &[usize]) -> Vec<usize> {
 impl Array {
     /// `len` uniform numbers in [0, 1) in chunks of `chunk_len`; chunk `i` uses its own stream of `seed`.
     pub fn random(len: usize, chunk_len: usize, seed: u64) -> Array {
-        let chunks = chunk_lens(len, chunk_len)
-            .map(|(i, n)| {
+        let lens = chunk_lens(len, chunk_len);
+        let chunks = (lens.iter().enumerate())
+            .map(|(i, &n)| {
                 let s = seed
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     .wrapping_add(i as u64);
                 delayed("random", Call::new().arg(n).kw("seed", s))
             })
             .collect();
-        let lens = chunk_lens(len, chunk_len).map(|(_, n)| n).collect();
         Array { chunks, lens }
     }
 
     /// 0, 1, … `len - 1` in chunks of `chunk_len`.
     pub fn arange(len: usize, chunk_len: usize) -> Array {
-        let chunks = chunk_lens(len, chunk_len)
-            .map(|(i, n)| {
-                let start = (i * chunk_len.max(1)) as f64;
-                delayed("arange", Call::new().arg(start).arg(start + n as f64))
-            })
+        let lens = chunk_lens(len, chunk_len);
+        let starts = starts(&lens);
+        let chunks = (starts.windows(2))
+            .map(|w| delayed("arange", Call::new().arg(w[0] as f64).arg(w[1] as f64)))
             .collect();
-        let lens = chunk_lens(len, chunk_len).map(|(_, n)| n).collect();
         Array { chunks, lens }
     }
 
@@ -149,12 +150,9 @@ impl Array {
                 ),
             ));
         }
-        let (a, b) = if self.lens == other.lens {
-            (self.clone(), other.clone())
-        } else {
-            let cuts = merged(&starts(&self.lens), &starts(&other.lens));
-            (self.cut(&cuts), other.cut(&cuts))
-        };
+        // Alike arrays cut at their own boundaries stay as they are.
+        let cuts = merged(&starts(&self.lens), &starts(&other.lens));
+        let (a, b) = (self.cut(&cuts), other.cut(&cuts));
         let chunks = a
             .chunks
             .iter()
@@ -171,7 +169,7 @@ impl Array {
     /// A new chunk that lies inside an old one is a slice of it; one that
     /// spans several is the concatenation of their slices.
     pub fn rechunk(&self, chunk_len: usize) -> Array {
-        let target: Vec<usize> = chunk_lens(self.len(), chunk_len).map(|(_, n)| n).collect();
+        let target = chunk_lens(self.len(), chunk_len);
         let pieces = self.cut(&merged(&starts(&self.lens), &starts(&target)));
         let mut pieces = pieces.chunks.into_iter().zip(pieces.lens);
         let chunks = target
