@@ -3,11 +3,13 @@
 //! optional helper), tests/python/tables.py (tables of every shape go in and
 //! come back), tests/python/errors.py (every client-caused error has a
 //! message saying what was wrong), tests/python/keepalive.py and
-//! tests/python/secured.py (the helper's session, token and TLS). A venv
+//! tests/python/secured.py (the helper's session, token and TLS) and
+//! tests/python/failover.py (its get past a holder that is gone). A venv
 //! with pyarrow is made under target/ when pyarrow is missing.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -168,6 +170,38 @@ fn the_python_helper_reaches_a_cluster_with_a_token_and_tls() {
     assert!(text.contains("mean of scattered: 3.0"), "{text}");
     assert!(
         text.contains("wrong token: Flight returned unauthenticated error"),
+        "{text}"
+    );
+    assert!(text.ends_with("ok\n"), "{text}");
+}
+
+#[test]
+fn the_python_helper_gets_past_a_holder_that_is_gone() {
+    let mut cluster = TestCluster::start(2, &[]);
+    let mut script = Command::new(python())
+        .arg(root().join("tests/python/failover.py"))
+        .arg(&cluster.address)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut stdin = script.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    let mut text = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read the script's output");
+        text += &line;
+        text += "\n";
+        if let Some(name) = line.strip_prefix("holder w") {
+            cluster.kill_worker(name.parse().expect("a worker's index"));
+            writeln!(stdin, "killed").expect("answer the script");
+        }
+    }
+    assert!(script.wait().expect("wait").success(), "{text}");
+    assert!(text.contains("sum past a dead holder: 499500.0"), "{text}");
+    assert!(text.contains("rows after the holder died: 1000"), "{text}");
+    assert!(
+        text.contains("sum after the holder died: 499500.0"),
         "{text}"
     );
     assert!(text.ends_with("ok\n"), "{text}");

@@ -1,7 +1,8 @@
 //! Worker loss with real processes: a worker killed with SIGKILL in the
 //! middle of a computation costs time, never a result. Keys it held are
 //! recomputed from lineage on the survivors; scattered data, which has no
-//! lineage, fails with an error naming the key and the worker.
+//! lineage, fails with an error naming the key and the worker. A holder
+//! that hangs (SIGSTOP) holds up a get only until it is removed.
 
 mod common;
 
@@ -83,21 +84,8 @@ fn lost_scattered_data_fails_naming_the_key_and_the_worker() {
         .apply("mul", quiver::Call::new().arg(&data).arg(2.0))
         .unwrap();
     assert_eq!(doubled.get_f64().unwrap(), 14.0);
-    let holder = cluster
-        .worker_statuses()
-        .into_iter()
-        .find(|(_, s)| s.store.keys > 0)
-        .map(|(address, _)| address)
-        .expect("a worker holds the scattered key");
-    let status = cluster.status().unwrap();
-    let name = status
-        .workers
-        .iter()
-        .find(|w| w.address == holder)
-        .unwrap()
-        .name
-        .clone();
-    let index: usize = name.trim_start_matches('w').parse().unwrap();
+    let index = holder_index(&cluster);
+    let name = format!("w{index}");
     cluster.kill_worker(index);
     let start = Instant::now();
     let err = data.get().unwrap_err().to_string();
@@ -113,6 +101,45 @@ fn lost_scattered_data_fails_naming_the_key_and_the_worker() {
         seed::run("graph", &client, 4, 1000).unwrap(),
         seed::floor(1, 4, 1000)
     );
+}
+
+#[test]
+fn a_stopped_holder_holds_up_a_get_only_until_it_is_removed() {
+    // A stopped process keeps its connections open: a call to it waits for
+    // an answer that never comes, unless the center ends it on removal.
+    let mut cluster = TestCluster::start_with(2, &["--heartbeat-timeout", "2"], &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let data = client.pool().apply("arange", 1000).unwrap();
+    data.wait().unwrap();
+    let holder = holder_index(&cluster);
+    let pid = cluster.worker(holder).id();
+    assert!(common::signal(pid, "STOP"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(data.get().map(|c| c.num_rows())));
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    common::signal(pid, "CONT");
+    let rows = got
+        .expect("the get still waits on the stopped holder")
+        .unwrap_or_else(|e| panic!("the get failed: {e}"));
+    assert_eq!(rows, 1000);
+}
+
+/// The index of the one worker that holds data.
+fn holder_index(cluster: &TestCluster) -> usize {
+    let holder = cluster
+        .worker_statuses()
+        .into_iter()
+        .find(|(_, s)| s.store.keys > 0)
+        .map(|(address, _)| address)
+        .expect("a worker holds data");
+    let status = cluster.status().unwrap();
+    let name = &status
+        .workers
+        .iter()
+        .find(|w| w.address == holder)
+        .unwrap()
+        .name;
+    name.trim_start_matches('w').parse().unwrap()
 }
 
 #[test]

@@ -13,6 +13,7 @@ seed.py and docs/PYTHON.md.
 import json
 import os
 import threading
+import time
 import uuid
 
 import pyarrow as pa
@@ -128,13 +129,39 @@ class Client:
         self.action("submit", {"graph": graph, "keys": keys})
         return [Remote(self, k) for k in keys]
 
-    def get(self, key):
-        info = self.center.get_flight_info(flight.FlightDescriptor.for_path(key), self.options)
-        endpoint = info.endpoints[0]
-        uri = endpoint.locations[0].uri.decode()
-        if uri not in self._workers:
-            self._workers[uri] = flight.connect(uri, **self._connect_options)
-        return self._workers[uri].do_get(endpoint.ticket, self.options).read_all()
+    def get(self, key, rounds=6):
+        """The chunk as a pyarrow Table, read from a worker that holds it.
+
+        A holder can die after the center named it; the center learns of it
+        at once, so asking again names another holder, or says the data was
+        lost. As the Rust client does, each round tries every holder named,
+        and `rounds` bounds the asking.
+        """
+        descriptor = flight.FlightDescriptor.for_path(key)
+        last = None
+        for round in range(rounds):
+            if round:
+                time.sleep(0.1 * 2 ** (round - 1))
+            try:
+                info = self.center.get_flight_info(descriptor, self.options)
+            except flight.FlightUnavailableError as e:
+                last = e  # the center could not reach a holder it still believes in
+                continue
+            for endpoint in info.endpoints:
+                for location in endpoint.locations:
+                    uri = location.uri.decode()
+                    try:
+                        if uri not in self._workers:
+                            self._workers[uri] = flight.connect(uri, **self._connect_options)
+                        return self._workers[uri].do_get(endpoint.ticket, self.options).read_all()
+                    except pa.ArrowException as e:
+                        last = e
+                        stale = self._workers.pop(uri, None)
+                        if stale is not None:
+                            stale.close()
+            if last is None:
+                raise KeyError(f"the center named no holder of {key!r}")
+        raise last
 
     def scatter(self, data, key=None):
         """Places a pyarrow Table (or Array, as column `value`) on a worker."""

@@ -14,7 +14,7 @@ use arrow_flight::{
 };
 use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
@@ -73,6 +73,10 @@ struct WorkerLink {
     /// does not hold up commands and reports, and made once, so that no such
     /// call pays for a connection.
     client: FlightClient,
+    /// Dropped with the link, which ends the calls made to the worker through
+    /// [`CenterCore::ask_holders`]: a worker removed as silent may still hold
+    /// its connections open (a stopped process), and those calls would wait forever.
+    gone: watch::Sender<()>,
     status: WorkerStatus,
     /// Moving average of its tasks' run time, in microseconds.
     task_micros: f64,
@@ -248,13 +252,18 @@ impl CenterCore {
     /// A client to the worker at `address`: its link's, or a new connection
     /// for an address that is not a worker's now.
     async fn worker_client(&self, address: &str) -> Result<FlightClient, Status> {
-        let linked = (self.lock().workers.values())
-            .find(|l| l.info.address == address)
-            .map(|l| l.client.clone());
-        match linked {
-            Some(client) => Ok(client),
+        match self.linked_client(address) {
+            Some((client, _)) => Ok(client),
             None => net::connect(address).await.map_err(Status::from),
         }
+    }
+
+    /// The link's client to the current worker at `address`, with a receiver
+    /// whose `changed()` fails once that worker is removed.
+    fn linked_client(&self, address: &str) -> Option<(FlightClient, watch::Receiver<()>)> {
+        (self.lock().workers.values())
+            .find(|l| l.info.address == address)
+            .map(|l| (l.client.clone(), l.gone.subscribe()))
     }
 
     fn register(self: &Arc<Self>, reg: Register) -> Result<Registered, Status> {
@@ -298,6 +307,7 @@ impl CenterCore {
                 info: info.clone(),
                 tx,
                 client,
+                gone: watch::Sender::new(()),
                 status: WorkerStatus::default(),
                 task_micros: QUEUED_WORK_MICROS,
                 extra_slots: EXTRA_SLOTS.0,
@@ -362,28 +372,105 @@ impl CenterCore {
         addresses.sort();
         addresses.dedup();
         for address in addresses {
-            let alive = async {
-                let mut c = net::connect(address).await.ok()?;
-                net::action_within(&mut c, "status", vec![], Duration::from_secs(2))
-                    .await
-                    .ok()
-            };
-            if alive.await.is_none() {
-                let id = {
-                    let st = self.lock();
-                    st.workers
-                        .iter()
-                        .find(|(_, l)| &l.info.address == address)
-                        .map(|(id, _)| *id)
-                };
-                if let Some(id) = id {
-                    self.remove_worker(id, "a peer could not fetch from it and it does not answer");
-                }
-            }
+            self.remove_if_dead(
+                address,
+                "a peer could not fetch from it and it does not answer",
+            )
+            .await;
         }
         let mut st = self.lock();
         for f in failures {
             self.task_failed(&mut st, worker, f);
+        }
+    }
+
+    /// Asks the worker at `address` for its status on a fresh connection
+    /// (that is the test); one that does not answer within 2 s is removed.
+    /// Returns whether it is gone (found dead, or removed before).
+    async fn remove_if_dead(self: &Arc<Self>, address: &str, why: &str) -> bool {
+        if self.linked_client(address).is_none() {
+            return true;
+        }
+        let alive = async {
+            let mut c = net::connect(address).await.ok()?;
+            net::action_within(&mut c, "status", vec![], Duration::from_secs(2))
+                .await
+                .ok()
+        };
+        if alive.await.is_some() {
+            return false;
+        }
+        let id = (self.lock().workers.iter())
+            .find(|(_, l)| l.info.address == address)
+            .map(|(id, _)| *id);
+        if let Some(id) = id {
+            self.remove_worker(id, why);
+        }
+        true
+    }
+
+    /// Waits for `key`, then makes `call` to its holders in turn until one
+    /// answers; returns the answer, the holders and which one answered. A
+    /// holder can die after the center last heard from it: one that cannot
+    /// be reached and fails a liveness check is removed, and the key is
+    /// waited for again, since it may now be made or copied elsewhere.
+    async fn ask_holders<T, F, Fut>(
+        self: &Arc<Self>,
+        key: &Key,
+        timeout: Duration,
+        call: F,
+    ) -> Result<(T, Vec<String>, usize), Status>
+    where
+        F: Fn(FlightClient) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        const ROUNDS: usize = 3;
+        let mut round = 0;
+        loop {
+            round += 1;
+            let holders = self.wait_for(key, timeout).await?;
+            let mut last = None;
+            let mut unreachable = vec![];
+            for (i, holder) in holders.iter().enumerate() {
+                let removed = || Status::unavailable("it was removed from the cluster");
+                let answer = match self.linked_client(holder) {
+                    Some((client, mut gone)) => tokio::select! {
+                        answer = call(client) => answer,
+                        _ = gone.changed() => Err(removed()),
+                    },
+                    None => Err(removed()),
+                };
+                match answer {
+                    Ok(answer) => return Ok((answer, holders, i)),
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::Cancelled
+                        ) =>
+                    {
+                        last = Some(Status::unavailable(format!(
+                            "could not reach {holder}, a holder of '{key}': {}",
+                            s.message()
+                        )));
+                        unreachable.push(holder.clone());
+                    }
+                    Err(s) => last = Some(s),
+                }
+            }
+            let mut dead = false;
+            for holder in &unreachable {
+                dead |= self
+                    .remove_if_dead(
+                        holder,
+                        "the center could not reach it and it does not answer",
+                    )
+                    .await;
+            }
+            if !dead || round == ROUNDS {
+                return Err(last.unwrap_or_else(|| {
+                    Status::unavailable(format!("no live worker holds '{key}'"))
+                }));
+            }
         }
     }
 
@@ -815,28 +902,17 @@ impl FlightService for CenterService {
     ) -> Result<Response<FlightInfo>, Status> {
         let timeout = timeout_of(&req)?;
         let key = descriptor_key(req.get_ref())?;
-        let holders = self.0.wait_for(&key, timeout).await?;
-        // A holder may have died unnoticed yet: the first that answers describes the chunk.
-        let mut last = None;
-        for (i, h) in holders.iter().enumerate() {
-            let answer = async {
-                let mut client = self.0.worker_client(h).await?;
-                client
-                    .get_flight_info(FlightDescriptor::new_path(vec![key.to_string()]))
-                    .await
-                    .map(Response::into_inner)
-            };
-            match answer.await {
-                Ok(mut info) => {
-                    for (_, other) in holders.iter().enumerate().filter(|(j, _)| *j != i) {
-                        info = info.with_endpoint(endpoint(key.as_str(), other));
-                    }
-                    return Ok(Response::new(info));
-                }
-                Err(s) => last = Some(s),
-            }
+        let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
+        let (mut info, holders, answered) = (self.0)
+            .ask_holders(&key, timeout, |mut client| {
+                let descriptor = descriptor.clone();
+                async move { Ok(client.get_flight_info(descriptor).await?.into_inner()) }
+            })
+            .await?;
+        for (_, other) in holders.iter().enumerate().filter(|(i, _)| *i != answered) {
+            info = info.with_endpoint(endpoint(key.as_str(), other));
         }
-        Err(last.unwrap_or_else(|| Status::unavailable(format!("no live worker holds '{key}'"))))
+        Ok(Response::new(info))
     }
 
     async fn poll_flight_info(
@@ -853,27 +929,24 @@ impl FlightService for CenterService {
         req: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let key = descriptor_key(req.get_ref())?;
-        let holders = self.0.wait_for(&key, DEFAULT_WAIT).await?;
-        let first = holders
-            .first()
-            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
-        let mut client = self.0.worker_client(first).await?;
-        Ok(client
-            .get_schema(FlightDescriptor::new_path(vec![key.to_string()]))
-            .await?)
+        let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
+        let (schema, _, _) = (self.0)
+            .ask_holders(&key, DEFAULT_WAIT, |mut client| {
+                let descriptor = descriptor.clone();
+                async move { client.get_schema(descriptor).await }
+            })
+            .await?;
+        Ok(schema)
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let key = ticket_key(req.get_ref())?;
-        let holders = self.0.wait_for(&key, timeout_of(&req)?).await?;
-        let first = holders
-            .first()
-            .ok_or_else(|| Status::unavailable(format!("no live worker holds '{key}'")))?;
-        let mut client = self.0.worker_client(first).await?;
-        let stream = client
-            .do_get(Ticket::new(key.to_string()))
-            .await?
-            .into_inner();
+        let (stream, _, _) = (self.0)
+            .ask_holders(&key, timeout_of(&req)?, |mut client| {
+                let ticket = Ticket::new(key.to_string());
+                async move { Ok(client.do_get(ticket).await?.into_inner()) }
+            })
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
