@@ -14,7 +14,7 @@ use arrow_flight::{
 use common::TestCluster;
 use futures::TryStreamExt;
 use quiver::flight::net::FlightClient;
-use quiver::flight::protocol::{Commands, Finished, PROTOCOL_VERSION, Report};
+use quiver::flight::protocol::{Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report};
 use quiver::flight::{codec, net};
 use tonic::{Code, Request, Response, Streaming};
 
@@ -145,6 +145,38 @@ fn a_plain_flight_client_runs_the_seed_graph_and_gets_clear_errors() {
         act(&mut center, "release", r#"{"keys": ["total", "bad", "slow"]}"#).await.unwrap();
         let e = center.get_flight_info(FlightDescriptor::new_path(vec!["total".into()])).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
+    });
+}
+
+#[test]
+fn data_put_again_under_a_released_key_is_kept() {
+    // The free of the first chunk and the put of the second reach the worker
+    // on two connections; the put waits for the free.
+    let cluster = TestCluster::start(1, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let put = |center: &mut FlightClient, value: f64| {
+            let mut msgs = codec::encode(&quiver::chunk::scalar(value), None).unwrap();
+            msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec!["k".into()]));
+            let mut center = center.clone();
+            async move {
+                let replies = center.do_put(futures::stream::iter(msgs)).await?;
+                replies.into_inner().try_collect::<Vec<_>>().await
+            }
+        };
+        for i in 0..300 {
+            put(&mut center, 1.0).await.expect("put");
+            act(&mut center, "release", r#"{"keys": ["k"]}"#)
+                .await
+                .expect("release");
+            put(&mut center, 2.0).await.expect("put again");
+            let got = net::do_get(&mut center, b"k").await;
+            let got = got.unwrap_or_else(|e| panic!("round {i}: the second chunk was lost: {e}"));
+            assert_eq!(scalar(got), 2.0, "round {i}");
+            act(&mut center, "release", r#"{"keys": ["k"]}"#)
+                .await
+                .expect("release");
+        }
     });
 }
 
@@ -356,6 +388,38 @@ fn a_worker_reports_its_tasks_on_the_commands_exchange() {
             Some(1),
             "{status}"
         );
+    });
+}
+
+#[test]
+fn the_center_locates_a_key_without_asking_its_holder() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker::default();
+        join(&mut center, &fake).await;
+        let graph = r#"{"graph": {"x": {"op": "arange", "args": [3]}}, "keys": ["x"]}"#;
+        act(&mut center, "submit", graph).await.expect("submit");
+        let x = || FlightDescriptor::new_path(vec!["x".into()]);
+        let mut locate = Request::new(x());
+        (locate.metadata_mut()).insert(LOCATE_HEADER, "1".parse().unwrap());
+        // The fake answers no describing call: the center answers alone.
+        let info = center
+            .get_flight_info(locate)
+            .await
+            .expect("located")
+            .into_inner();
+        let location = &info.endpoint[0].location[0].uri;
+        assert_eq!(location, &format!("grpc://{}", fake.address.get().unwrap()));
+        assert_eq!(
+            info.endpoint[0].ticket.as_ref().unwrap().ticket.as_ref(),
+            b"x"
+        );
+        assert_eq!((info.total_bytes, info.total_records), (8, -1));
+        assert!(info.schema.is_empty());
+        // Without the header the center asks the holder for the schema.
+        let e = center.get_flight_info(x()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e}");
     });
 }
 

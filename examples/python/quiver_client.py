@@ -104,6 +104,8 @@ class Client:
         if token:
             headers.append((b"authorization", b"Bearer " + token.encode()))
         self.options = flight.FlightCallOptions(headers=headers)
+        # Where a key is, without its schema: the center answers that alone.
+        self._locate = flight.FlightCallOptions(headers=headers + [(b"x-quiver-locate", b"1")])
         self._workers = {}
         self._closed = threading.Event()
         self._keepalive = threading.Thread(target=self._keep_alive, args=(keepalive,), daemon=True)
@@ -143,7 +145,7 @@ class Client:
             if round:
                 time.sleep(0.1 * 2 ** (round - 1))
             try:
-                info = self.center.get_flight_info(descriptor, self.options)
+                info = self.center.get_flight_info(descriptor, self._locate)
             except flight.FlightUnavailableError as e:
                 last = e  # the center could not reach a holder it still believes in
                 continue

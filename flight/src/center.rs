@@ -68,6 +68,8 @@ struct WorkerLink {
     /// Its address and host id, as `run` messages name it.
     holder: Arc<Holder>,
     tx: mpsc::UnboundedSender<ToWorker>,
+    /// Commands sent on `tx` so far.
+    sent: u64,
     /// For the calls the center makes on a client's behalf (describe, proxy,
     /// list): kept apart from the `commands` exchange, so that proxied data
     /// does not hold up commands and reports, and made once, so that no such
@@ -82,6 +84,13 @@ struct WorkerLink {
     task_micros: f64,
     /// Tasks queued on it beyond its threads.
     extra_slots: usize,
+}
+
+impl WorkerLink {
+    fn send(&mut self, command: ToWorker) {
+        self.sent += 1;
+        let _ = self.tx.send(command);
+    }
 }
 
 /// How much work, in time, the center keeps queued on each worker thread
@@ -200,8 +209,8 @@ impl CenterCore {
                         (i.key, holders, i.nbytes)
                     })
                     .collect();
-                if let Some(l) = st.workers.get(&worker) {
-                    let _ = l.tx.send(ToWorker::Run(RunTask {
+                if let Some(l) = st.workers.get_mut(&worker) {
+                    l.send(ToWorker::Run(RunTask {
                         key,
                         task,
                         inputs,
@@ -210,8 +219,8 @@ impl CenterCore {
                 }
             }
             Command::Free { worker, key } => {
-                if let Some(l) = st.workers.get(&worker) {
-                    let _ = l.tx.send(ToWorker::Free(key));
+                if let Some(l) = st.workers.get_mut(&worker) {
+                    l.send(ToWorker::Free(key));
                 }
             }
             Command::Done { key } => {
@@ -306,6 +315,7 @@ impl CenterCore {
                 }),
                 info: info.clone(),
                 tx,
+                sent: 0,
                 client,
                 gone: watch::Sender::new(()),
                 status: WorkerStatus::default(),
@@ -624,16 +634,21 @@ impl CenterCore {
             };
             watch.remove_worker(worker, &why);
         });
+        let mut sent = 0;
         while let Some(first) = rx.recv().await {
             let (mut tasks, mut commands) = (Vec::new(), Commands::default());
-            let mut add = |m: ToWorker| match m {
-                ToWorker::Run(t) => tasks.push(t),
-                ToWorker::Free(k) => commands.free.push(k),
+            let mut add = |m: ToWorker| {
+                sent += 1;
+                match m {
+                    ToWorker::Run(t) => tasks.push(t),
+                    ToWorker::Free(k) => commands.free.push(k),
+                }
             };
             add(first);
             while let Ok(m) = rx.try_recv() {
                 add(m);
             }
+            commands.seq = sent;
             if !tasks.is_empty() {
                 commands.run = Some(Run::new(tasks));
             }
@@ -795,6 +810,20 @@ impl CenterCore {
             _ => Err(Status::not_found(format!("key '{key}' was released"))),
         }
     }
+
+    /// As [`CenterCore::wait_for`], with the chunk's size; at least one holder.
+    async fn located(
+        self: &Arc<Self>,
+        key: &Key,
+        timeout: Duration,
+    ) -> Result<(Vec<String>, u64), Status> {
+        let holders = self.wait_for(key, timeout).await?;
+        let nbytes = self.lock().scheduler.nbytes(key);
+        match nbytes {
+            Some(nbytes) if !holders.is_empty() => Ok((holders, nbytes)),
+            _ => Err(Status::unavailable(format!("no live worker holds '{key}'"))),
+        }
+    }
 }
 
 /// The center's Flight service.
@@ -903,6 +932,16 @@ impl FlightService for CenterService {
         let timeout = timeout_of(&req)?;
         let key = descriptor_key(req.get_ref())?;
         let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
+        if req.metadata().contains_key(LOCATE_HEADER) {
+            let (holders, nbytes) = self.0.located(&key, timeout).await?;
+            let info = (holders.iter()).fold(
+                FlightInfo::new()
+                    .with_descriptor(descriptor)
+                    .with_total_bytes(nbytes as i64),
+                |info, h| info.with_endpoint(endpoint(key.as_str(), h)),
+            );
+            return Ok(Response::new(info));
+        }
         let (mut info, holders, answered) = (self.0)
             .ask_holders(&key, timeout, |mut client| {
                 let descriptor = descriptor.clone();
@@ -971,7 +1010,7 @@ impl FlightService for CenterService {
         let descriptor = msgs[0].flight_descriptor.take();
         let (chunk, _) = codec::decode_one(msgs, key.as_str())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (worker, address) = {
+        let (worker, address, after) = {
             let st = self.0.lock();
             if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) {
                 // As the embedded cluster says it, for Rust clients.
@@ -985,14 +1024,17 @@ impl FlightService for CenterService {
             st.workers
                 .iter()
                 .min_by_key(|(_, l)| l.status.store.memory_bytes)
-                .map(|(id, l)| (*id, l.info.address.clone()))
+                .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
                 .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?
         };
         let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
         msgs[0].flight_descriptor = descriptor;
         let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
         let mut wc = self.0.worker_client(&address).await?;
-        wc.do_put(stream::iter(msgs))
+        // The worker may still hold the key's earlier chunk, its free on the way.
+        let mut put = Request::new(stream::iter(msgs));
+        (put.metadata_mut()).insert(AFTER_HEADER, after.into());
+        wc.do_put(put)
             .await?
             .into_inner()
             .try_collect::<Vec<_>>()

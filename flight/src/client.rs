@@ -12,6 +12,7 @@ use arrow_flight::FlightDescriptor;
 use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tonic::Request;
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::codec;
@@ -227,6 +228,8 @@ impl RemoteBackend {
         if let Some(v) = timeout.and_then(|t| t.as_millis().to_string().parse().ok()) {
             req.metadata_mut().insert(TIMEOUT_HEADER, v);
         }
+        // Only the endpoints are read: the center need not ask a holder for the schema.
+        (req.metadata_mut()).insert(LOCATE_HEADER, MetadataValue::from_static("1"));
         Ok(c.get_flight_info(req)
             .await
             .map_err(|s| Error::remote(format!("get '{key}'"), s))?

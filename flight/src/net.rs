@@ -167,9 +167,19 @@ fn endpoint(address: &str) -> Result<(Endpoint, String)> {
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(FRAME)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // A peer that hangs with its connections open (a stopped process)
+        // would hold a call for ever: a ping it leaves unanswered closes the
+        // connection, and the call fails as unreachable.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     Ok((endpoint, hp.to_string()))
 }
+
+/// How often a connection with calls under way pings its peer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a control action may take before the peer is deemed unresponsive
 /// (a port that accepts connections but does not speak Flight never answers).

@@ -12,12 +12,20 @@ use quiver_engine::store::StoreStats;
 
 /// Version of this contract. Bump it when a message changes shape or meaning;
 /// a worker refuses a center of another version.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Header naming the client session whose holds a request adds or drops.
 pub const SESSION_HEADER: &str = "x-quiver-session";
 /// Header bounding how long `GetFlightInfo` waits for a key, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-quiver-timeout-ms";
+/// Header (any value) asking `GetFlightInfo` for the endpoints and size
+/// only, which the center knows without asking a holder for the schema.
+pub const LOCATE_HEADER: &str = "x-quiver-locate";
+
+/// Header of the center's `DoPut` to a worker: the number of commands sent
+/// to that worker before it, which the worker applies first. A free of the
+/// key's earlier chunk, sent before, would otherwise drop the new one.
+pub const AFTER_HEADER: &str = "x-quiver-after";
 
 /// Public actions of the center, with their descriptions (for `ListActions`).
 pub const CENTER_ACTIONS: &[(&str, &str)] = &[
@@ -323,6 +331,11 @@ pub struct Free {
 /// drop, then tasks to run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Commands {
+    /// How many commands (frees and runs) the center has sent on this
+    /// exchange, this message's included: a `DoPut` names the count it must
+    /// come after ([`AFTER_HEADER`]).
+    #[serde(default)]
+    pub seq: u64,
     /// Keys to drop.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub free: Vec<Key>,

@@ -181,6 +181,8 @@ pub struct WorkerCore {
     /// Where reports go: the reply side of the `commands` exchange (by its
     /// number) that last sent commands, while it is open.
     reports: Mutex<Option<(u64, mpsc::UnboundedSender<FlightData>)>>,
+    /// The `seq` of the last commands message applied (see [`AFTER_HEADER`]).
+    applied: tokio::sync::watch::Sender<u64>,
     /// Someone asked this worker to retire (`quiver retire`).
     retire_requested: tokio::sync::Notify,
     /// Runs in progress here, and tasks waiting for them.
@@ -708,6 +710,17 @@ impl FlightService for WorkerService {
         &self,
         req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        let after = match req.metadata().get(AFTER_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("{AFTER_HEADER} must be a count"))
+                    })?,
+            ),
+        };
         let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
         let key = match msgs.first().and_then(|m| m.flight_descriptor.as_ref()) {
             Some(d) => descriptor_key(d)?,
@@ -720,6 +733,18 @@ impl FlightService for WorkerService {
         msgs[0].flight_descriptor = None;
         let (c, _) = codec::decode_one(msgs, key.as_str()).map_err(Status::from)?;
         let n = chunk::nbytes(&c);
+        if let Some(after) = after {
+            let mut applied = self.0.applied.subscribe();
+            let caught_up = applied.wait_for(|seq| *seq >= after);
+            if tokio::time::timeout(net::ACTION_TIMEOUT, caught_up)
+                .await
+                .is_err()
+            {
+                return Err(Status::unavailable(format!(
+                    "put '{key}': the center's commands before it did not arrive"
+                )));
+            }
+        }
         self.0.store.put(key, c);
         let body = serde_json::to_vec(&serde_json::json!({ "nbytes": n })).unwrap_or_default();
         Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
@@ -897,7 +922,9 @@ fn commands(
                     }
                     drop(slot);
                     core.free(&c.free);
-                    c.run.map_or(Ok(()), |run| core.accept(run))
+                    let accepted = c.run.map_or(Ok(()), |run| core.accept(run));
+                    core.applied.send_replace(c.seq);
+                    accepted
                 });
             if let Err(status) = taken {
                 tracing::warn!("refused a commands message: {}", status.message());
@@ -1222,6 +1249,7 @@ pub async fn run(
         stop: stop_rx.clone(),
         unreported: AtomicUsize::new(0),
         reports: Mutex::new(None),
+        applied: tokio::sync::watch::Sender::new(0),
         retire_requested: tokio::sync::Notify::new(),
         local: Mutex::default(),
         runtime: tokio::runtime::Handle::current(),

@@ -10,6 +10,7 @@ waits for a line on stdin: the test kills that worker, then answers.
 import os
 import sys
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
@@ -30,7 +31,8 @@ class DeadHolderFirst:
         ticket = info.endpoints[0].ticket
         dead = flight.FlightEndpoint(ticket, ["grpc://127.0.0.1:1"])
         endpoints = [dead] + list(info.endpoints)
-        return flight.FlightInfo(info.schema, info.descriptor, endpoints, info.total_records, info.total_bytes)
+        schema = info.schema or pa.schema([])
+        return flight.FlightInfo(schema, info.descriptor, endpoints, info.total_records, info.total_bytes)
 
 
 with Client(sys.argv[1]) as client:

@@ -20,6 +20,12 @@ impl Scheduler {
         }
     }
 
+    /// The size of `key`'s chunk, if it is in memory.
+    pub fn nbytes(&self, key: &Key) -> Option<u64> {
+        let t = &self.tasks[self.index.get(key)?];
+        (t.state == State::Memory).then_some(t.nbytes)
+    }
+
     /// Tasks sent ahead of inputs their worker was still computing, so far.
     pub fn sent_ahead(&self) -> u64 {
         self.sent_ahead
