@@ -181,6 +181,53 @@ fn data_put_again_under_a_released_key_is_kept() {
 }
 
 #[test]
+fn of_two_puts_of_one_key_at_once_one_is_kept_and_the_other_refused() {
+    let cluster = TestCluster::start(2, &[]);
+    let workers: Vec<String> = (cluster.status().unwrap().workers.into_iter())
+        .map(|w| w.address)
+        .collect();
+    cluster.block_on(async {
+        let center = client(&cluster.address).await;
+        let put = |key: String, value: f64| {
+            let mut msgs = codec::encode(&quiver::chunk::scalar(value), None).unwrap();
+            msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key]));
+            let mut center = center.clone();
+            async move {
+                let replies = center.do_put(futures::stream::iter(msgs)).await?;
+                replies.into_inner().try_collect::<Vec<_>>().await
+            }
+        };
+        const ROUNDS: usize = 40;
+        for i in 0..ROUNDS {
+            let key = format!("d{i}");
+            let (one, two) = tokio::join!(put(key.clone(), 1.0), put(key.clone(), 2.0));
+            let (kept, refused) = match (one, two) {
+                (Ok(_), Err(e)) => (1.0, e),
+                (Err(e), Ok(_)) => (2.0, e),
+                other => panic!("round {i}: one put is kept, not {other:?}"),
+            };
+            assert_eq!(refused.code(), Code::AlreadyExists, "round {i}: {refused}");
+            let got = net::do_get(&mut center.clone(), key.as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(scalar(got), kept, "round {i}: the kept put's value");
+        }
+        // Neither put left a chunk the center does not know of.
+        let mut held = 0;
+        for w in &workers {
+            let mut w = client(w).await;
+            let listed = w
+                .list_flights(Criteria::default())
+                .await
+                .unwrap()
+                .into_inner();
+            held += listed.try_collect::<Vec<_>>().await.unwrap().len();
+        }
+        assert_eq!(held, ROUNDS);
+    });
+}
+
+#[test]
 fn a_worker_of_another_protocol_version_is_refused_naming_both() {
     let cluster = TestCluster::start(0, &[]);
     cluster.block_on(async {

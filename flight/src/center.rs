@@ -13,7 +13,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{TryStreamExt, stream};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -117,6 +117,9 @@ struct State {
     waiters: FxHashMap<Key, Vec<Waiter>>,
     sessions: FxHashMap<String, (ClientId, Instant)>,
     next_client: ClientId,
+    /// Keys a `DoPut` is placing on a worker: a second put of one waits its
+    /// turn as if the key existed, so that neither overwrites the other.
+    putting: FxHashSet<Key>,
 }
 
 /// The center's state, shared by its service and its timers.
@@ -161,6 +164,7 @@ impl CenterCore {
                 waiters: FxHashMap::default(),
                 sessions: FxHashMap::default(),
                 next_client: 1,
+                putting: FxHashSet::default(),
             }),
             finished: AtomicU64::new(0),
             reported: tokio::sync::Notify::new(),
@@ -1011,8 +1015,9 @@ impl FlightService for CenterService {
         let (chunk, _) = codec::decode_one(msgs, key.as_str())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (worker, address, after) = {
-            let st = self.0.lock();
-            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) {
+            let mut st = self.0.lock();
+            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) || st.putting.contains(&key)
+            {
                 // As the embedded cluster says it, for Rust clients.
                 let why = "already exists; release it first";
                 let e = quiver_engine::Error::invalid(&key, format!("key {why}"));
@@ -1021,25 +1026,28 @@ impl FlightService for CenterService {
                     &e,
                 ));
             }
-            st.workers
-                .iter()
+            let target = (st.workers.iter())
                 .min_by_key(|(_, l)| l.status.store.memory_bytes)
                 .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
-                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?
+                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
+            st.putting.insert(key.clone());
+            target
         };
-        let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
-        msgs[0].flight_descriptor = descriptor;
         let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
-        let mut wc = self.0.worker_client(&address).await?;
-        // The worker may still hold the key's earlier chunk, its free on the way.
-        let mut put = Request::new(stream::iter(msgs));
-        (put.metadata_mut()).insert(AFTER_HEADER, after.into());
-        wc.do_put(put)
-            .await?
-            .into_inner()
-            .try_collect::<Vec<_>>()
-            .await?;
+        let placed = async {
+            let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
+            msgs[0].flight_descriptor = descriptor;
+            let mut wc = self.0.worker_client(&address).await?;
+            // The worker may still hold the key's earlier chunk, its free on the way.
+            let mut put = Request::new(stream::iter(msgs));
+            (put.metadata_mut()).insert(AFTER_HEADER, after.into());
+            let replies = wc.do_put(put).await?.into_inner();
+            replies.try_collect::<Vec<_>>().await
+        };
+        let placed = placed.await;
         let mut st = self.0.lock();
+        st.putting.remove(&key);
+        placed?;
         self.0
             .handle(
                 &mut st,

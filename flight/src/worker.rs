@@ -744,6 +744,12 @@ impl FlightService for WorkerService {
                     "put '{key}': the center's commands before it did not arrive"
                 )));
             }
+            // Its earlier chunk's free applied, a chunk held is another's.
+            if self.0.store.contains(&key) {
+                return Err(Status::already_exists(format!(
+                    "key '{key}' is held here already"
+                )));
+            }
         }
         self.0.store.put(key, c);
         let body = serde_json::to_vec(&serde_json::json!({ "nbytes": n })).unwrap_or_default();
