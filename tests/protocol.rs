@@ -228,6 +228,36 @@ fn of_two_puts_of_one_key_at_once_one_is_kept_and_the_other_refused() {
 }
 
 #[test]
+fn a_wait_for_a_key_released_meanwhile_ends_saying_so() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let graph = r#"{"graph": {"big": {"op": "random", "args": [100000000]},
+                                  "s": {"op": "sum", "args": [{"key": "big"}]}}, "keys": ["s"]}"#;
+        act(&mut center, "submit", graph).await.expect("submit");
+        let waiting = tokio::spawn({
+            let mut center = center.clone();
+            async move {
+                center
+                    .get_flight_info(FlightDescriptor::new_path(vec!["s".into()]))
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        act(&mut center, "release", r#"{"keys": ["s"]}"#)
+            .await
+            .expect("release");
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(60), waiting).await;
+        let e = waited.expect("the wait still waits").unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+        assert!(
+            e.message().contains("'s' was released while waited for"),
+            "{e}"
+        );
+    });
+}
+
+#[test]
 fn a_worker_of_another_protocol_version_is_refused_naming_both() {
     let cluster = TestCluster::start(0, &[]);
     cluster.block_on(async {

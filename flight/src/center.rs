@@ -184,12 +184,45 @@ impl CenterCore {
         for c in out {
             self.carry_out(st, c);
         }
+        self.settle_waiters(st);
         let busy = start.elapsed();
         if busy > BUSY {
             tracing::debug!("one event held the center for {busy:?}");
             st.scheduler.excuse(busy);
         }
         r
+    }
+
+    /// Answers those waiting for a key that is now in memory, failed, or
+    /// will not come: released by every client that held it, or an
+    /// intermediate freed (or never to be kept) once nothing needs it.
+    fn settle_waiters(&self, st: &mut State) {
+        if st.waiters.is_empty() {
+            return;
+        }
+        let settled: Vec<(Key, Result<(), Status>)> = (st.waiters.keys())
+            .filter_map(|key| {
+                let outcome = match st.scheduler.status(key) {
+                    KeyStatus::Memory(_) => Ok(()),
+                    KeyStatus::Erred(error) => {
+                        Err(engine_status(&quiver_engine::Error::TaskFailed {
+                            key: key.clone(),
+                            error,
+                        }))
+                    }
+                    KeyStatus::Pending if st.scheduler.wanted(key) => return None,
+                    KeyStatus::Pending | KeyStatus::Unknown => Err(Status::not_found(format!(
+                        "key '{key}' was released while waited for: no client holds it"
+                    ))),
+                };
+                Some((key.clone(), outcome))
+            })
+            .collect();
+        for (key, outcome) in settled {
+            for w in st.waiters.remove(&key).unwrap_or_default() {
+                let _ = w.send(outcome.clone());
+            }
+        }
     }
 
     fn carry_out(self: &Arc<Self>, st: &mut State, c: Command) {
@@ -713,6 +746,7 @@ impl CenterCore {
         for c in out {
             self.carry_out(&mut st, c);
         }
+        self.settle_waiters(&mut st);
         let timeout = self.config.session_timeout;
         let stale: Vec<(String, ClientId)> = st
             .sessions

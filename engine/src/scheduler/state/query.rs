@@ -20,6 +20,12 @@ impl Scheduler {
         }
     }
 
+    /// Whether a client holds `key` or a task still to run needs it; a key
+    /// neither holds nor needs is freed once it is computed.
+    pub fn wanted(&self, key: &Key) -> bool {
+        (self.index.get(key)).is_some_and(|id| self.tasks[id].needed())
+    }
+
     /// The size of `key`'s chunk, if it is in memory.
     pub fn nbytes(&self, key: &Key) -> Option<u64> {
         let t = &self.tasks[self.index.get(key)?];
