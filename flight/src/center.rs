@@ -200,8 +200,10 @@ impl CenterCore {
         if st.waiters.is_empty() {
             return;
         }
+        // Runs after every event: the common case, a key still in the making, allocates nothing.
         let settled: Vec<(Key, Result<(), Status>)> = (st.waiters.keys())
-            .filter_map(|key| {
+            .filter(|key| !st.scheduler.in_the_making(key))
+            .map(|key| {
                 let outcome = match st.scheduler.status(key) {
                     KeyStatus::Memory(_) => Ok(()),
                     KeyStatus::Erred(error) => {
@@ -210,12 +212,11 @@ impl CenterCore {
                             error,
                         }))
                     }
-                    KeyStatus::Pending if st.scheduler.wanted(key) => return None,
                     KeyStatus::Pending | KeyStatus::Unknown => Err(Status::not_found(format!(
                         "key '{key}' was released while waited for: no client holds it"
                     ))),
                 };
-                Some((key.clone(), outcome))
+                (key.clone(), outcome)
             })
             .collect();
         for (key, outcome) in settled {

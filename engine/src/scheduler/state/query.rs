@@ -20,10 +20,14 @@ impl Scheduler {
         }
     }
 
-    /// Whether a client holds `key` or a task still to run needs it; a key
-    /// neither holds nor needs is freed once it is computed.
-    pub fn wanted(&self, key: &Key) -> bool {
-        (self.index.get(key)).is_some_and(|id| self.tasks[id].needed())
+    /// Whether `key` is still to be computed for someone: not in memory, not
+    /// failed, and held by a client or needed by a task still to run (a key
+    /// neither holds nor needs is freed once it is computed).
+    pub fn in_the_making(&self, key: &Key) -> bool {
+        (self.index.get(key)).is_some_and(|id| {
+            let t = &self.tasks[id];
+            !matches!(t.state, State::Memory | State::Erred) && t.needed()
+        })
     }
 
     /// The size of `key`'s chunk, if it is in memory.
