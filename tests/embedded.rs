@@ -126,6 +126,25 @@ fn handles_release_on_drop_and_feed_later_graphs() {
 }
 
 #[test]
+fn a_wait_by_key_for_a_key_released_meanwhile_ends_saying_so() {
+    // As the C ABI waits: by key, while another thread may release it.
+    let cluster = Cluster::local(1).unwrap();
+    let client = cluster.client();
+    let mut g = Graph::new();
+    g.insert("big", Task::new("random").arg(100_000_000));
+    g.insert("s", Task::new("sum").arg(Key::from("big")));
+    let held = client.submit(g, &["s".into()]).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backend = client.backend().clone();
+    std::thread::spawn(move || tx.send(backend.wait(&"s".into(), None)));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    drop(held);
+    let waited = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let e = waited.expect("the wait still waits").unwrap_err();
+    assert!(matches!(e, Error::KeyNotFound { .. }), "{e}");
+}
+
+#[test]
 fn a_map_larger_than_one_submission_returns_every_handle_or_releases_them_all() {
     let cluster = Cluster::local(2).unwrap();
     let client = cluster.client();

@@ -203,6 +203,34 @@ struct DriverState {
     waiters: FxHashMap<Key, Vec<Reply<WorkerId>>>,
 }
 
+impl DriverState {
+    /// Answers those waiting for a key now in memory, failed, or that will
+    /// not come: released by every client that held it, or an intermediate
+    /// freed once nothing needs it. Runs after every event, so the common
+    /// case (the key still in the making) allocates nothing.
+    fn settle_waiters(&mut self) {
+        let settled: Vec<Key> = (self.waiters.keys())
+            .filter(|key| !self.scheduler.in_the_making(key))
+            .cloned()
+            .collect();
+        for key in settled {
+            let status = self.scheduler.status(&key);
+            for r in self.waiters.remove(&key).unwrap_or_default() {
+                let _ = r.send(match &status {
+                    KeyStatus::Memory(ws) => Ok(ws[0]),
+                    KeyStatus::Erred(error) => Err(Error::TaskFailed {
+                        key: key.clone(),
+                        error: error.clone(),
+                    }),
+                    KeyStatus::Pending | KeyStatus::Unknown => {
+                        Err(Error::KeyNotFound { key: key.clone() })
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// The shared half of an embedded cluster: what clients and workers talk to.
 struct Embedded {
     state: Mutex<DriverState>,
@@ -225,12 +253,13 @@ impl Embedded {
         let mut out = Vec::new();
         let r = st.scheduler.handle(event, Instant::now(), &mut out);
         for c in out {
-            self.carry_out(&mut st, c);
+            self.carry_out(c);
         }
+        st.settle_waiters();
         r
     }
 
-    fn carry_out(self: &Arc<Self>, st: &mut DriverState, c: Command) {
+    fn carry_out(self: &Arc<Self>, c: Command) {
         match c {
             Command::Run {
                 worker,
@@ -283,21 +312,8 @@ impl Embedded {
             Command::Free { worker, key } => {
                 self.workers[worker as usize].store.remove(&key);
             }
-            Command::Done { key } => {
-                if let KeyStatus::Memory(ws) = st.scheduler.status(&key) {
-                    for r in st.waiters.remove(&key).unwrap_or_default() {
-                        let _ = r.send(Ok(ws[0]));
-                    }
-                }
-            }
-            Command::Failed { key, error } => {
-                for r in st.waiters.remove(&key).unwrap_or_default() {
-                    let _ = r.send(Err(Error::TaskFailed {
-                        key: key.clone(),
-                        error: error.clone(),
-                    }));
-                }
-            }
+            // Answered after the event, with every other waiter (`settle_waiters`).
+            Command::Done { .. } | Command::Failed { .. } => {}
         }
     }
 

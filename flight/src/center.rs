@@ -200,7 +200,8 @@ impl CenterCore {
         if st.waiters.is_empty() {
             return;
         }
-        // Runs after every event: the common case, a key still in the making, allocates nothing.
+        // Runs after every event (`handle`, `tick`): the common case, a key
+        // still in the making, allocates nothing.
         let settled: Vec<(Key, Result<(), Status>)> = (st.waiters.keys())
             .filter(|key| !st.scheduler.in_the_making(key))
             .map(|key| {
@@ -261,21 +262,8 @@ impl CenterCore {
                     l.send(ToWorker::Free(key));
                 }
             }
-            Command::Done { key } => {
-                for w in st.waiters.remove(&key).unwrap_or_default() {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            Command::Failed { key, error } => {
-                for w in st.waiters.remove(&key).unwrap_or_default() {
-                    let _ = w.send(Err(crate::error::engine_status(
-                        &quiver_engine::Error::TaskFailed {
-                            key: key.clone(),
-                            error: error.clone(),
-                        },
-                    )));
-                }
-            }
+            // Answered after the event, with every other waiter (`settle_waiters`).
+            Command::Done { .. } | Command::Failed { .. } => {}
         }
     }
 
