@@ -14,7 +14,9 @@ use arrow_flight::{
 use common::TestCluster;
 use futures::TryStreamExt;
 use quiver::flight::net::FlightClient;
-use quiver::flight::protocol::{Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report};
+use quiver::flight::protocol::{
+    Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report, SESSION_HEADER,
+};
 use quiver::flight::{codec, net};
 use tonic::{Code, Request, Response, Streaming};
 
@@ -254,6 +256,59 @@ fn a_wait_for_a_key_released_meanwhile_ends_saying_so() {
             e.message().contains("'s' was released while waited for"),
             "{e}"
         );
+    });
+}
+
+#[test]
+fn a_put_whose_session_closes_meanwhile_is_not_kept() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.block_on(async {
+        let center = client(&cluster.address).await;
+        fn in_session<T>(body: T) -> Request<T> {
+            let mut req = Request::new(body);
+            (req.metadata_mut()).insert(SESSION_HEADER, "closing".parse().unwrap());
+            req
+        }
+        let data = quiver::chunk::from_array(std::sync::Arc::new(
+            arrow::array::Float64Array::from(vec![1.0; 1000]),
+        ));
+        let mut msgs = codec::encode(&data, None).unwrap();
+        msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec!["big".into()]));
+        // The first message opens the put (and the session); the body follows later.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(msgs.remove(0)).unwrap();
+        let body =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let put = tokio::spawn({
+            let mut center = center.clone();
+            async move {
+                let replies = center.do_put(in_session(body)).await?;
+                replies.into_inner().try_collect::<Vec<_>>().await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut c = center.clone();
+        c.do_action(in_session(Action::new("session-close", "")))
+            .await
+            .expect("close");
+        for m in msgs {
+            tx.send(m).unwrap();
+        }
+        drop(tx);
+        let e = put.await.unwrap().unwrap_err();
+        assert!(
+            e.message()
+                .contains("the session closed while 'big' was being put"),
+            "{e}"
+        );
+        // Nothing is held, on the center or on the worker.
+        let mut c = center.clone();
+        let listed = c
+            .list_flights(Criteria::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.try_collect::<Vec<_>>().await.unwrap().is_empty());
     });
 }
 

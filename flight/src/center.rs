@@ -1082,6 +1082,14 @@ impl FlightService for CenterService {
                 },
             )
             .map_err(|e| engine_status(&e))?;
+        // Its session closed meanwhile: nothing would ever release the hold.
+        if client != 0 && !st.sessions.values().any(|(c, _)| *c == client) {
+            let keys = vec![key.clone()];
+            let _ = self.0.handle(&mut st, Event::Release { client, keys });
+            return Err(Status::failed_precondition(format!(
+                "the session closed while '{key}' was being put: it was not kept"
+            )));
+        }
         let body = serde_json::to_vec(&serde_json::json!({ "key": key, "nbytes": nbytes }))
             .unwrap_or_default();
         Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
