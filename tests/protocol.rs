@@ -36,6 +36,18 @@ async fn act(c: &mut FlightClient, name: &str, body: &str) -> Result<String, ton
     Ok(r.unwrap_or_default())
 }
 
+/// Puts `value` under `key` through `center` (a scatter).
+async fn put_scalar(
+    center: &FlightClient,
+    key: &str,
+    value: f64,
+) -> Result<Vec<arrow_flight::PutResult>, tonic::Status> {
+    let mut msgs = codec::encode(&quiver::chunk::scalar(value), None).unwrap();
+    msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key.into()]));
+    let replies = center.clone().do_put(futures::stream::iter(msgs)).await?;
+    replies.into_inner().try_collect().await
+}
+
 fn scalar(msgs: Vec<arrow_flight::FlightData>) -> f64 {
     let (c, _) = codec::decode_one(msgs, "test").expect("decode");
     quiver::chunk::to_f64(&c).expect("scalar")
@@ -157,21 +169,12 @@ fn data_put_again_under_a_released_key_is_kept() {
     let cluster = TestCluster::start(1, &[]);
     cluster.block_on(async {
         let mut center = client(&cluster.address).await;
-        let put = |center: &mut FlightClient, value: f64| {
-            let mut msgs = codec::encode(&quiver::chunk::scalar(value), None).unwrap();
-            msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec!["k".into()]));
-            let mut center = center.clone();
-            async move {
-                let replies = center.do_put(futures::stream::iter(msgs)).await?;
-                replies.into_inner().try_collect::<Vec<_>>().await
-            }
-        };
         for i in 0..300 {
-            put(&mut center, 1.0).await.expect("put");
+            put_scalar(&center, "k", 1.0).await.expect("put");
             act(&mut center, "release", r#"{"keys": ["k"]}"#)
                 .await
                 .expect("release");
-            put(&mut center, 2.0).await.expect("put again");
+            put_scalar(&center, "k", 2.0).await.expect("put again");
             let got = net::do_get(&mut center, b"k").await;
             let got = got.unwrap_or_else(|e| panic!("round {i}: the second chunk was lost: {e}"));
             assert_eq!(scalar(got), 2.0, "round {i}");
@@ -190,19 +193,13 @@ fn of_two_puts_of_one_key_at_once_one_is_kept_and_the_other_refused() {
         .collect();
     cluster.block_on(async {
         let center = client(&cluster.address).await;
-        let put = |key: String, value: f64| {
-            let mut msgs = codec::encode(&quiver::chunk::scalar(value), None).unwrap();
-            msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key]));
-            let mut center = center.clone();
-            async move {
-                let replies = center.do_put(futures::stream::iter(msgs)).await?;
-                replies.into_inner().try_collect::<Vec<_>>().await
-            }
-        };
         const ROUNDS: usize = 40;
         for i in 0..ROUNDS {
             let key = format!("d{i}");
-            let (one, two) = tokio::join!(put(key.clone(), 1.0), put(key.clone(), 2.0));
+            let (one, two) = tokio::join!(
+                put_scalar(&center, &key, 1.0),
+                put_scalar(&center, &key, 2.0)
+            );
             let (kept, refused) = match (one, two) {
                 (Ok(_), Err(e)) => (1.0, e),
                 (Err(e), Ok(_)) => (2.0, e),

@@ -26,7 +26,7 @@ use crate::graph::Submission;
 use crate::key::Key;
 use crate::ops::{OpRegistry, Signature, Value};
 use crate::scheduler::{
-    ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
+    ClientId, Command, Event, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
 use crate::store::{ChunkStore, OwnedDir, StoreConfig, StoreStats, owned};
 
@@ -210,22 +210,13 @@ impl DriverState {
     /// case (the key still in the making) allocates nothing.
     fn settle_waiters(&mut self) {
         let settled: Vec<Key> = (self.waiters.keys())
-            .filter(|key| !self.scheduler.in_the_making(key))
+            .filter(|key| self.scheduler.settled(key).is_some())
             .cloned()
             .collect();
         for key in settled {
-            let status = self.scheduler.status(&key);
             for r in self.waiters.remove(&key).unwrap_or_default() {
-                let _ = r.send(match &status {
-                    KeyStatus::Memory(ws) => Ok(ws[0]),
-                    KeyStatus::Erred(error) => Err(Error::TaskFailed {
-                        key: key.clone(),
-                        error: error.clone(),
-                    }),
-                    KeyStatus::Pending | KeyStatus::Unknown => {
-                        Err(Error::KeyNotFound { key: key.clone() })
-                    }
-                });
+                let outcome = self.scheduler.settled(&key).expect("settled above");
+                let _ = r.send(outcome.map(|ws| ws[0]));
             }
         }
     }
@@ -321,14 +312,9 @@ impl Embedded {
     fn watch(&self, key: &Key) -> std::sync::mpsc::Receiver<Result<WorkerId>> {
         let (tx, rx) = channel();
         let mut st = self.lock();
-        let _ = match st.scheduler.status(key) {
-            KeyStatus::Memory(ws) => tx.send(Ok(ws[0])),
-            KeyStatus::Erred(error) => tx.send(Err(Error::TaskFailed {
-                key: key.clone(),
-                error,
-            })),
-            KeyStatus::Unknown => tx.send(Err(Error::KeyNotFound { key: key.clone() })),
-            KeyStatus::Pending => {
+        let _ = match st.scheduler.settled(key) {
+            Some(outcome) => tx.send(outcome.map(|ws| ws[0])),
+            None => {
                 st.waiters.entry(key.clone()).or_default().push(tx);
                 Ok(())
             }

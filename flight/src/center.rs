@@ -67,7 +67,8 @@ struct WorkerLink {
     info: WorkerInfo,
     /// Its address and host id, as `run` messages name it.
     holder: Arc<Holder>,
-    tx: mpsc::UnboundedSender<ToWorker>,
+    /// Commands, each with its number on the link (counted from 1).
+    tx: mpsc::UnboundedSender<(u64, ToWorker)>,
     /// Commands sent on `tx` so far.
     sent: u64,
     /// For the calls the center makes on a client's behalf (describe, proxy,
@@ -89,7 +90,7 @@ struct WorkerLink {
 impl WorkerLink {
     fn send(&mut self, command: ToWorker) {
         self.sent += 1;
-        let _ = self.tx.send(command);
+        let _ = self.tx.send((self.sent, command));
     }
 }
 
@@ -200,24 +201,16 @@ impl CenterCore {
         if st.waiters.is_empty() {
             return;
         }
-        // Runs after every event (`handle`, `tick`): the common case, a key
-        // still in the making, allocates nothing.
+        // Runs after every event (`handle`, `tick`).
         let settled: Vec<(Key, Result<(), Status>)> = (st.waiters.keys())
-            .filter(|key| !st.scheduler.in_the_making(key))
-            .map(|key| {
-                let outcome = match st.scheduler.status(key) {
-                    KeyStatus::Memory(_) => Ok(()),
-                    KeyStatus::Erred(error) => {
-                        Err(engine_status(&quiver_engine::Error::TaskFailed {
-                            key: key.clone(),
-                            error,
-                        }))
-                    }
-                    KeyStatus::Pending | KeyStatus::Unknown => Err(Status::not_found(format!(
+            .filter_map(|key| {
+                let outcome = st.scheduler.settled(key)?.map(drop).map_err(|e| match e {
+                    quiver_engine::Error::KeyNotFound { .. } => Status::not_found(format!(
                         "key '{key}' was released while waited for: no client holds it"
-                    ))),
-                };
-                (key.clone(), outcome)
+                    )),
+                    e => engine_status(&e),
+                });
+                Some((key.clone(), outcome))
             })
             .collect();
         for (key, outcome) in settled {
@@ -464,7 +457,7 @@ impl CenterCore {
         let mut round = 0;
         loop {
             round += 1;
-            let holders = self.wait_for(key, timeout).await?;
+            let (holders, _) = self.wait_for(key, timeout).await?;
             let mut last = None;
             let mut unreachable = vec![];
             for (i, holder) in holders.iter().enumerate() {
@@ -613,7 +606,7 @@ impl CenterCore {
         self: Arc<Self>,
         worker: WorkerId,
         address: String,
-        mut rx: mpsc::UnboundedReceiver<ToWorker>,
+        mut rx: mpsc::UnboundedReceiver<(u64, ToWorker)>,
     ) {
         let mut client = match net::connect(&address).await {
             Ok(c) => c,
@@ -660,11 +653,10 @@ impl CenterCore {
             };
             watch.remove_worker(worker, &why);
         });
-        let mut sent = 0;
         while let Some(first) = rx.recv().await {
             let (mut tasks, mut commands) = (Vec::new(), Commands::default());
-            let mut add = |m: ToWorker| {
-                sent += 1;
+            let mut add = |(seq, m): (u64, ToWorker)| {
+                commands.seq = seq;
                 match m {
                     ToWorker::Run(t) => tasks.push(t),
                     ToWorker::Free(k) => commands.free.push(k),
@@ -674,7 +666,6 @@ impl CenterCore {
             while let Ok(m) = rx.try_recv() {
                 add(m);
             }
-            commands.seq = sent;
             if !tasks.is_empty() {
                 commands.run = Some(Run::new(tasks));
             }
@@ -783,30 +774,21 @@ impl CenterCore {
         s
     }
 
-    /// Waits until `key` is in memory; returns the addresses of its holders.
+    /// Waits until `key` is in memory; returns the addresses of its live
+    /// holders and the chunk's size.
     async fn wait_for(
         self: &Arc<Self>,
         key: &Key,
         timeout: Duration,
-    ) -> Result<Vec<String>, Status> {
+    ) -> Result<(Vec<String>, u64), Status> {
         let rx = {
             let mut st = self.lock();
-            match st.scheduler.status(key) {
-                KeyStatus::Memory(_) => None,
-                KeyStatus::Erred(error) => {
-                    return Err(crate::error::engine_status(
-                        &quiver_engine::Error::TaskFailed {
-                            key: key.clone(),
-                            error,
-                        },
-                    ));
+            match st.scheduler.settled(key) {
+                Some(outcome) => {
+                    outcome.map_err(|e| engine_status(&e))?;
+                    None
                 }
-                KeyStatus::Unknown => {
-                    return Err(crate::error::engine_status(
-                        &quiver_engine::Error::KeyNotFound { key: key.clone() },
-                    ));
-                }
-                KeyStatus::Pending => {
+                None => {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.entry(key.clone()).or_default().push(tx);
                     Some(rx)
@@ -828,27 +810,15 @@ impl CenterCore {
             }
         }
         let st = self.lock();
-        match st.scheduler.status(key) {
-            KeyStatus::Memory(ws) => Ok(ws
-                .iter()
-                .filter_map(|w| st.workers.get(w))
-                .map(|l| l.info.address.clone())
-                .collect()),
+        match (st.scheduler.status(key), st.scheduler.nbytes(key)) {
+            (KeyStatus::Memory(ws), Some(nbytes)) => Ok((
+                ws.iter()
+                    .filter_map(|w| st.workers.get(w))
+                    .map(|l| l.info.address.clone())
+                    .collect(),
+                nbytes,
+            )),
             _ => Err(Status::not_found(format!("key '{key}' was released"))),
-        }
-    }
-
-    /// As [`CenterCore::wait_for`], with the chunk's size; at least one holder.
-    async fn located(
-        self: &Arc<Self>,
-        key: &Key,
-        timeout: Duration,
-    ) -> Result<(Vec<String>, u64), Status> {
-        let holders = self.wait_for(key, timeout).await?;
-        let nbytes = self.lock().scheduler.nbytes(key);
-        match nbytes {
-            Some(nbytes) if !holders.is_empty() => Ok((holders, nbytes)),
-            _ => Err(Status::unavailable(format!("no live worker holds '{key}'"))),
         }
     }
 }
@@ -960,7 +930,10 @@ impl FlightService for CenterService {
         let key = descriptor_key(req.get_ref())?;
         let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
         if req.metadata().contains_key(LOCATE_HEADER) {
-            let (holders, nbytes) = self.0.located(&key, timeout).await?;
+            let (holders, nbytes) = self.0.wait_for(&key, timeout).await?;
+            if holders.is_empty() {
+                return Err(Status::unavailable(format!("no live worker holds '{key}'")));
+            }
             let info = (holders.iter()).fold(
                 FlightInfo::new()
                     .with_descriptor(descriptor)

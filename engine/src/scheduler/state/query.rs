@@ -1,6 +1,7 @@
 //! Read-only questions drivers and clients ask the scheduler.
 
 use super::{KeyStatus, Scheduler, State};
+use crate::error::{Error, Result};
 use crate::key::Key;
 use crate::ops::OpRegistry;
 use crate::scheduler::{WorkerId, WorkerInfo};
@@ -20,13 +21,27 @@ impl Scheduler {
         }
     }
 
-    /// Whether `key` is still to be computed for someone: not in memory, not
-    /// failed, and held by a client or needed by a task still to run (a key
-    /// neither holds nor needs is freed once it is computed).
-    pub fn in_the_making(&self, key: &Key) -> bool {
-        (self.index.get(key)).is_some_and(|id| {
+    /// What a wait for `key` comes to, once it comes to something: its
+    /// holders, its task's failure, or `KeyNotFound` when no one wants it
+    /// (unknown, released by every client that held it, or an intermediate
+    /// that nothing needs, freed once computed). `None` while it is still to
+    /// be computed for someone; allocates nothing then, as drivers ask after
+    /// every event.
+    pub fn settled(&self, key: &Key) -> Option<Result<Vec<WorkerId>>> {
+        let in_the_making = (self.index.get(key)).is_some_and(|id| {
             let t = &self.tasks[id];
             !matches!(t.state, State::Memory | State::Erred) && t.needed()
+        });
+        if in_the_making {
+            return None;
+        }
+        Some(match self.status(key) {
+            KeyStatus::Memory(ws) => Ok(ws),
+            KeyStatus::Erred(error) => Err(Error::TaskFailed {
+                key: key.clone(),
+                error,
+            }),
+            KeyStatus::Pending | KeyStatus::Unknown => Err(Error::KeyNotFound { key: key.clone() }),
         })
     }
 
