@@ -12,7 +12,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use common::TestCluster;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use quiver::flight::net::FlightClient;
 use quiver::flight::protocol::{
     Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report, SESSION_HEADER,
@@ -310,6 +310,63 @@ fn a_put_whose_session_closes_meanwhile_is_not_kept() {
 }
 
 #[test]
+fn a_put_cut_off_before_its_end_is_not_kept() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.block_on(async {
+        let center = client(&cluster.address).await;
+        // Every message of the chunk is sent, but the stream never ends:
+        // the client cancels instead.
+        let mut msgs = codec::encode(&quiver::chunk::scalar(1.0), None).unwrap();
+        msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec!["c".into()]));
+        let body = futures::stream::iter(msgs).chain(futures::stream::pending());
+        let gave_up = std::time::Duration::from_millis(300);
+        let put = tokio::time::timeout(gave_up, center.clone().do_put(body)).await;
+        assert!(put.is_err(), "a put without its end was answered: {put:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The key is free: the cut-off put kept nothing.
+        put_scalar(&center, "c", 2.0).await.expect("put");
+        let mut c = center.clone();
+        let got = c.do_get(Ticket::new("c")).await.unwrap().into_inner();
+        assert_eq!(scalar(got.try_collect().await.unwrap()), 2.0);
+    });
+}
+
+#[test]
+fn a_put_whose_client_hangs_up_mid_placement_is_kept_and_releasable() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker {
+            delay: std::time::Duration::from_millis(500),
+            ..FakeWorker::default()
+        };
+        join(&mut center, &fake).await;
+        // The client gives up while the center is placing the chunk.
+        let gave_up = std::time::Duration::from_millis(100);
+        let put = tokio::time::timeout(gave_up, put_scalar(&center, "p", 1.0)).await;
+        assert!(put.is_err(), "the put outlasts its client: {put:?}");
+        // The placement still lands and is recorded: nothing accepted is lost.
+        let start = std::time::Instant::now();
+        loop {
+            let listed = center.list_flights(Criteria::default()).await.unwrap();
+            let listed = listed.into_inner().try_collect::<Vec<_>>().await.unwrap();
+            if !listed.is_empty() {
+                break;
+            }
+            assert!(start.elapsed().as_secs() < 10, "'p' was never recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let e = put_scalar(&center, "p", 2.0).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+        // And the key is free again once released.
+        act(&mut center, "release", r#"{"keys": ["p"]}"#)
+            .await
+            .expect("release");
+        put_scalar(&center, "p", 3.0).await.expect("put again");
+    });
+}
+
+#[test]
 fn a_worker_of_another_protocol_version_is_refused_naming_both() {
     let cluster = TestCluster::start(0, &[]);
     cluster.block_on(async {
@@ -443,9 +500,14 @@ impl FlightService for FakeWorker {
     }
     async fn do_put(
         &self,
-        _: Request<Streaming<FlightData>>,
+        req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("fake"))
+        // Takes the chunk, `delay` later, without keeping it.
+        req.into_inner().try_collect::<Vec<_>>().await?;
+        tokio::time::sleep(self.delay).await;
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+            PutResult::default(),
+        )]))))
     }
     async fn do_action(
         &self,

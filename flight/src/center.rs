@@ -21,11 +21,13 @@ use crate::codec;
 use crate::error::{Error, Result, engine_status};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::service::{BoxStream, descriptor_key, endpoint, json_result, parse, ticket_key};
+use crate::service::{
+    BoxStream, descriptor_key, endpoint, json_result, parse, read_put, ticket_key,
+};
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
-use quiver_engine::{Key, OpRegistry, Submission};
+use quiver_engine::{Chunk, Key, OpRegistry, Submission};
 
 /// How a center is started.
 #[derive(Clone, Debug)]
@@ -774,6 +776,69 @@ impl CenterCore {
         s
     }
 
+    /// Places a put chunk on the least loaded worker and holds it for `client`.
+    async fn put(
+        self: Arc<Self>,
+        client: ClientId,
+        key: Key,
+        chunk: Chunk,
+        descriptor: FlightDescriptor,
+    ) -> Result<u64, Status> {
+        let (worker, address, after) = {
+            let mut st = self.lock();
+            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) || st.putting.contains(&key)
+            {
+                // As the embedded cluster says it, for Rust clients.
+                let why = "already exists; release it first";
+                let e = quiver_engine::Error::invalid(&key, format!("key {why}"));
+                return Err(crate::error::with_engine_error(
+                    Status::already_exists(format!("key '{key}' {why}")),
+                    &e,
+                ));
+            }
+            let target = (st.workers.iter())
+                .min_by_key(|(_, l)| l.status.store.memory_bytes)
+                .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
+                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
+            st.putting.insert(key.clone());
+            target
+        };
+        let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
+        let placed = async {
+            let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
+            msgs[0].flight_descriptor = Some(descriptor);
+            let mut wc = self.worker_client(&address).await?;
+            // The worker may still hold the key's earlier chunk, its free on the way.
+            let mut put = Request::new(stream::iter(msgs));
+            (put.metadata_mut()).insert(AFTER_HEADER, after.into());
+            let replies = wc.do_put(put).await?.into_inner();
+            replies.try_collect::<Vec<_>>().await
+        };
+        let placed = placed.await;
+        let mut st = self.lock();
+        st.putting.remove(&key);
+        placed?;
+        self.handle(
+            &mut st,
+            Event::Scatter {
+                client,
+                key: key.clone(),
+                worker,
+                nbytes,
+            },
+        )
+        .map_err(|e| engine_status(&e))?;
+        // Its session closed meanwhile: nothing would ever release the hold.
+        if client != 0 && !st.sessions.values().any(|(c, _)| *c == client) {
+            let keys = vec![key.clone()];
+            let _ = self.handle(&mut st, Event::Release { client, keys });
+            return Err(Status::failed_precondition(format!(
+                "the session closed while '{key}' was being put: it was not kept"
+            )));
+        }
+        Ok(nbytes)
+    }
+
     /// Waits until `key` is in memory; returns the addresses of its live
     /// holders and the chunk's size.
     async fn wait_for(
@@ -997,72 +1062,16 @@ impl FlightService for CenterService {
             let mut st = self.0.lock();
             self.0.client_of(&mut st, &req)
         };
-        let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
-        let key = match msgs.first().and_then(|m| m.flight_descriptor.as_ref()) {
-            Some(d) => descriptor_key(d)?,
-            None => {
-                return Err(Status::invalid_argument(
-                    "the first message of a DoPut must carry a PATH descriptor [key]",
-                ));
-            }
-        };
+        let (key, descriptor, msgs) = read_put(req).await?;
         // Check the data before placing it anywhere: a corrupt stream is refused here.
-        let descriptor = msgs[0].flight_descriptor.take();
         let (chunk, _) = codec::decode_one(msgs, key.as_str())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (worker, address, after) = {
-            let mut st = self.0.lock();
-            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) || st.putting.contains(&key)
-            {
-                // As the embedded cluster says it, for Rust clients.
-                let why = "already exists; release it first";
-                let e = quiver_engine::Error::invalid(&key, format!("key {why}"));
-                return Err(crate::error::with_engine_error(
-                    Status::already_exists(format!("key '{key}' {why}")),
-                    &e,
-                ));
-            }
-            let target = (st.workers.iter())
-                .min_by_key(|(_, l)| l.status.store.memory_bytes)
-                .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
-                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
-            st.putting.insert(key.clone());
-            target
-        };
-        let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
-        let placed = async {
-            let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
-            msgs[0].flight_descriptor = descriptor;
-            let mut wc = self.0.worker_client(&address).await?;
-            // The worker may still hold the key's earlier chunk, its free on the way.
-            let mut put = Request::new(stream::iter(msgs));
-            (put.metadata_mut()).insert(AFTER_HEADER, after.into());
-            let replies = wc.do_put(put).await?.into_inner();
-            replies.try_collect::<Vec<_>>().await
-        };
-        let placed = placed.await;
-        let mut st = self.0.lock();
-        st.putting.remove(&key);
-        placed?;
-        self.0
-            .handle(
-                &mut st,
-                Event::Scatter {
-                    client,
-                    key: key.clone(),
-                    worker,
-                    nbytes,
-                },
-            )
-            .map_err(|e| engine_status(&e))?;
-        // Its session closed meanwhile: nothing would ever release the hold.
-        if client != 0 && !st.sessions.values().any(|(c, _)| *c == client) {
-            let keys = vec![key.clone()];
-            let _ = self.0.handle(&mut st, Event::Release { client, keys });
-            return Err(Status::failed_precondition(format!(
-                "the session closed while '{key}' was being put: it was not kept"
-            )));
-        }
+        // Its own task: a client that hangs up mid-placement must not leave
+        // the key reserved, or a placed chunk unrecorded.
+        let placing = tokio::spawn((self.0.clone()).put(client, key.clone(), chunk, descriptor));
+        let nbytes = placing
+            .await
+            .map_err(|e| Status::internal(format!("the put of '{key}' failed: {e}")))??;
         let body = serde_json::to_vec(&serde_json::json!({ "key": key, "nbytes": nbytes }))
             .unwrap_or_default();
         Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {

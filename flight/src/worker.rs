@@ -17,7 +17,7 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
-use futures::{TryStreamExt, stream};
+use futures::stream;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc};
 use tonic::transport::Channel;
@@ -721,16 +721,7 @@ impl FlightService for WorkerService {
                     })?,
             ),
         };
-        let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
-        let key = match msgs.first().and_then(|m| m.flight_descriptor.as_ref()) {
-            Some(d) => descriptor_key(d)?,
-            None => {
-                return Err(Status::invalid_argument(
-                    "the first message of a DoPut must carry a descriptor",
-                ));
-            }
-        };
-        msgs[0].flight_descriptor = None;
+        let (key, _, msgs) = crate::service::read_put(req).await?;
         let (c, _) = codec::decode_one(msgs, key.as_str()).map_err(Status::from)?;
         let n = chunk::nbytes(&c);
         if let Some(after) = after {
