@@ -367,6 +367,29 @@ fn a_put_whose_client_hangs_up_mid_placement_is_kept_and_releasable() {
 }
 
 #[test]
+fn a_graph_defining_a_key_being_put_is_refused() {
+    let cluster = TestCluster::start(0, &[]);
+    cluster.block_on(async {
+        let mut center = client(&cluster.address).await;
+        let fake = FakeWorker {
+            delay: std::time::Duration::from_millis(500),
+            ..FakeWorker::default()
+        };
+        join(&mut center, &fake).await;
+        let put = tokio::spawn({
+            let center = center.clone();
+            async move { put_scalar(&center, "k", 1.0).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let graph = r#"{"graph": {"k": {"op": "arange", "args": [3]}}, "keys": ["k"]}"#;
+        let e = act(&mut center, "submit", graph).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+        assert!(e.message().contains("'k' is being put"), "{e}");
+        put.await.unwrap().expect("the put is kept");
+    });
+}
+
+#[test]
 fn a_worker_of_another_protocol_version_is_refused_naming_both() {
     let cluster = TestCluster::start(0, &[]);
     cluster.block_on(async {

@@ -788,13 +788,7 @@ impl CenterCore {
             let mut st = self.lock();
             if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) || st.putting.contains(&key)
             {
-                // As the embedded cluster says it, for Rust clients.
-                let why = "already exists; release it first";
-                let e = quiver_engine::Error::invalid(&key, format!("key {why}"));
-                return Err(crate::error::with_engine_error(
-                    Status::already_exists(format!("key '{key}' {why}")),
-                    &e,
-                ));
+                return Err(already_exists(&key, "already exists; release it first"));
             }
             let target = (st.workers.iter())
                 .min_by_key(|(_, l)| l.status.store.memory_bytes)
@@ -886,6 +880,12 @@ impl CenterCore {
             _ => Err(Status::not_found(format!("key '{key}' was released"))),
         }
     }
+}
+/// `ALREADY_EXISTS` for `key`, carrying the engine error the embedded
+/// cluster raises, for Rust clients.
+fn already_exists(key: &Key, why: &str) -> Status {
+    let e = quiver_engine::Error::invalid(key, format!("key {why}"));
+    crate::error::with_engine_error(Status::already_exists(format!("key '{key}' {why}")), &e)
 }
 
 /// The center's Flight service.
@@ -1105,6 +1105,14 @@ impl FlightService for CenterService {
                 drop(body);
                 let keys = submission.keys.clone();
                 let mut st = core.lock();
+                // The put would land on a key the graph had taken, its chunk then kept by no one.
+                let graph = &submission.graph.nodes;
+                if let Some(k) = st.putting.iter().find(|k| graph.contains_key(*k)) {
+                    return Err(already_exists(
+                        k,
+                        "is being put; submit once the put is done",
+                    ));
+                }
                 core.handle(&mut st, Event::Submit { client, submission })
                     .map_err(|e| engine_status(&e))?;
                 json_result(&Submitted { keys })
