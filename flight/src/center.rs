@@ -120,8 +120,8 @@ struct State {
     waiters: FxHashMap<Key, Vec<Waiter>>,
     sessions: FxHashMap<String, (ClientId, Instant)>,
     next_client: ClientId,
-    /// Keys a `DoPut` is placing on a worker: a second put of one waits its
-    /// turn as if the key existed, so that neither overwrites the other.
+    /// Keys a `DoPut` is placing on a worker: until it lands, another put of
+    /// one, or a graph defining one, is refused as if the key existed.
     putting: FxHashSet<Key>,
 }
 
@@ -881,6 +881,7 @@ impl CenterCore {
         }
     }
 }
+
 /// `ALREADY_EXISTS` for `key`, carrying the engine error the embedded
 /// cluster raises, for Rust clients.
 fn already_exists(key: &Key, why: &str) -> Status {
