@@ -383,7 +383,7 @@ fn a_graph_defining_a_key_being_put_is_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let graph = r#"{"graph": {"k": {"op": "arange", "args": [3]}}, "keys": ["k"]}"#;
         let e = act(&mut center, "submit", graph).await.unwrap_err();
-        assert_eq!(e.code(), Code::AlreadyExists, "{e}");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
         assert!(e.message().contains("'k' is being put"), "{e}");
         put.await.unwrap().expect("the put is kept");
     });

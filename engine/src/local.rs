@@ -378,6 +378,7 @@ impl Backend for EmbeddedBackend {
         if store.contains(&key) {
             return Err(Error::invalid(&key, "key already exists; release it first"));
         }
+        self.0.lock().scheduler.reserve(&key)?;
         store.put(key.clone(), chunk);
         let r = self.0.handle(Event::Scatter {
             client,

@@ -13,7 +13,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use futures::{TryStreamExt, stream};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -120,9 +120,6 @@ struct State {
     waiters: FxHashMap<Key, Vec<Waiter>>,
     sessions: FxHashMap<String, (ClientId, Instant)>,
     next_client: ClientId,
-    /// Keys a `DoPut` is placing on a worker: until it lands, another put of
-    /// one, or a graph defining one, is refused as if the key existed.
-    putting: FxHashSet<Key>,
 }
 
 /// The center's state, shared by its service and its timers.
@@ -167,7 +164,6 @@ impl CenterCore {
                 waiters: FxHashMap::default(),
                 sessions: FxHashMap::default(),
                 next_client: 1,
-                putting: FxHashSet::default(),
             }),
             finished: AtomicU64::new(0),
             reported: tokio::sync::Notify::new(),
@@ -786,15 +782,14 @@ impl CenterCore {
     ) -> Result<u64, Status> {
         let (worker, address, after) = {
             let mut st = self.lock();
-            if !matches!(st.scheduler.status(&key), KeyStatus::Unknown) || st.putting.contains(&key)
-            {
-                return Err(already_exists(&key, "already exists; release it first"));
-            }
             let target = (st.workers.iter())
                 .min_by_key(|(_, l)| l.status.store.memory_bytes)
                 .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
                 .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
-            st.putting.insert(key.clone());
+            st.scheduler.reserve(&key).map_err(|e| {
+                let why = format!("key '{key}' already exists; release it first");
+                crate::error::with_engine_error(Status::already_exists(why), &e)
+            })?;
             target
         };
         let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
@@ -810,8 +805,10 @@ impl CenterCore {
         };
         let placed = placed.await;
         let mut st = self.lock();
-        st.putting.remove(&key);
-        placed?;
+        if let Err(e) = placed {
+            st.scheduler.unreserve(&key);
+            return Err(e);
+        }
         self.handle(
             &mut st,
             Event::Scatter {
@@ -880,13 +877,6 @@ impl CenterCore {
             _ => Err(Status::not_found(format!("key '{key}' was released"))),
         }
     }
-}
-
-/// `ALREADY_EXISTS` for `key`, carrying the engine error the embedded
-/// cluster raises, for Rust clients.
-fn already_exists(key: &Key, why: &str) -> Status {
-    let e = quiver_engine::Error::invalid(key, format!("key {why}"));
-    crate::error::with_engine_error(Status::already_exists(format!("key '{key}' {why}")), &e)
 }
 
 /// The center's Flight service.
@@ -1106,14 +1096,6 @@ impl FlightService for CenterService {
                 drop(body);
                 let keys = submission.keys.clone();
                 let mut st = core.lock();
-                // The put would land on a key the graph had taken, its chunk then kept by no one.
-                let graph = &submission.graph.nodes;
-                if let Some(k) = st.putting.iter().find(|k| graph.contains_key(*k)) {
-                    return Err(already_exists(
-                        k,
-                        "is being put; submit once the put is done",
-                    ));
-                }
                 core.handle(&mut st, Event::Submit { client, submission })
                     .map_err(|e| engine_status(&e))?;
                 json_result(&Submitted { keys })

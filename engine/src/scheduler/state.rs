@@ -152,6 +152,8 @@ pub struct Scheduler {
     workers: BTreeMap<WorkerId, WorkerState>,
     root_queue: Queue,
     clients: FxHashMap<ClientId, FxHashMap<TaskId, u32>>,
+    /// Keys a driver is putting on a worker ([`Scheduler::reserve`]).
+    reserved: FxHashSet<Key>,
     transitions: u64,
     sent_ahead: u64,
 }
@@ -169,6 +171,7 @@ impl Scheduler {
             workers: BTreeMap::new(),
             root_queue: Queue::new(),
             clients: FxHashMap::default(),
+            reserved: FxHashSet::default(),
             transitions: 0,
             sent_ahead: 0,
         }
@@ -271,8 +274,30 @@ impl Scheduler {
         self.tasks.get_mut(&id).expect("live task").state = s;
     }
 
+    /// Reserves `key` for a put about to place its data: until
+    /// [`Event::Scatter`] records it, or [`Scheduler::unreserve`] gives it
+    /// up, another put of it and a graph defining it are refused. Else the
+    /// put would land on a key taken meanwhile, its chunk kept by no one.
+    pub fn reserve(&mut self, key: &Key) -> Result<()> {
+        if self.index.contains_key(key) || !self.reserved.insert(key.clone()) {
+            return Err(Error::invalid(key, "key already exists; release it first"));
+        }
+        Ok(())
+    }
+
+    /// Gives up the reservation of a put that failed.
+    pub fn unreserve(&mut self, key: &Key) {
+        self.reserved.remove(key);
+    }
+
     fn submit(&mut self, client: ClientId, sub: Submission, out: &mut Vec<Command>) -> Result<()> {
         let Submission { graph, keys } = sub;
+        if let Some(k) = (self.reserved.iter()).find(|k| graph.nodes.contains_key(*k)) {
+            return Err(Error::invalid(
+                k,
+                format!("key '{k}' is being put; submit once the put is done"),
+            ));
+        }
         let planned = plan::plan(graph, &keys, &self.ops, &self.index, self.config.fuse)?;
         self.generation += 1;
         let generation = self.generation;
@@ -336,6 +361,7 @@ impl Scheduler {
         nbytes: u64,
         out: &mut Vec<Command>,
     ) -> Result<()> {
+        self.reserved.remove(&key);
         if self.index.contains_key(&key) {
             return Err(Error::invalid(&key, "key already exists; release it first"));
         }

@@ -556,6 +556,41 @@ fn scattered_data_lost_with_its_worker_is_an_error_for_its_holder() {
 }
 
 #[test]
+fn a_key_reserved_for_a_put_is_refused_to_other_puts_and_graphs_until_it_lands() {
+    let mut env = Env::new(1, 1);
+    let k = Key::from("k");
+    env.s.reserve(&k).unwrap();
+    let e = env.s.reserve(&k).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    let mut g = Graph::new();
+    g.insert("k", Task::new("arange").arg(3));
+    let e = env.submit(1, g.clone(), &["k"]).unwrap_err().to_string();
+    assert!(e.contains("'k' is being put"), "{e}");
+    // A graph that only reads another key goes through.
+    env.submit(1, seed_graph(2), &["total"]).unwrap();
+    // Given up, the key is free again; landed, it is the put's.
+    env.s.unreserve(&k);
+    env.s.reserve(&k).unwrap();
+    env.stores.get_mut(&0).unwrap().insert("k".into(), 7.0);
+    env.event(Event::Scatter {
+        client: 1,
+        key: k.clone(),
+        worker: 0,
+        nbytes: 8,
+    })
+    .unwrap();
+    assert_eq!(env.value("k"), 7.0);
+    let e = env.s.reserve(&k).unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    env.event(Event::Release {
+        client: 1,
+        keys: vec![k.clone()],
+    })
+    .unwrap();
+    env.s.reserve(&k).unwrap();
+}
+
+#[test]
 fn resubmitting_a_held_key_reuses_it() {
     let mut env = Env::new(1, 1);
     env.submit(1, seed_graph(2), &["total"]).unwrap();
