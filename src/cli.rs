@@ -17,7 +17,7 @@ use quiver_engine::store::{OwnedDir, owned};
 use quiver_flight::center::{self, CenterConfig};
 use quiver_flight::protocol::{ClusterStatus, WorkerStatus};
 use quiver_flight::worker::{self, WorkerConfig};
-use quiver_flight::{client::RemoteBackend, net};
+use quiver_flight::{client::RemoteBackend, memory, net};
 
 /// The allocator a binary that calls [`main`] declares: a worker's large
 /// allocations go to shared memory, so peers on this host map its results
@@ -245,15 +245,21 @@ pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// pages the kernel must fault in and zero again. (mimalloc hands an arena's
 /// free memory back all at once, the delay after the first free since it
 /// last did, so later frees are kept for less.) Under memory pressure the
-/// worker hands it all back at once (`worker::set_allocator_trim`).
+/// worker hands it all back at once, and so does an idle one
+/// (`memory::IdleTrim`).
 pub fn keep_freed_memory() {
+    let delay = memory::KEEP_FREED.as_millis() as std::os::raw::c_long;
     // SAFETY: called before the process starts any thread (mi_option_set is
     // not thread-safe); the option is an integer, any value is valid.
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5000);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay);
     }
+}
+
+/// Makes mimalloc's collect this process's way to hand its free memory back.
+pub fn trim_with_mimalloc() {
     // SAFETY: mi_collect takes no pointer and may run on any thread.
-    worker::set_allocator_trim(|| unsafe { libmimalloc_sys::mi_collect(true) });
+    memory::set_allocator_trim(|| unsafe { libmimalloc_sys::mi_collect(true) });
 }
 
 /// The IO runtime: network work only (kernels run on the executor's threads),
@@ -646,6 +652,7 @@ pub fn main(ops: OpRegistry) -> ExitCode {
         eprintln!("quiver: {e}");
         return ExitCode::FAILURE;
     }
+    trim_with_mimalloc();
     let result: Result<(), String> = match cli.command {
         Cmd::Center {
             host,

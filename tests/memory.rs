@@ -149,3 +149,37 @@ fn a_full_spill_disk_keeps_data_in_memory_and_leaves_no_partial_file() {
     );
     assert!(left.is_empty(), "partial spill files remain: {left:?}");
 }
+
+/// Resident bytes of process `pid`, from /proc.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+    kib.unwrap_or(0) * 1024
+}
+
+#[test]
+fn an_idle_cluster_hands_back_the_memory_a_big_put_used() {
+    let cluster = TestCluster::start(1, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    // 256 MiB through the center (which decodes and sends it on) to the worker.
+    let values = arrow::array::Float64Array::from(vec![1.5; 32 << 20]);
+    let data = client
+        .scatter(quiver::chunk::from_array(std::sync::Arc::new(values)))
+        .unwrap();
+    let center = cluster.center_pid();
+    let worker = || cluster.worker_statuses()[0].1.rss_bytes;
+    assert!(rss_of(center) > 200 * MIB && worker() > 200 * MIB);
+    drop(data);
+    // Memory kept for reuse is handed back once nothing has happened for 5 s.
+    let start = std::time::Instant::now();
+    let (mut c, mut w) = (rss_of(center), worker());
+    while (c > 100 * MIB || w > 100 * MIB) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(250));
+        (c, w) = (rss_of(center), worker());
+    }
+    assert!(c <= 100 * MIB, "the center still holds {} MiB", c / MIB);
+    assert!(w <= 100 * MIB, "the worker still holds {} MiB", w / MIB);
+}

@@ -15,7 +15,7 @@ use common::TestCluster;
 use futures::{StreamExt, TryStreamExt};
 use quiver::flight::net::FlightClient;
 use quiver::flight::protocol::{
-    Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report, SESSION_HEADER,
+    Commands, Finished, LOCATE_HEADER, PROTOCOL_VERSION, Report, SESSION_HEADER, Stored,
 };
 use quiver::flight::{codec, net};
 use tonic::{Code, Request, Response, Streaming};
@@ -528,8 +528,11 @@ impl FlightService for FakeWorker {
         // Takes the chunk, `delay` later, without keeping it.
         req.into_inner().try_collect::<Vec<_>>().await?;
         tokio::time::sleep(self.delay).await;
+        let stored = serde_json::to_vec(&Stored { nbytes: 8 }).expect("reply");
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-            PutResult::default(),
+            PutResult {
+                app_metadata: stored.into(),
+            },
         )]))))
     }
     async fn do_action(

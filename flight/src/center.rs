@@ -17,8 +17,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codec;
 use crate::error::{Error, Result, engine_status};
+use crate::memory::{self, IdleTrim};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
 use crate::service::{
@@ -27,7 +27,7 @@ use crate::service::{
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
-use quiver_engine::{Chunk, Key, OpRegistry, Submission};
+use quiver_engine::{Key, OpRegistry, Submission};
 
 /// How a center is started.
 #[derive(Clone, Debug)]
@@ -777,8 +777,7 @@ impl CenterCore {
         self: Arc<Self>,
         client: ClientId,
         key: Key,
-        chunk: Chunk,
-        descriptor: FlightDescriptor,
+        msgs: Vec<FlightData>,
     ) -> Result<u64, Status> {
         let (worker, address, after) = {
             let mut st = self.lock();
@@ -792,23 +791,26 @@ impl CenterCore {
             })?;
             target
         };
-        let nbytes = quiver_engine::chunk::nbytes(&chunk) as u64;
         let placed = async {
-            let mut msgs = codec::encode(&chunk, None).map_err(Status::from)?;
-            msgs[0].flight_descriptor = Some(descriptor);
             let mut wc = self.worker_client(&address).await?;
             // The worker may still hold the key's earlier chunk, its free on the way.
             let mut put = Request::new(stream::iter(msgs));
             (put.metadata_mut()).insert(AFTER_HEADER, after.into());
-            let replies = wc.do_put(put).await?.into_inner();
-            replies.try_collect::<Vec<_>>().await
+            let mut replies = wc.do_put(put).await?.into_inner();
+            let reply = replies.message().await?.unwrap_or_default();
+            serde_json::from_slice::<Stored>(&reply.app_metadata)
+                .map(|s| s.nbytes)
+                .map_err(|e| Status::internal(format!("the worker's reply to a put: {e}")))
         };
         let placed = placed.await;
         let mut st = self.lock();
-        if let Err(e) = placed {
-            st.scheduler.unreserve(&key);
-            return Err(e);
-        }
+        let nbytes = match placed {
+            Ok(nbytes) => nbytes,
+            Err(e) => {
+                st.scheduler.unreserve(&key);
+                return Err(e);
+            }
+        };
         self.handle(
             &mut st,
             Event::Scatter {
@@ -1053,13 +1055,13 @@ impl FlightService for CenterService {
             let mut st = self.0.lock();
             self.0.client_of(&mut st, &req)
         };
-        let (key, descriptor, msgs) = read_put(req).await?;
-        // Check the data before placing it anywhere: a corrupt stream is refused here.
-        let (chunk, _) = codec::decode_one(msgs, key.as_str())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (key, descriptor, mut msgs) = read_put(req).await?;
+        // Sent on as it came: the worker checks it, and a corrupt stream's
+        // error comes back from there.
+        msgs[0].flight_descriptor = Some(descriptor);
         // Its own task: a client that hangs up mid-placement must not leave
         // the key reserved, or a placed chunk unrecorded.
-        let placing = tokio::spawn((self.0.clone()).put(client, key.clone(), chunk, descriptor));
+        let placing = tokio::spawn((self.0.clone()).put(client, key.clone(), msgs));
         let nbytes = placing
             .await
             .map_err(|e| Status::internal(format!("the put of '{key}' failed: {e}")))??;
@@ -1223,9 +1225,12 @@ pub async fn run(
         let core = core.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut idle = IdleTrim::new(memory::KEEP_FREED);
             loop {
                 every.tick().await;
                 core.tick();
+                // A put or a proxied get leaves its chunk's memory with the allocator.
+                idle.tick(core.lock().scheduler.transitions());
             }
         })
     };

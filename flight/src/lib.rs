@@ -4,6 +4,7 @@
 //! - [`tls`]: rustls on every connection.
 //! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
 //! - [`codec`]: chunks as Flight messages, without per-value encoding.
+//! - [`memory`]: resident memory, and the allocator's free memory handed back.
 //! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
 //! - [`service`]: what the center's and workers' Flight services share.
 //! - [`center`]: the scheduler process, driving the engine's state machine.
@@ -16,6 +17,7 @@ pub mod client;
 pub mod codec;
 pub mod direct;
 pub mod error;
+pub mod memory;
 pub mod net;
 pub mod protocol;
 pub mod service;

@@ -320,6 +320,13 @@ pub fn resolve(task: RunTask, holders: &[Arc<Holder>]) -> RunTask<Arc<Holder>> {
         .unwrap_or_else(|e| match e {})
 }
 
+/// A worker's reply to the center's `DoPut` (its one `PutResult`'s `app_metadata`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stored {
+    /// The chunk's size in memory.
+    pub nbytes: u64,
+}
+
 /// `free` body.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Free {

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::memory::{self, IdleTrim, anon_rss, trim_allocator};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
 use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse, ticket_key};
@@ -65,56 +66,6 @@ pub struct WorkerConfig {
     pub center_patience: Duration,
     /// The ops it runs; the center refuses a worker that lacks any of its own.
     pub ops: Arc<OpRegistry>,
-}
-
-/// Sets how this process hands its allocator's free memory back to the
-/// kernel at once, for the memory monitor to call under pressure before it
-/// counts resident memory against the limit. The binary that picks the
-/// allocator sets it (the `quiver` binary's keeps freed memory for reuse a
-/// while); without it, resident memory is taken as it is.
-pub fn set_allocator_trim(trim: fn()) {
-    let _ = TRIM.set(trim);
-}
-
-static TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
-
-/// Runs the trim set by [`set_allocator_trim`], if any.
-pub fn trim_allocator() {
-    if let Some(trim) = TRIM.get() {
-        trim();
-    }
-}
-
-pub use memory::anon_rss;
-
-/// The process's resident memory, from /proc (0 where unavailable).
-mod memory {
-    fn status_kib(field: &str) -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    /// Resident bytes now.
-    pub fn rss() -> u64 {
-        status_kib("VmRSS:") * 1024
-    }
-
-    /// Resident anonymous bytes: the pressure that matters. Mapped spill
-    /// files count in RSS too, but the kernel can drop those pages at will.
-    pub fn anon_rss() -> u64 {
-        status_kib("RssAnon:") * 1024
-    }
-
-    /// The most resident bytes so far.
-    pub fn peak_rss() -> u64 {
-        status_kib("VmHWM:") * 1024
-    }
 }
 
 /// Chunks smaller than this go over Flight even on one host: a file per tiny
@@ -225,6 +176,25 @@ impl WorkerCore {
                 shm_received: r.shm_received.load(Ordering::Relaxed),
             },
         }
+    }
+
+    /// A count that moves whenever this worker does anything: runs a task,
+    /// sends or receives a chunk, stores, frees or spills one, takes commands.
+    fn work(&self) -> u64 {
+        let (s, r) = (self.store.stats(), &self.routes);
+        [
+            s.keys as u64,
+            s.memory_bytes,
+            s.spilled_bytes,
+            self.running.load(Ordering::Relaxed) as u64,
+            r.flight_sent.load(Ordering::Relaxed),
+            r.flight_received.load(Ordering::Relaxed),
+            r.shm_sent.load(Ordering::Relaxed),
+            r.shm_received.load(Ordering::Relaxed),
+            *self.applied.borrow(),
+        ]
+        .into_iter()
+        .fold(0, u64::wrapping_add)
     }
 
     /// Where this worker listens.
@@ -743,7 +713,7 @@ impl FlightService for WorkerService {
             }
         }
         self.0.store.put(key, c);
-        let body = serde_json::to_vec(&serde_json::json!({ "nbytes": n })).unwrap_or_default();
+        let body = serde_json::to_vec(&Stored { nbytes: n as u64 }).unwrap_or_default();
         Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
             app_metadata: body.into(),
         })]))))
@@ -1073,8 +1043,10 @@ fn fraction_of(limit: u64, fraction: f64) -> usize {
 /// counts what the store does not see (task temporaries, allocator slack).
 async fn memory_monitor(core: Arc<WorkerCore>, pause_at: usize, spill_to: usize) {
     let mut paused = false;
+    let mut idle = IdleTrim::new(memory::KEEP_FREED);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        idle.tick(core.work());
         let mut rss = anon_rss() as usize;
         if rss > pause_at {
             // Memory freed and kept for reuse is no pressure.

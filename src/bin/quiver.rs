@@ -14,7 +14,7 @@ mod tests {
     // Here, not in `quiver::cli`: it needs mimalloc as this binary's allocator.
     #[test]
     fn freed_memory_is_kept_for_reuse_and_handed_back_on_a_trim() {
-        use quiver::flight::worker::{anon_rss, trim_allocator};
+        use quiver::flight::memory::{anon_rss, trim_allocator};
         // Option 15 is mimalloc's purge delay exactly if it starts at that
         // option's documented default (1000 ms) and takes the new value.
         // SAFETY: reads an integer option; any option number is accepted.
@@ -23,6 +23,7 @@ mod tests {
             assert_eq!(get(), 1000);
         }
         quiver::cli::keep_freed_memory();
+        quiver::cli::trim_with_mimalloc();
         assert_eq!(get(), 5000);
         const BIG: usize = 256 << 20;
         let before = anon_rss();
