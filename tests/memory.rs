@@ -150,26 +150,48 @@ fn a_full_spill_disk_keeps_data_in_memory_and_leaves_no_partial_file() {
     assert!(left.is_empty(), "partial spill files remain: {left:?}");
 }
 
-/// Resident bytes of process `pid`, from /proc.
-fn rss_of(pid: u32) -> u64 {
+/// Bytes of process `pid` under `field` ("VmRSS:", "VmHWM:") in /proc.
+fn proc_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
     kib.unwrap_or(0) * 1024
 }
 
+fn rss_of(pid: u32) -> u64 {
+    proc_bytes(pid, "VmRSS:")
+}
+
 #[test]
-fn an_idle_cluster_hands_back_the_memory_a_big_put_used() {
+fn a_put_passes_the_center_in_one_copy_and_lands_aligned_and_the_idle_cluster_hands_back_its_memory()
+ {
     let cluster = TestCluster::start(1, &[]);
     let client = Client::connect(&cluster.address).unwrap();
-    // 256 MiB through the center (which decodes and sends it on) to the worker.
-    let values = arrow::array::Float64Array::from(vec![1.5; 32 << 20]);
+    let center = cluster.center_pid();
+    let before = proc_bytes(center, "VmHWM:");
+    // 256 MiB through the center, which passes it on as it came, to the worker.
+    const CHUNK: u64 = 256 * MIB;
+    let values = arrow::array::Float64Array::from(vec![1.5; CHUNK as usize / 8]);
     let data = client
         .scatter(quiver::chunk::from_array(std::sync::Arc::new(values)))
         .unwrap();
-    let center = cluster.center_pid();
+    // The center held the message tonic received, and sent it on uncopied.
+    let peak = proc_bytes(center, "VmHWM:") - before;
+    assert!(
+        peak < CHUNK * 3 / 2,
+        "the center's peak grew {} MiB",
+        peak / MIB
+    );
+    // The worker read the body into an aligned buffer: no copy to realign it.
+    let (_, status) = cluster.worker_statuses().remove(0);
+    assert!(
+        status.routes.flight_received >= CHUNK,
+        "{:?}",
+        status.routes
+    );
+    assert_eq!(status.routes.flight_realigned, 0, "{:?}", status.routes);
     let worker = || cluster.worker_statuses()[0].1.rss_bytes;
     assert!(rss_of(center) > 200 * MIB && worker() > 200 * MIB);
     drop(data);

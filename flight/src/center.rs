@@ -15,8 +15,10 @@ use arrow_flight::{
 use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::codec;
 use crate::error::{Error, Result, engine_status};
 use crate::memory::{self, IdleTrim};
 use crate::net::{self, FlightClient};
@@ -77,7 +79,7 @@ struct WorkerLink {
     /// list): kept apart from the `commands` exchange, so that proxied data
     /// does not hold up commands and reports, and made once, so that no such
     /// call pays for a connection.
-    client: FlightClient,
+    channel: Channel,
     /// Dropped with the link, which ends the calls made to the worker through
     /// [`CenterCore::ask_holders`]: a worker removed as silent may still hold
     /// its connections open (a stopped process), and those calls would wait forever.
@@ -275,21 +277,29 @@ impl CenterCore {
         entry.0
     }
 
-    /// A client to the worker at `address`: its link's, or a new connection
-    /// for an address that is not a worker's now.
+    /// A client to the worker at `address`: on its link's channel, or a new
+    /// connection for an address that is not a worker's now.
     async fn worker_client(&self, address: &str) -> Result<FlightClient, Status> {
-        match self.linked_client(address) {
-            Some((client, _)) => Ok(client),
-            None => net::connect(address).await.map_err(Status::from),
+        Ok(net::client(self.worker_channel(address).await?))
+    }
+
+    /// The channel to the worker at `address`, as [`Self::worker_client`].
+    async fn worker_channel(&self, address: &str) -> Result<Channel, Status> {
+        let linked = (self.lock().workers.values())
+            .find(|l| l.info.address == address)
+            .map(|l| l.channel.clone());
+        match linked {
+            Some(channel) => Ok(channel),
+            None => net::channel(address).await.map_err(Status::from),
         }
     }
 
-    /// The link's client to the current worker at `address`, with a receiver
-    /// whose `changed()` fails once that worker is removed.
+    /// A client on the link's channel to the current worker at `address`,
+    /// with a receiver whose `changed()` fails once that worker is removed.
     fn linked_client(&self, address: &str) -> Option<(FlightClient, watch::Receiver<()>)> {
         (self.lock().workers.values())
             .find(|l| l.info.address == address)
-            .map(|l| (l.client.clone(), l.gone.subscribe()))
+            .map(|l| (net::client(l.channel.clone()), l.gone.subscribe()))
     }
 
     fn register(self: &Arc<Self>, reg: Register) -> Result<Registered, Status> {
@@ -310,7 +320,7 @@ impl CenterCore {
                 missing.join(", ")
             )));
         }
-        let client = net::lazy_client(&reg.address).map_err(Status::from)?;
+        let channel = net::lazy_channel(&reg.address).map_err(Status::from)?;
         let mut st = self.lock();
         let worker = st.next_worker;
         st.next_worker += 1;
@@ -333,7 +343,7 @@ impl CenterCore {
                 info: info.clone(),
                 tx,
                 sent: 0,
-                client,
+                channel,
                 gone: watch::Sender::new(()),
                 status: WorkerStatus::default(),
                 task_micros: QUEUED_WORK_MICROS,
@@ -792,13 +802,14 @@ impl CenterCore {
             target
         };
         let placed = async {
-            let mut wc = self.worker_client(&address).await?;
+            let channel = self.worker_channel(&address).await?;
+            // Sent on as the slices they came in.
+            let msgs = msgs.into_iter().map(codec::Message::from).collect();
             // The worker may still hold the key's earlier chunk, its free on the way.
-            let mut put = Request::new(stream::iter(msgs));
-            (put.metadata_mut()).insert(AFTER_HEADER, after.into());
-            let mut replies = wc.do_put(put).await?.into_inner();
-            let reply = replies.message().await?.unwrap_or_default();
-            serde_json::from_slice::<Stored>(&reply.app_metadata)
+            let after = [(AFTER_HEADER, after.to_string())];
+            let replies = crate::direct::put(channel, msgs, &after).await?;
+            let reply = replies.into_iter().next().unwrap_or_default();
+            serde_json::from_slice::<Stored>(&reply)
                 .map(|s| s.nbytes)
                 .map_err(|e| Status::internal(format!("the worker's reply to a put: {e}")))
         };

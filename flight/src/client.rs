@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_flight::FlightDescriptor;
-use futures::{TryStreamExt, stream};
+use futures::TryStreamExt;
 use rustc_hash::FxHashMap;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -41,6 +41,9 @@ pub struct RemoteBackend {
 #[derive(Clone)]
 struct Session {
     center: FlightClient,
+    /// The channel `center` calls on, for calls made beneath tonic.
+    channel: Channel,
+    id: String,
     header: tonic::metadata::MetadataMap,
 }
 
@@ -149,7 +152,8 @@ impl RemoteBackend {
                 context: "client runtime".into(),
                 source: e,
             })?;
-        let mut center = rt.block_on(net::connect(address))?;
+        let channel = rt.block_on(net::channel(address))?;
+        let mut center = net::client(channel.clone());
         // Check it is a Quiver center of our protocol before going on.
         let status = rt.block_on(net::probe_center(&mut center, address))?;
         if status.protocol_version != PROTOCOL_VERSION {
@@ -163,7 +167,12 @@ impl RemoteBackend {
         if let Ok(v) = id.parse() {
             header.insert(SESSION_HEADER, v);
         }
-        let session = Session { center, header };
+        let session = Session {
+            center,
+            channel,
+            id,
+            header,
+        };
         let releases = Releases {
             session: session.clone(),
             pending: Arc::default(),
@@ -318,14 +327,12 @@ impl Backend for RemoteBackend {
         self.rt
             .block_on(async {
                 self.releases.flush().await;
-                let mut msgs = codec::encode(&chunk, None)?;
-                msgs[0].flight_descriptor = Some(FlightDescriptor::new_path(vec![key.to_string()]));
-                let mut c = self.session.center.clone();
-                let r = c.do_put(self.session.request(stream::iter(msgs))).await;
-                let s = r
-                    .map_err(|s| Error::remote(format!("put '{key}'"), s))?
-                    .into_inner();
-                s.try_collect::<Vec<_>>()
+                // Sent as the chunk's own buffers, uncopied.
+                let mut msgs = codec::encode_messages(&chunk, None)?;
+                let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
+                msgs[0].head.flight_descriptor = Some(descriptor);
+                let session = [(SESSION_HEADER, self.session.id.clone())];
+                crate::direct::put(self.session.channel.clone(), msgs, &session)
                     .await
                     .map_err(|s| Error::remote(format!("put '{key}'"), s))?;
                 Ok(())

@@ -51,6 +51,17 @@ impl Message {
     }
 }
 
+impl From<FlightData> for Message {
+    /// Its body as one slice, uncopied.
+    fn from(mut m: FlightData) -> Self {
+        let body = std::mem::take(&mut m.data_body);
+        Message {
+            head: m,
+            body: if body.is_empty() { vec![] } else { vec![body] },
+        }
+    }
+}
+
 /// The Flight messages of one chunk, bodies uncopied: its schema, any
 /// dictionaries, then its batch.
 pub fn encode_messages(chunk: &Chunk, spilled: Option<&Bytes>) -> Result<Vec<Message>> {

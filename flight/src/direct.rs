@@ -1,11 +1,13 @@
-//! `DoGet` beneath tonic, both ends. Serving: each message's IPC body goes to
-//! the transport as the slices it already is (the chunk's own buffers, or a
-//! slice of its mapped spill file), where tonic's prost encoder would first
-//! copy it into a fresh buffer of its own. Fetching: a large body is copied
-//! once, from the transport's frames into a 64-byte-aligned buffer of its exact
-//! size, where tonic would grow a buffer of its own and the arrays, landing
-//! unaligned in it, would need a second copy. Every other call goes through
-//! the generated Flight service; both ends speak ordinary gRPC.
+//! `DoGet` and `DoPut` beneath tonic, both ends. Sending (a `DoGet`'s
+//! answer, a `DoPut`'s stream): each message's IPC body goes to the transport
+//! as the slices it already is (the chunk's own buffers, a slice of its mapped
+//! spill file, or of the buffer a put arrived in), where tonic's prost encoder
+//! would first copy it into a fresh buffer of its own. Receiving: a large body
+//! is copied once, from the transport's frames into a 64-byte-aligned buffer
+//! of its exact size, where tonic would grow a buffer of its own and the
+//! arrays, landing unaligned in it, would need a second copy. Every other
+//! call goes through the generated Flight service; both ends speak ordinary
+//! gRPC.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,8 +31,9 @@ use crate::auth::AddToken;
 use crate::codec;
 use crate::worker::WorkerCore;
 
-/// The route served here.
+/// The routes served here.
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 /// Protobuf tag of `FlightData.data_body` (field 1000, length-delimited).
 const BODY_TAG: u64 = (1000 << 3) | 2;
 /// A ticket is a key: anything larger is not a `DoGet` request of ours.
@@ -39,7 +42,7 @@ const MAX_REQUEST: usize = 1 << 20;
 /// smaller messages are decoded whole by prost.
 const DIRECT_BODY: usize = 64 << 10;
 
-/// Wraps the worker's Flight service, answering `DoGet` itself.
+/// Wraps the worker's Flight service, answering `DoGet` and `DoPut` itself.
 #[derive(Clone)]
 pub struct DirectGet<S> {
     inner: S,
@@ -47,7 +50,7 @@ pub struct DirectGet<S> {
 }
 
 impl<S> DirectGet<S> {
-    /// `inner` serves everything but `DoGet`, which `core` answers.
+    /// `inner` serves everything but `DoGet` and `DoPut`, which `core` answers.
     pub fn new(inner: S, core: Arc<WorkerCore>) -> Self {
         DirectGet { inner, core }
     }
@@ -75,12 +78,23 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != DO_GET {
-            let call = self.inner.call(req);
-            return Box::pin(async move { call.await.map(|r| r.map(Body::new)) });
-        }
         let core = self.core.clone();
-        Box::pin(async move { Ok(do_get(core, req).await.unwrap_or_else(Status::into_http)) })
+        match req.uri().path() {
+            DO_GET => {
+                Box::pin(
+                    async move { Ok(do_get(core, req).await.unwrap_or_else(Status::into_http)) },
+                )
+            }
+            DO_PUT => {
+                Box::pin(
+                    async move { Ok(do_put(core, req).await.unwrap_or_else(Status::into_http)) },
+                )
+            }
+            _ => {
+                let call = self.inner.call(req);
+                Box::pin(async move { call.await.map(|r| r.map(Body::new)) })
+            }
+        }
     }
 }
 
@@ -113,11 +127,43 @@ async fn do_get(
         None => return Err(Status::invalid_argument("an empty DoGet request")),
     };
     let key = crate::service::ticket_key(&ticket)?;
-    let msgs = core.get_messages(key)?;
+    answer(core.get_messages(key)?)
+}
+
+/// A `DoPut` read frame by frame, its large bodies landing aligned, then
+/// stored as the worker's `DoPut` stores it. A stream its sender cut off
+/// fails here as the transport's error, never as a shorter chunk.
+async fn do_put(
+    core: Arc<WorkerCore>,
+    req: http::Request<Body>,
+) -> Result<http::Response<Body>, Status> {
+    crate::auth::check_header(req.headers().get("authorization").map(|v| v.as_bytes()))?;
+    let after = req.headers().get(crate::protocol::AFTER_HEADER);
+    let after = crate::worker::after_of(after.map(|v| v.as_bytes()))?;
+    let mut reader = Reader::new(req.into_body());
+    let mut msgs = Vec::new();
+    while let Some(len) = reader.next_message().await? {
+        msgs.push(reader.message(len).await?);
+    }
+    let (key, _) = crate::service::put_key(&mut msgs)?;
+    let stored = core.store_put(key, msgs, after).await?;
+    let reply = arrow_flight::PutResult {
+        app_metadata: serde_json::to_vec(&stored).unwrap_or_default().into(),
+    };
+    respond(vec![Frame::data(grpc_message(&reply))])
+}
+
+/// A response of `msgs` as gRPC messages, then the trailers of success.
+fn answer(msgs: Vec<codec::Message>) -> Result<http::Response<Body>, Status> {
     let mut frames = Vec::with_capacity(2 * msgs.len() + 1);
     for m in msgs {
         frames.extend(frame(m)?);
     }
+    respond(frames)
+}
+
+/// A response of `frames`, whole gRPC messages, then the trailers of success.
+fn respond(mut frames: Vec<Frame<Bytes>>) -> Result<http::Response<Body>, Status> {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     frames.push(Frame::trailers(trailers));
@@ -127,7 +173,16 @@ async fn do_get(
     http::Response::builder()
         .header("content-type", "application/grpc")
         .body(Body::new(body))
-        .map_err(|e| Status::internal(format!("DoGet response: {e}")))
+        .map_err(|e| Status::internal(format!("a response: {e}")))
+}
+
+/// `m` as one gRPC message: its length prefix, then its encoding.
+fn grpc_message(m: &impl Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + m.encoded_len());
+    out.put_u8(0);
+    out.put_u32(m.encoded_len() as u32);
+    m.encode(&mut out).expect("the buffer was sized to fit");
+    out.freeze()
 }
 
 /// One message as a gRPC message: a small head (length prefix, the other
@@ -193,19 +248,60 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
     let ticket = Ticket {
         ticket: Bytes::copy_from_slice(ticket),
     };
-    let mut request = BytesMut::with_capacity(5 + ticket.encoded_len());
-    request.put_u8(0);
-    request.put_u32(ticket.encoded_len() as u32);
-    ticket
-        .encode(&mut request)
-        .map_err(|e| Status::internal(format!("encoding a ticket: {e}")))?;
-    let request = http::Request::builder()
+    let request = Body::new(Full::new(grpc_message(&ticket)));
+    let mut reader = call(channel, DO_GET, &[], request).await?;
+    let mut messages = Vec::new();
+    while let Some(len) = reader.next_message().await? {
+        messages.push(reader.message(len).await?);
+    }
+    reader.outcome()?;
+    Ok(messages)
+}
+
+/// `DoPut` of `msgs` to the Flight service on `channel`, with `headers`,
+/// each body sent as its slices; the replies' `app_metadata`.
+pub async fn put(
+    channel: Channel,
+    msgs: Vec<codec::Message>,
+    headers: &[(&'static str, String)],
+) -> Result<Vec<Bytes>, Status> {
+    let mut frames = Vec::with_capacity(2 * msgs.len());
+    for m in msgs {
+        frames.extend(frame(m)?);
+    }
+    let request = Body::new(StreamBody::new(futures::stream::iter(
+        frames.into_iter().map(Ok::<_, Infallible>),
+    )));
+    let mut reader = call(channel, DO_PUT, headers, request).await?;
+    let mut replies = Vec::new();
+    while let Some(len) = reader.next_message().await? {
+        let reply = arrow_flight::PutResult::decode(reader.take(len).await?)
+            .map_err(|e| Status::internal(format!("not a Flight PutResult: {e}")))?;
+        replies.push(reply.app_metadata);
+    }
+    reader.outcome()?;
+    Ok(replies)
+}
+
+/// Calls `path` on `channel` with `body` and `headers` (and the process's
+/// token); a reader of the answer's messages.
+async fn call(
+    channel: Channel,
+    path: &'static str,
+    headers: &[(&'static str, String)],
+    body: Body,
+) -> Result<Reader, Status> {
+    let mut request = http::Request::builder()
         .method(http::Method::POST)
-        .uri(DO_GET)
+        .uri(path)
         .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Body::new(Full::new(request.freeze())))
-        .map_err(|e| Status::internal(format!("DoGet request: {e}")))?;
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let request = request
+        .body(body)
+        .map_err(|e| Status::internal(format!("a request of {path}: {e}")))?;
     let mut svc = InterceptedService::new(channel, AddToken::from_process());
     futures::future::poll_fn(|cx| svc.poll_ready(cx))
         .await
@@ -223,21 +319,44 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
     }
     if parts.status != http::StatusCode::OK {
         return Err(Status::unknown(format!(
-            "DoGet answered with HTTP status {}",
+            "{path} answered with HTTP status {}",
             parts.status
         )));
     }
-    let mut reader = Reader {
-        body: Body::new(body),
-        current: Bytes::new(),
-        trailers: None,
-    };
-    let mut messages = Vec::new();
-    while reader.more().await? {
-        let prefix = reader.take(5).await?;
+    let mut reader = Reader::new(Body::new(body));
+    reader.headers = parts.headers;
+    Ok(reader)
+}
+
+/// Reads a gRPC body frame by frame.
+struct Reader {
+    body: Body,
+    /// The unread rest of the current data frame.
+    current: Bytes,
+    /// A response's headers, where a status may come instead of trailers.
+    headers: http::HeaderMap,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Reader {
+    fn new(body: Body) -> Self {
+        Reader {
+            body,
+            current: Bytes::new(),
+            headers: http::HeaderMap::new(),
+            trailers: None,
+        }
+    }
+
+    /// The length of the next message, read from its prefix; `None` at the end.
+    async fn next_message(&mut self) -> Result<Option<usize>, Status> {
+        if !self.more().await? {
+            return Ok(None);
+        }
+        let prefix = self.take(5).await?;
         if prefix[0] != 0 {
-            return Err(Status::internal(
-                "DoGet answered with a compressed message; none was asked for",
+            return Err(Status::unimplemented(
+                "a compressed message: none was asked for; send identity encoding",
             ));
         }
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
@@ -247,27 +366,20 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
                 "a message of {len} bytes is over the limit of {limit} bytes"
             )));
         }
-        messages.push(reader.message(len).await?);
+        Ok(Some(len))
     }
-    let trailers = reader.trailers.unwrap_or_default();
-    match Status::from_header_map(&trailers).or_else(|| Status::from_header_map(&parts.headers)) {
-        Some(status) if status.code() == Code::Ok => Ok(messages),
-        Some(status) => Err(status),
-        None => Err(Status::internal(
-            "the DoGet response ended without a status",
-        )),
+
+    /// The answer's status, once its messages are read.
+    fn outcome(self) -> Result<(), Status> {
+        let trailers = self.trailers.unwrap_or_default();
+        match Status::from_header_map(&trailers).or_else(|| Status::from_header_map(&self.headers))
+        {
+            Some(status) if status.code() == Code::Ok => Ok(()),
+            Some(status) => Err(status),
+            None => Err(Status::internal("the answer ended without a status")),
+        }
     }
-}
 
-/// Reads a gRPC response body frame by frame.
-struct Reader {
-    body: Body,
-    /// The unread rest of the current data frame.
-    current: Bytes,
-    trailers: Option<http::HeaderMap>,
-}
-
-impl Reader {
     /// Whether data follows (false at the trailers or the end).
     async fn more(&mut self) -> Result<bool, Status> {
         while self.current.is_empty() {
@@ -290,9 +402,7 @@ impl Reader {
         if self.more().await? {
             Ok(())
         } else {
-            Err(Status::internal(
-                "the DoGet response ended inside a message",
-            ))
+            Err(Status::internal("the stream ended inside a message"))
         }
     }
 
@@ -329,7 +439,7 @@ impl Reader {
                 return Ok((value, i + 1));
             }
         }
-        Err(Status::internal("a malformed varint in a DoGet message"))
+        Err(Status::internal("a malformed varint in a Flight message"))
     }
 
     /// The next `n` bytes in a 64-byte-aligned buffer of exactly that size:
@@ -356,7 +466,7 @@ impl Reader {
             return FlightData::decode(bytes)
                 .map_err(|e| Status::internal(format!("not a FlightData message: {e}")));
         }
-        let bad = || Status::internal("a DoGet message's fields overrun its length");
+        let bad = || Status::internal("a Flight message's fields overrun its length");
         let mut rest = BytesMut::new();
         let mut body = None;
         let mut left = len;
@@ -392,7 +502,7 @@ impl Reader {
                         rest.extend_from_slice(&self.take(l).await?);
                     }
                 }
-                _ => return Err(Status::internal("an unknown wire type in a DoGet message")),
+                _ => return Err(Status::internal("an unknown wire type in a Flight message")),
             }
         }
         let mut m = FlightData::decode(rest.freeze())
@@ -501,11 +611,7 @@ mod tests {
             .chunks(size)
             .map(|c| Ok::<_, Status>(Frame::data(Bytes::copy_from_slice(c))))
             .collect();
-        Reader {
-            body: Body::new(StreamBody::new(futures::stream::iter(frames))),
-            current: Bytes::new(),
-            trailers: None,
-        }
+        Reader::new(Body::new(StreamBody::new(futures::stream::iter(frames))))
     }
 
     #[tokio::test]

@@ -142,7 +142,13 @@ pub async fn channel(address: &str) -> Result<Channel> {
 /// A Flight client on a tuned channel to `address` that connects on its
 /// first call, and again after a failure.
 pub fn lazy_client(address: &str) -> Result<FlightClient> {
-    Ok(client(endpoint(address)?.0.connect_lazy()))
+    Ok(client(lazy_channel(address)?))
+}
+
+/// A tuned channel to `address` that connects on its first call, and again
+/// after a failure.
+pub fn lazy_channel(address: &str) -> Result<Channel> {
+    Ok(endpoint(address)?.0.connect_lazy())
 }
 
 /// The tuned endpoint for `address`, and its `host:port`.

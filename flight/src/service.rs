@@ -172,9 +172,15 @@ pub async fn read_put(
             "the put's stream was cut off before its end: nothing was kept",
         ));
     }
+    let (key, descriptor) = put_key(&mut msgs)?;
+    Ok((key, descriptor, msgs))
+}
+
+/// A put's key and descriptor, taken from its first message.
+pub fn put_key(msgs: &mut [FlightData]) -> Result<(Key, FlightDescriptor), Status> {
     let descriptor = msgs.first_mut().and_then(|m| m.flight_descriptor.take());
     let descriptor = descriptor.ok_or_else(|| {
         Status::invalid_argument("the first message of a DoPut must carry a PATH descriptor [key]")
     })?;
-    Ok((descriptor_key(&descriptor)?, descriptor, msgs))
+    Ok((descriptor_key(&descriptor)?, descriptor))
 }

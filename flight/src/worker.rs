@@ -68,6 +68,17 @@ pub struct WorkerConfig {
     pub ops: Arc<OpRegistry>,
 }
 
+/// The count a put names in [`AFTER_HEADER`], if it names one.
+pub(crate) fn after_of(value: Option<&[u8]>) -> Result<Option<u64>, Status> {
+    value
+        .map(|v| {
+            (std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| Status::invalid_argument(format!("{AFTER_HEADER} must be a count")))
+        })
+        .transpose()
+}
+
 /// Chunks smaller than this go over Flight even on one host: a file per tiny
 /// chunk costs more than the copy it saves.
 const SHM_MIN_BYTES: u64 = 64 << 10;
@@ -195,6 +206,40 @@ impl WorkerCore {
         ]
         .into_iter()
         .fold(0, u64::wrapping_add)
+    }
+
+    /// Stores a put's chunk under `key`. Given `after`, once the center's
+    /// commands up to that count are applied: it may have just freed an
+    /// earlier chunk of the key, and that free must not drop this one.
+    pub(crate) async fn store_put(
+        &self,
+        key: Key,
+        msgs: Vec<FlightData>,
+        after: Option<u64>,
+    ) -> Result<Stored, Status> {
+        let (c, decoded) = codec::decode_one(msgs, key.as_str()).map_err(Status::from)?;
+        self.routes.count_flight_in(&decoded);
+        let n = chunk::nbytes(&c);
+        if let Some(after) = after {
+            let mut applied = self.applied.subscribe();
+            let caught_up = applied.wait_for(|seq| *seq >= after);
+            if tokio::time::timeout(net::ACTION_TIMEOUT, caught_up)
+                .await
+                .is_err()
+            {
+                return Err(Status::unavailable(format!(
+                    "put '{key}': the center's commands before it did not arrive"
+                )));
+            }
+            // Its earlier chunk's free applied, a chunk held is another's.
+            if self.store.contains(&key) {
+                return Err(Status::already_exists(format!(
+                    "key '{key}' is held here already"
+                )));
+            }
+        }
+        self.store.put(key, c);
+        Ok(Stored { nbytes: n as u64 })
     }
 
     /// Where this worker listens.
@@ -680,40 +725,11 @@ impl FlightService for WorkerService {
         &self,
         req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let after = match req.metadata().get(AFTER_HEADER) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        Status::invalid_argument(format!("{AFTER_HEADER} must be a count"))
-                    })?,
-            ),
-        };
+        // Served by `direct::DirectGet` in a running worker; kept for the trait.
+        let after = after_of(req.metadata().get(AFTER_HEADER).map(|v| v.as_bytes()))?;
         let (key, _, msgs) = crate::service::read_put(req).await?;
-        let (c, _) = codec::decode_one(msgs, key.as_str()).map_err(Status::from)?;
-        let n = chunk::nbytes(&c);
-        if let Some(after) = after {
-            let mut applied = self.0.applied.subscribe();
-            let caught_up = applied.wait_for(|seq| *seq >= after);
-            if tokio::time::timeout(net::ACTION_TIMEOUT, caught_up)
-                .await
-                .is_err()
-            {
-                return Err(Status::unavailable(format!(
-                    "put '{key}': the center's commands before it did not arrive"
-                )));
-            }
-            // Its earlier chunk's free applied, a chunk held is another's.
-            if self.0.store.contains(&key) {
-                return Err(Status::already_exists(format!(
-                    "key '{key}' is held here already"
-                )));
-            }
-        }
-        self.0.store.put(key, c);
-        let body = serde_json::to_vec(&Stored { nbytes: n as u64 }).unwrap_or_default();
+        let stored = self.0.store_put(key, msgs, after).await?;
+        let body = serde_json::to_vec(&stored).unwrap_or_default();
         Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
             app_metadata: body.into(),
         })]))))
