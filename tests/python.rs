@@ -4,7 +4,8 @@
 //! come back), tests/python/errors.py (every client-caused error has a
 //! message saying what was wrong), tests/python/keepalive.py and
 //! tests/python/secured.py (the helper's session, token and TLS) and
-//! tests/python/failover.py (its get past a holder that is gone). A venv
+//! tests/python/failover.py (its get past a holder that is gone), and
+//! benches/compare/put.py in a smoke size. A venv
 //! with pyarrow is made under target/ when pyarrow is missing.
 
 mod common;
@@ -68,6 +69,16 @@ fn run_script_with(script: &str, args: &[&str], env: &[(&str, &str)]) -> String 
     );
     assert!(out.status.success(), "{script} failed:\n{text}");
     text
+}
+
+#[test]
+fn the_put_benchmark_runs_in_a_smoke_size() {
+    let cluster = TestCluster::start(1, &[]);
+    let text = run_script(
+        "benches/compare/put.py",
+        &[&cluster.address, "--mb", "8", "--reps", "1"],
+    );
+    assert!(text.contains("median of 1: put"), "{text}");
 }
 
 #[test]

@@ -1,0 +1,51 @@
+"""Puts and gets of one big table through a running Quiver cluster, with
+pyarrow's Flight client (examples/python/quiver_client.py): the scatter path
+(client -> center -> worker) against the fetch (worker -> client).
+
+    python benches/compare/put.py HOST:PORT [--mb 800] [--reps 5]
+
+Prints each round and the medians, in seconds and GB/s.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
+import pyarrow as pa  # noqa: E402
+import quiver_client as q  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("address")
+    p.add_argument("--mb", type=int, default=800)
+    p.add_argument("--reps", type=int, default=5)
+    a = p.parse_args()
+    n = a.mb * 1_000_000 // 8
+    table = pa.table({"x": pa.array([1.5] * 1_000_000, type=pa.float64())})
+    table = pa.concat_tables([table] * (n // 1_000_000)).combine_chunks()
+    gb = table.nbytes / 1e9
+    c = q.Client(a.address)
+    puts, gets = [], []
+    for i in range(a.reps):
+        key = "put-bench-%d" % i
+        start = time.perf_counter()
+        c.scatter(table, key=key)
+        put = time.perf_counter() - start
+        start = time.perf_counter()
+        back = c.get(key)
+        get = time.perf_counter() - start
+        assert back.num_rows == table.num_rows
+        c.release([key])
+        puts.append(put)
+        gets.append(get)
+        print("round %d: put %.2f s (%.2f GB/s), get %.2f s (%.2f GB/s)" % (i, put, gb / put, get, gb / get))
+    put, get = statistics.median(puts), statistics.median(gets)
+    print("median of %d: put %.2f s (%.2f GB/s), get %.2f s (%.2f GB/s), %.0f MB"
+          % (a.reps, put, gb / put, get, gb / get, gb * 1000))
+
+
+if __name__ == "__main__":
+    main()
