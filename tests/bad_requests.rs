@@ -18,7 +18,7 @@ use quiver::{Client, Connect, chunk, seed};
 use tonic::Code;
 
 const REQUESTS: usize = 10_000;
-const KINDS: usize = 19;
+const KINDS: usize = 20;
 
 /// A tiny deterministic generator, so a failure can be replayed.
 fn noise(i: usize, len: usize) -> Vec<u8> {
@@ -159,6 +159,16 @@ async fn bad(i: usize, center: &mut FlightClient, worker: &mut FlightClient) -> 
                 Err(e) => Err(e),
             }
         }
+        18 => {
+            // Corrupt IPC put straight to a worker (read beneath tonic there).
+            let junk = FlightData {
+                flight_descriptor: Some(path(&key)),
+                data_header: noise(i, 40).into(),
+                data_body: noise(i + 1, 100_000).into(),
+                ..Default::default()
+            };
+            put(worker, vec![junk]).await
+        }
         _ => {
             // A client that vanishes mid-stream: a schema, then nothing, then gone.
             let mut first = good[0].clone();
@@ -205,7 +215,7 @@ fn ten_thousand_bad_requests_leave_the_cluster_serving() {
         );
         let expected = match kind {
             1 | 2 => Code::NotFound,
-            18 => Code::Cancelled,
+            19 => Code::Cancelled,
             _ => Code::InvalidArgument,
         };
         if kind != 0 && kind != 14 {

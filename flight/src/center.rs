@@ -76,9 +76,9 @@ struct WorkerLink {
     /// Commands sent on `tx` so far.
     sent: u64,
     /// For the calls the center makes on a client's behalf (describe, proxy,
-    /// list): kept apart from the `commands` exchange, so that proxied data
-    /// does not hold up commands and reports, and made once, so that no such
-    /// call pays for a connection.
+    /// list, put): kept apart from the `commands` exchange, so that proxied
+    /// data does not hold up commands and reports, and made once, so that no
+    /// such call pays for a connection.
     channel: Channel,
     /// Dropped with the link, which ends the calls made to the worker through
     /// [`CenterCore::ask_holders`]: a worker removed as silent may still hold

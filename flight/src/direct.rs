@@ -44,23 +44,23 @@ const DIRECT_BODY: usize = 64 << 10;
 
 /// Wraps the worker's Flight service, answering `DoGet` and `DoPut` itself.
 #[derive(Clone)]
-pub struct DirectGet<S> {
+pub struct Direct<S> {
     inner: S,
     core: Arc<WorkerCore>,
 }
 
-impl<S> DirectGet<S> {
+impl<S> Direct<S> {
     /// `inner` serves everything but `DoGet` and `DoPut`, which `core` answers.
     pub fn new(inner: S, core: Arc<WorkerCore>) -> Self {
-        DirectGet { inner, core }
+        Direct { inner, core }
     }
 }
 
-impl<S> NamedService for DirectGet<S> {
+impl<S> NamedService for Direct<S> {
     const NAME: &'static str = "arrow.flight.protocol.FlightService";
 }
 
-impl<S, B> Service<http::Request<Body>> for DirectGet<S>
+impl<S, B> Service<http::Request<Body>> for Direct<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
         + Send
@@ -142,9 +142,17 @@ async fn do_put(
     let after = crate::worker::after_of(after.map(|v| v.as_bytes()))?;
     let mut reader = Reader::new(req.into_body());
     let mut msgs = Vec::new();
-    while let Some(len) = reader.next_message().await? {
-        msgs.push(reader.message(len).await?);
-    }
+    let read = async {
+        while let Some(len) = reader.next_message().await? {
+            msgs.push(reader.message(len).await?);
+        }
+        Ok::<_, Status>(())
+    };
+    // What the reader calls a malformed answer is here a malformed request.
+    read.await.map_err(|s| match s.code() {
+        Code::Internal => Status::invalid_argument(s.message()),
+        _ => s,
+    })?;
     let (key, _) = crate::service::put_key(&mut msgs)?;
     let stored = core.store_put(key, msgs, after).await?;
     let reply = arrow_flight::PutResult {

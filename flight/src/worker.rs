@@ -714,7 +714,7 @@ impl FlightService for WorkerService {
     }
 
     async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        // Served by `direct::DirectGet` in a running worker; kept for the trait.
+        // Served by `direct::Direct` in a running worker; kept for the trait.
         let msgs = self.0.get_messages(ticket_key(req.get_ref())?)?;
         Ok(Response::new(Box::pin(stream::iter(
             msgs.into_iter().map(|m| Ok(m.into_flight_data())),
@@ -725,7 +725,7 @@ impl FlightService for WorkerService {
         &self,
         req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        // Served by `direct::DirectGet` in a running worker; kept for the trait.
+        // Served by `direct::Direct` in a running worker; kept for the trait.
         let after = after_of(req.metadata().get(AFTER_HEADER).map(|v| v.as_bytes()))?;
         let (key, _, msgs) = crate::service::read_put(req).await?;
         let stored = self.0.store_put(key, msgs, after).await?;
@@ -1313,7 +1313,7 @@ pub async fn run(
         }
     };
     let server = net::server()?
-        .add_service(crate::direct::DirectGet::new(
+        .add_service(crate::direct::Direct::new(
             net::service(WorkerService(core.clone())),
             core.clone(),
         ))
