@@ -1241,7 +1241,7 @@ pub async fn run(
                 every.tick().await;
                 core.tick();
                 // A put or a proxied get leaves its chunk's memory with the allocator.
-                idle.tick(core.lock().scheduler.transitions());
+                idle.tick(core.lock().scheduler.transitions(), memory::anon_rss());
             }
         })
     };

@@ -43,14 +43,16 @@ struct Session {
     center: FlightClient,
     /// The channel `center` calls on, for calls made beneath tonic.
     channel: Channel,
+    /// Its id, sent as the session header.
     id: String,
-    header: tonic::metadata::MetadataMap,
 }
 
 impl Session {
     fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
-        *r.metadata_mut() = self.header.clone();
+        if let Ok(v) = self.id.parse() {
+            r.metadata_mut().insert(SESSION_HEADER, v);
+        }
         r
     }
 
@@ -163,15 +165,10 @@ impl RemoteBackend {
             )));
         }
         let id = uuid::Uuid::new_v4().to_string();
-        let mut header = tonic::metadata::MetadataMap::new();
-        if let Ok(v) = id.parse() {
-            header.insert(SESSION_HEADER, v);
-        }
         let session = Session {
             center,
             channel,
             id,
-            header,
         };
         let releases = Releases {
             session: session.clone(),

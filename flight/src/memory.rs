@@ -81,9 +81,10 @@ impl IdleTrim {
         }
     }
 
-    /// Looks again, given the work done so far; call it now and then.
-    pub fn tick(&mut self, work: u64) {
-        let rss = anon_rss();
+    /// Looks again, given the work done so far and the resident anonymous
+    /// bytes now ([`anon_rss`], which its caller reads anyway); call it now
+    /// and then.
+    pub fn tick(&mut self, work: u64, rss: u64) {
         if work != self.work || rss.abs_diff(self.rss) > STEADY {
             (self.work, self.rss, self.since, self.trimmed) = (work, rss, Instant::now(), false);
         } else if !self.trimmed && self.since.elapsed() >= self.after {

@@ -1062,8 +1062,8 @@ async fn memory_monitor(core: Arc<WorkerCore>, pause_at: usize, spill_to: usize)
     let mut idle = IdleTrim::new(memory::KEEP_FREED);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        idle.tick(core.work());
         let mut rss = anon_rss() as usize;
+        idle.tick(core.work(), rss as u64);
         if rss > pause_at {
             // Memory freed and kept for reuse is no pressure.
             trim_allocator();
