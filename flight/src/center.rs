@@ -3,6 +3,7 @@
 //! and sends each worker its commands in batches over Flight actions.
 
 use std::cmp::Reverse;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use arrow_flight::{
 use futures::{TryStreamExt, stream};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::codegen::http;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,9 +25,7 @@ use crate::error::{Error, Result, engine_status};
 use crate::memory::{self, IdleTrim};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::service::{
-    BoxStream, descriptor_key, endpoint, json_result, parse, read_put, ticket_key,
-};
+use crate::service::{BoxStream, descriptor_key, endpoint, json_result, parse, ticket_key};
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
@@ -260,12 +260,9 @@ impl CenterCore {
         }
     }
 
-    fn client_of<T>(&self, st: &mut State, req: &Request<T>) -> ClientId {
-        let Some(session) = req
-            .metadata()
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-        else {
+    /// The client of a request with `headers`, by its session header.
+    fn client_of(&self, st: &mut State, headers: &http::HeaderMap) -> ClientId {
+        let Some(session) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
             return 0; // no session: holds last until released
         };
         let next = &mut st.next_client;
@@ -783,11 +780,11 @@ impl CenterCore {
     }
 
     /// Places a put chunk on the least loaded worker and holds it for `client`.
-    async fn put(
+    async fn place(
         self: Arc<Self>,
         client: ClientId,
         key: Key,
-        msgs: Vec<FlightData>,
+        msgs: Vec<codec::Message>,
     ) -> Result<u64, Status> {
         let (worker, address, after) = {
             let mut st = self.lock();
@@ -803,8 +800,6 @@ impl CenterCore {
         };
         let placed = async {
             let channel = self.worker_channel(&address).await?;
-            // Sent on as the slices they came in.
-            let msgs = msgs.into_iter().map(codec::Message::from).collect();
             // The worker may still hold the key's earlier chunk, its free on the way.
             let after = [(AFTER_HEADER, after.to_string())];
             let replies = crate::direct::put(channel, msgs, &after).await?;
@@ -889,6 +884,42 @@ impl CenterCore {
             )),
             _ => Err(Status::not_found(format!("key '{key}' was released"))),
         }
+    }
+}
+
+impl crate::direct::Calls for CenterCore {
+    /// A `DoGet` here asks a holder, through the generated service.
+    const GETS: bool = false;
+    /// A put is sent on to a worker as the frames it came in.
+    const PUT_BODIES: crate::direct::Bodies = crate::direct::Bodies::AsReceived;
+
+    fn get(&self, _: Key) -> Result<Vec<codec::Message>, Status> {
+        Err(crate::direct::answered_beneath("DoGet"))
+    }
+
+    async fn put(
+        self: Arc<Self>,
+        headers: http::HeaderMap,
+        msgs: impl Future<Output = Result<Vec<codec::Message>, Status>> + Send,
+    ) -> Result<bytes::Bytes, Status> {
+        // The session is opened (or kept alive) as the put starts.
+        let client = {
+            let mut st = self.lock();
+            self.client_of(&mut st, &headers)
+        };
+        let mut msgs = msgs.await?;
+        let (key, descriptor) = crate::service::put_key(&mut msgs)?;
+        // Sent on as it came: the worker checks it, and a corrupt stream's
+        // error comes back from there.
+        msgs[0].head.flight_descriptor = Some(descriptor);
+        // Its own task: a client that hangs up mid-placement must not leave
+        // the key reserved, or a placed chunk unrecorded.
+        let placing = tokio::spawn(self.place(client, key.clone(), msgs));
+        let nbytes = placing
+            .await
+            .map_err(|e| Status::internal(format!("the put of '{key}' failed: {e}")))??;
+        let body = serde_json::json!({ "key": key, "nbytes": nbytes });
+        Ok(serde_json::to_vec(&body).unwrap_or_default().into())
     }
 }
 
@@ -1060,27 +1091,9 @@ impl FlightService for CenterService {
 
     async fn do_put(
         &self,
-        req: Request<Streaming<FlightData>>,
+        _: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let client = {
-            let mut st = self.0.lock();
-            self.0.client_of(&mut st, &req)
-        };
-        let (key, descriptor, mut msgs) = read_put(req).await?;
-        // Sent on as it came: the worker checks it, and a corrupt stream's
-        // error comes back from there.
-        msgs[0].flight_descriptor = Some(descriptor);
-        // Its own task: a client that hangs up mid-placement must not leave
-        // the key reserved, or a placed chunk unrecorded.
-        let placing = tokio::spawn((self.0.clone()).put(client, key.clone(), msgs));
-        let nbytes = placing
-            .await
-            .map_err(|e| Status::internal(format!("the put of '{key}' failed: {e}")))??;
-        let body = serde_json::to_vec(&serde_json::json!({ "key": key, "nbytes": nbytes }))
-            .unwrap_or_default();
-        Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
-            app_metadata: body.into(),
-        })]))))
+        Err(crate::direct::answered_beneath("DoPut"))
     }
 
     async fn do_exchange(
@@ -1099,7 +1112,7 @@ impl FlightService for CenterService {
         let core = &self.0;
         let client = {
             let mut st = core.lock();
-            core.client_of(&mut st, &req)
+            core.client_of(&mut st, req.metadata().as_ref())
         };
         let Action { r#type, body } = req.into_inner();
         match r#type.as_str() {
@@ -1246,7 +1259,10 @@ pub async fn run(
         })
     };
     let r = net::server()?
-        .add_service(net::service(CenterService(core)))
+        .add_service(crate::direct::Direct::new(
+            net::service(CenterService(core.clone())),
+            core,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Io {

@@ -1,13 +1,15 @@
 //! `DoGet` and `DoPut` beneath tonic, both ends. Sending (a `DoGet`'s
 //! answer, a `DoPut`'s stream): each message's IPC body goes to the transport
 //! as the slices it already is (the chunk's own buffers, a slice of its mapped
-//! spill file, or of the buffer a put arrived in), where tonic's prost encoder
+//! spill file, or the frames a put arrived in), where tonic's prost encoder
 //! would first copy it into a fresh buffer of its own. Receiving: a large body
 //! is copied once, from the transport's frames into a 64-byte-aligned buffer
 //! of its exact size, where tonic would grow a buffer of its own and the
-//! arrays, landing unaligned in it, would need a second copy. Every other
-//! call goes through the generated Flight service; both ends speak ordinary
-//! gRPC.
+//! arrays, landing unaligned in it, would need a second copy; or, to be sent
+//! on, it is kept as those frames, uncopied. A request stream its client cut
+//! off is the transport's error here, where tonic would read it as ended.
+//! Every other call goes through the generated Flight service; both ends
+//! speak ordinary gRPC.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,9 +29,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use quiver_engine::Key;
+
 use crate::auth::AddToken;
 use crate::codec;
-use crate::worker::WorkerCore;
 
 /// The routes served here.
 const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
@@ -38,29 +41,66 @@ const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
 const BODY_TAG: u64 = (1000 << 3) | 2;
 /// A ticket is a key: anything larger is not a `DoGet` request of ours.
 const MAX_REQUEST: usize = 1 << 20;
-/// Bodies from this size on are read straight into an aligned buffer;
-/// smaller messages are decoded whole by prost.
+/// Bodies from this size on are read straight into an aligned buffer, or
+/// kept as the frames they came in; smaller messages are decoded whole.
 const DIRECT_BODY: usize = 64 << 10;
 
-/// Wraps the worker's Flight service, answering `DoGet` and `DoPut` itself.
-#[derive(Clone)]
-pub struct Direct<S> {
-    inner: S,
-    core: Arc<WorkerCore>,
+/// How a large body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bodies {
+    /// Copied into a 64-byte-aligned buffer of its own, for arrays to use.
+    Aligned,
+    /// Kept as the transport's frames, uncopied, to be sent on.
+    AsReceived,
 }
 
-impl<S> Direct<S> {
-    /// `inner` serves everything but `DoGet` and `DoPut`, which `core` answers.
-    pub fn new(inner: S, core: Arc<WorkerCore>) -> Self {
-        Direct { inner, core }
+/// The calls a Flight service answers beneath tonic.
+pub trait Calls: Send + Sync + 'static {
+    /// Whether `DoGet` is answered here; if not, the wrapped service answers it.
+    const GETS: bool;
+    /// How a put's large bodies are read.
+    const PUT_BODIES: Bodies;
+
+    /// The messages of the chunk `key`, for a `DoGet`.
+    fn get(&self, key: Key) -> Result<Vec<codec::Message>, Status>;
+
+    /// Takes a put sent with `headers`: `msgs` yields its messages once all
+    /// have arrived (the key in the first one's descriptor), or why they did
+    /// not. The reply's `app_metadata`.
+    fn put(
+        self: Arc<Self>,
+        headers: http::HeaderMap,
+        msgs: impl Future<Output = Result<Vec<codec::Message>, Status>> + Send,
+    ) -> impl Future<Output = Result<Bytes, Status>> + Send;
+}
+
+/// Wraps a Flight service, answering `DoPut` (and `DoGet` if `C::GETS`) itself.
+pub struct Direct<S, C> {
+    inner: S,
+    calls: Arc<C>,
+}
+
+impl<S: Clone, C> Clone for Direct<S, C> {
+    fn clone(&self) -> Self {
+        Direct {
+            inner: self.inner.clone(),
+            calls: self.calls.clone(),
+        }
     }
 }
 
-impl<S> NamedService for Direct<S> {
+impl<S, C> Direct<S, C> {
+    /// `inner` serves every call that `calls` does not answer.
+    pub fn new(inner: S, calls: Arc<C>) -> Self {
+        Direct { inner, calls }
+    }
+}
+
+impl<S, C> NamedService for Direct<S, C> {
     const NAME: &'static str = "arrow.flight.protocol.FlightService";
 }
 
-impl<S, B> Service<http::Request<Body>> for Direct<S>
+impl<S, B, C> Service<http::Request<Body>> for Direct<S, C>
 where
     S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
         + Send
@@ -68,6 +108,7 @@ where
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError>,
+    C: Calls,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -78,16 +119,16 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let core = self.core.clone();
+        let calls = self.calls.clone();
         match req.uri().path() {
-            DO_GET => {
+            DO_GET if C::GETS => {
                 Box::pin(
-                    async move { Ok(do_get(core, req).await.unwrap_or_else(Status::into_http)) },
+                    async move { Ok(do_get(calls, req).await.unwrap_or_else(Status::into_http)) },
                 )
             }
             DO_PUT => {
                 Box::pin(
-                    async move { Ok(do_put(core, req).await.unwrap_or_else(Status::into_http)) },
+                    async move { Ok(do_put(calls, req).await.unwrap_or_else(Status::into_http)) },
                 )
             }
             _ => {
@@ -99,7 +140,7 @@ where
 }
 
 async fn do_get(
-    core: Arc<WorkerCore>,
+    calls: Arc<impl Calls>,
     req: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
     crate::auth::check_header(req.headers().get("authorization").map(|v| v.as_bytes()))?;
@@ -127,36 +168,43 @@ async fn do_get(
         None => return Err(Status::invalid_argument("an empty DoGet request")),
     };
     let key = crate::service::ticket_key(&ticket)?;
-    answer(core.get_messages(key)?)
+    answer(calls.get(key)?)
 }
 
-/// A `DoPut` read frame by frame, its large bodies landing aligned, then
-/// stored as the worker's `DoPut` stores it. A stream its sender cut off
-/// fails here as the transport's error, never as a shorter chunk.
-async fn do_put(
-    core: Arc<WorkerCore>,
+/// What a wrapped service's own `DoGet` or `DoPut` answers: [`Direct`]
+/// answers those calls before they reach it.
+pub fn answered_beneath(call: &str) -> Status {
+    Status::internal(format!(
+        "{call} is answered beneath tonic, and this service runs without that wrapper"
+    ))
+}
+
+/// A `DoPut` read frame by frame, then handed whole to `calls`. A stream its
+/// sender cut off fails here as the transport's error, never as a shorter
+/// chunk.
+async fn do_put<C: Calls>(
+    calls: Arc<C>,
     req: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
     crate::auth::check_header(req.headers().get("authorization").map(|v| v.as_bytes()))?;
-    let after = req.headers().get(crate::protocol::AFTER_HEADER);
-    let after = crate::worker::after_of(after.map(|v| v.as_bytes()))?;
-    let mut reader = Reader::new(req.into_body());
-    let mut msgs = Vec::new();
-    let read = async {
+    let (parts, body) = req.into_parts();
+    let msgs = async {
+        let mut reader = Reader::new(body);
+        let mut msgs = Vec::new();
         while let Some(len) = reader.next_message().await? {
-            msgs.push(reader.message(len).await?);
+            msgs.push(reader.message(len, C::PUT_BODIES).await?);
         }
-        Ok::<_, Status>(())
+        Ok::<_, Status>(msgs)
     };
     // What the reader calls a malformed answer is here a malformed request.
-    read.await.map_err(|s| match s.code() {
-        Code::Internal => Status::invalid_argument(s.message()),
-        _ => s,
-    })?;
-    let (key, _) = crate::service::put_key(&mut msgs)?;
-    let stored = core.store_put(key, msgs, after).await?;
+    let msgs = async {
+        msgs.await.map_err(|s| match s.code() {
+            Code::Internal => Status::invalid_argument(s.message()),
+            _ => s,
+        })
+    };
     let reply = arrow_flight::PutResult {
-        app_metadata: serde_json::to_vec(&stored).unwrap_or_default().into(),
+        app_metadata: calls.put(parts.headers, msgs).await?,
     };
     respond(vec![Frame::data(grpc_message(&reply))])
 }
@@ -260,7 +308,12 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
     let mut reader = call(channel, DO_GET, &[], request).await?;
     let mut messages = Vec::new();
     while let Some(len) = reader.next_message().await? {
-        messages.push(reader.message(len).await?);
+        messages.push(
+            reader
+                .message(len, Bodies::Aligned)
+                .await?
+                .into_flight_data(),
+        );
     }
     reader.outcome()?;
     Ok(messages)
@@ -466,17 +519,48 @@ impl Reader {
         ))
     }
 
-    /// One `FlightData` of `len` bytes. A large body is read into its own
-    /// aligned buffer; every other field goes through prost.
-    async fn message(&mut self, len: usize) -> Result<FlightData, Status> {
+    /// The next `n` bytes as the frames' own slices, uncopied; runs of small
+    /// pieces are joined, so that tiny frames cannot cost more to hold than
+    /// the bytes they carry.
+    async fn take_as_received(&mut self, mut n: usize) -> Result<Vec<Bytes>, Status> {
+        const SMALL: usize = 4 << 10;
+        let mut slices = Vec::new();
+        let mut small = BytesMut::new();
+        while n > 0 {
+            self.more_or_fail().await?;
+            let piece = self.current.split_to(n.min(self.current.len()));
+            n -= piece.len();
+            if piece.len() >= SMALL {
+                if !small.is_empty() {
+                    slices.push(small.split().freeze());
+                }
+                slices.push(piece);
+            } else {
+                small.extend_from_slice(&piece);
+                if small.len() >= SMALL {
+                    slices.push(small.split().freeze());
+                }
+            }
+        }
+        if !small.is_empty() {
+            slices.push(small.freeze());
+        }
+        Ok(slices)
+    }
+
+    /// One `FlightData` of `len` bytes, its large body read as `bodies` says;
+    /// every other field goes through prost.
+    async fn message(&mut self, len: usize, bodies: Bodies) -> Result<codec::Message, Status> {
+        let not_flight = |e| Status::internal(format!("not a FlightData message: {e}"));
         if len < DIRECT_BODY {
             let bytes = self.take(len).await?;
             return FlightData::decode(bytes)
-                .map_err(|e| Status::internal(format!("not a FlightData message: {e}")));
+                .map(codec::Message::from)
+                .map_err(not_flight);
         }
         let bad = || Status::internal("a Flight message's fields overrun its length");
         let mut rest = BytesMut::new();
-        let mut body = None;
+        let mut body = Vec::new();
         let mut left = len;
         while left > 0 {
             let (tag, n) = self.varint().await?;
@@ -503,7 +587,10 @@ impl Reader {
                         .and_then(|x| x.checked_sub(l))
                         .ok_or_else(bad)?;
                     if tag == BODY_TAG && l >= DIRECT_BODY {
-                        body = Some(self.take_aligned(l).await?);
+                        body = match bodies {
+                            Bodies::Aligned => vec![self.take_aligned(l).await?],
+                            Bodies::AsReceived => self.take_as_received(l).await?,
+                        };
                     } else {
                         prost::encoding::encode_varint(tag, &mut rest);
                         prost::encoding::encode_varint(l as u64, &mut rest);
@@ -513,10 +600,10 @@ impl Reader {
                 _ => return Err(Status::internal("an unknown wire type in a Flight message")),
             }
         }
-        let mut m = FlightData::decode(rest.freeze())
-            .map_err(|e| Status::internal(format!("not a FlightData message: {e}")))?;
-        if let Some(body) = body {
-            m.data_body = body;
+        let head = FlightData::decode(rest.freeze()).map_err(not_flight)?;
+        let mut m = codec::Message::from(head);
+        if !body.is_empty() {
+            m.body = body;
         }
         Ok(m)
     }
@@ -613,19 +700,27 @@ mod tests {
         assert_eq!(FlightData::decode(&wire[5..]).unwrap(), m);
     }
 
-    /// A reader over `wire` cut into frames of `size` bytes.
-    fn reader(wire: &[u8], size: usize) -> Reader {
-        let frames: Vec<_> = wire
-            .chunks(size)
-            .map(|c| Ok::<_, Status>(Frame::data(Bytes::copy_from_slice(c))))
+    /// `wire` cut into frames of `size` bytes.
+    fn frames(wire: &[u8], size: usize) -> Vec<Bytes> {
+        wire.chunks(size).map(Bytes::copy_from_slice).collect()
+    }
+
+    /// A reader over `frames`.
+    fn reader_of(frames: &[Bytes]) -> Reader {
+        let frames: Vec<_> = (frames.iter())
+            .map(|f| Ok::<_, Status>(Frame::data(f.clone())))
             .collect();
         Reader::new(Body::new(StreamBody::new(futures::stream::iter(frames))))
     }
 
-    #[tokio::test]
-    async fn a_large_body_is_read_into_an_aligned_buffer_whatever_the_framing() {
-        let m = message();
-        // Body first, as another writer may order the fields.
+    /// A reader over `wire` cut into frames of `size` bytes.
+    fn reader(wire: &[u8], size: usize) -> Reader {
+        reader_of(&frames(wire, size))
+    }
+
+    /// `message()` on the wire with its body first, as another writer may
+    /// order the fields.
+    fn body_first(m: &FlightData) -> Vec<u8> {
         let mut wire = Vec::new();
         prost::encoding::encode_varint(BODY_TAG, &mut wire);
         prost::encoding::encode_varint(m.data_body.len() as u64, &mut wire);
@@ -635,21 +730,65 @@ mod tests {
             ..m.clone()
         };
         head.encode(&mut wire).unwrap();
+        wire
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_into_an_aligned_buffer_whatever_the_framing() {
+        let m = message();
+        let wire = body_first(&m);
         for size in [1, 7, 4096, wire.len()] {
-            let got = reader(&wire, size).message(wire.len()).await.unwrap();
+            let mut r = reader(&wire, size);
+            let got = r.message(wire.len(), Bodies::Aligned).await;
+            let got = got.unwrap().into_flight_data();
             assert_eq!(got, m, "frames of {size} bytes");
             assert!(got.data_body.as_ptr().addr().is_multiple_of(64));
         }
         let mut huge = Vec::new();
         prost::encoding::encode_varint(BODY_TAG, &mut huge);
         prost::encoding::encode_varint(1 << 62, &mut huge);
-        let e = reader(&huge, 4096).message(usize::MAX).await.unwrap_err();
+        let mut r = reader(&huge, 4096);
+        let e = r.message(usize::MAX, Bodies::Aligned).await.unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
-        for cut in [1, 3, wire.len() / 2, wire.len() - 1] {
-            let short = &wire[..cut];
-            assert!(reader(short, 4096).message(wire.len()).await.is_err());
+        for bodies in [Bodies::Aligned, Bodies::AsReceived] {
+            for cut in [1, 3, wire.len() / 2, wire.len() - 1] {
+                let short = &wire[..cut];
+                let got = reader(short, 4096).message(wire.len(), bodies).await;
+                assert!(got.is_err(), "cut at {cut}, {bodies:?}");
+            }
+            let got = reader(&wire, 4096).message(wire.len() - 10, bodies).await;
+            assert!(got.is_err(), "{bodies:?}");
         }
-        assert!(reader(&wire, 4096).message(wire.len() - 10).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_to_send_on_is_kept_as_its_frames_and_tiny_frames_are_joined() {
+        let m = message();
+        let wire = body_first(&m);
+        for size in [1, 7, 4096, 10_000, wire.len()] {
+            let frames = frames(&wire, size);
+            let mut r = reader_of(&frames);
+            let got = r.message(wire.len(), Bodies::AsReceived).await.unwrap();
+            let body_len = m.data_body.len();
+            assert!(
+                got.body.len() <= body_len / 4096 + 2,
+                "frames of {size} bytes: {} slices",
+                got.body.len()
+            );
+            let within = |slice: &Bytes| {
+                let p = slice.as_ptr().addr();
+                (frames.iter())
+                    .any(|f| (f.as_ptr().addr()..f.as_ptr().addr() + f.len()).contains(&p))
+            };
+            let copied: usize = (got.body.iter().filter(|s| !within(s)))
+                .map(Bytes::len)
+                .sum();
+            if size >= 4096 {
+                // Only a small piece at either end, where a frame is shared.
+                assert!(copied < 2 * 4096, "frames of {size} bytes: {copied} copied");
+            }
+            assert_eq!(got.into_flight_data(), m, "frames of {size} bytes");
+        }
     }
 
     proptest::proptest! {
@@ -665,7 +804,8 @@ mod tests {
         ) {
             let len = if big { len + DIRECT_BODY } else { len };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let _ = rt.block_on(reader(&wire, size).message(len));
+            let bodies = if big { Bodies::AsReceived } else { Bodies::Aligned };
+            let _ = rt.block_on(reader(&wire, size).message(len, bodies));
         }
 
         /// A real large message with a few bytes changed: the same.
@@ -688,7 +828,8 @@ mod tests {
                 wire[at] = byte;
             }
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let _ = rt.block_on(reader(&wire, size).message(n - shorter));
+            let _ = rt.block_on(reader(&wire, size).message(n - shorter, Bodies::Aligned));
+            let _ = rt.block_on(reader(&wire, size).message(n - shorter, Bodies::AsReceived));
         }
     }
 }

@@ -14,7 +14,6 @@ use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::auth::{AddToken, RequireToken};
 use crate::error::{Error, Result};
-use crate::service::WholeBody;
 use quiver_engine::Key;
 use tonic::service::interceptor::InterceptedService;
 
@@ -66,15 +65,15 @@ pub fn server() -> Result<Server> {
     }
 }
 
-/// Wraps a Flight service with message limits lifted, the process's token
-/// required, and cut-off puts told from whole ones.
+/// Wraps a Flight service with message limits lifted and the process's
+/// token required.
 pub fn service<S: FlightService>(
     svc: S,
-) -> InterceptedService<WholeBody<FlightServiceServer<S>>, RequireToken> {
+) -> InterceptedService<FlightServiceServer<S>, RequireToken> {
     let server = FlightServiceServer::new(svc)
         .max_decoding_message_size(max_message())
         .max_encoding_message_size(max_message());
-    InterceptedService::new(WholeBody(server), RequireToken::from_process())
+    InterceptedService::new(server, RequireToken::from_process())
 }
 
 /// Binds `host:port` (port 0 picks a free one), with a message naming the address on failure.

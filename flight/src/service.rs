@@ -1,19 +1,11 @@
-//! Pieces every Quiver Flight service shares: keys from descriptors and
-//! tickets, flight infos, JSON action bodies and replies, and the whole
-//! body of a `DoPut` told from one its client cut off.
+//! Pieces every Quiver Flight service shares: keys from descriptors,
+//! tickets and puts, flight infos, JSON action bodies and replies.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 
-use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
-use bytes::Bytes;
-use futures::{Stream, TryStreamExt, stream};
-use tonic::body::Body;
-use tonic::codegen::{Service, http};
-use tonic::server::NamedService;
-use tonic::{Request, Response, Status, Streaming};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use futures::{Stream, stream};
+use tonic::{Response, Status};
 
 use quiver_engine::{Chunk, Key, chunk};
 
@@ -87,98 +79,11 @@ pub fn handshake<T: Send + 'static>() -> Response<BoxStream<T>> {
     r
 }
 
-/// The route whose bodies `WholeBody` watches.
-const DO_PUT: &str = "/arrow.flight.protocol.FlightService/DoPut";
-
-/// Set once a `DoPut` body has reached its end: tonic reads a body its client
-/// cancelled as ended too, so a cut-off put would look whole without it.
-#[derive(Clone, Default)]
-struct BodyEnded(Arc<AtomicBool>);
-
-/// Wraps a Flight service so its `DoPut` handlers can tell (`read_put`)
-/// a body that ended from one whose client cancelled it.
-#[derive(Clone)]
-pub struct WholeBody<S>(pub S);
-
-impl<S: NamedService> NamedService for WholeBody<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S: Service<http::Request<Body>>> Service<http::Request<Body>> for WholeBody<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> S::Future {
-        if req.uri().path() != DO_PUT {
-            return self.0.call(req);
-        }
-        let ended = BodyEnded::default();
-        let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(ended.clone());
-        let body = Body::new(Watched { body, ended });
-        self.0.call(http::Request::from_parts(parts, body))
-    }
-}
-
-/// A request body that marks its end.
-struct Watched {
-    body: Body,
-    ended: BodyEnded,
-}
-
-impl http_body::Body for Watched {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.ended.0.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let end = self.body.is_end_stream();
-        if end {
-            self.ended.0.store(true, Ordering::Release);
-        }
-        end
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Reads a whole `DoPut`: its key (the first message's PATH descriptor), that
-/// descriptor, and its messages. A body its client cut off is refused with
-/// `CANCELLED`, not taken for a shorter chunk.
-pub async fn read_put(
-    req: Request<Streaming<FlightData>>,
-) -> Result<(Key, FlightDescriptor, Vec<FlightData>), Status> {
-    let ended = req.extensions().get::<BodyEnded>().cloned();
-    let mut msgs: Vec<FlightData> = req.into_inner().try_collect().await?;
-    if ended.is_some_and(|e| !e.0.load(Ordering::Acquire)) {
-        return Err(Status::cancelled(
-            "the put's stream was cut off before its end: nothing was kept",
-        ));
-    }
-    let (key, descriptor) = put_key(&mut msgs)?;
-    Ok((key, descriptor, msgs))
-}
-
 /// A put's key and descriptor, taken from its first message.
-pub fn put_key(msgs: &mut [FlightData]) -> Result<(Key, FlightDescriptor), Status> {
-    let descriptor = msgs.first_mut().and_then(|m| m.flight_descriptor.take());
+pub fn put_key(msgs: &mut [crate::codec::Message]) -> Result<(Key, FlightDescriptor), Status> {
+    let descriptor = msgs
+        .first_mut()
+        .and_then(|m| m.head.flight_descriptor.take());
     let descriptor = descriptor.ok_or_else(|| {
         Status::invalid_argument("the first message of a DoPut must carry a PATH descriptor [key]")
     })?;

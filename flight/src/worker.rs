@@ -7,6 +7,7 @@
 //! inputs are used and dropped, never kept, so the center's view of who holds
 //! what stays exact.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::memory::{self, IdleTrim, anon_rss, trim_allocator};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse, ticket_key};
+use crate::service::{BoxStream, descriptor_key, flight_info, json_result, parse};
 use quiver_engine::executor::{Executor, evaluate};
 use quiver_engine::store::{ChunkStore, StoreConfig, TempIpcFile, ipcfile, owned};
 use quiver_engine::{Chunk, Key, OpRegistry, chunk, shm};
@@ -69,7 +70,7 @@ pub struct WorkerConfig {
 }
 
 /// The count a put names in [`AFTER_HEADER`], if it names one.
-pub(crate) fn after_of(value: Option<&[u8]>) -> Result<Option<u64>, Status> {
+fn after_of(value: Option<&[u8]>) -> Result<Option<u64>, Status> {
     value
         .map(|v| {
             (std::str::from_utf8(v).ok())
@@ -458,25 +459,6 @@ impl WorkerCore {
         }
     }
 
-    /// The Flight messages of chunk `key` for a `DoGet`, bodies uncopied: a
-    /// chunk in memory sends its own buffers, a spilled one slices of its
-    /// mapped file; sent bytes are counted.
-    pub(crate) fn get_messages(
-        &self,
-        key: Key,
-    ) -> std::result::Result<Vec<codec::Message>, Status> {
-        let (c, file) = self
-            .store
-            .get_with_file(&key)
-            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
-        let msgs = codec::encode_messages(&c, file.as_ref()).map_err(Status::from)?;
-        let sent: usize = msgs.iter().map(codec::Message::body_len).sum();
-        self.routes
-            .flight_sent
-            .fetch_add(sent as u64, Ordering::Relaxed);
-        Ok(msgs)
-    }
-
     /// Gets every input held elsewhere, all at once: small ones in one
     /// exchange per peer, large ones each by the best route. Inputs a task
     /// reads once may be slices of a combined batch (`codec::split`); data to
@@ -632,6 +614,39 @@ impl WorkerCore {
     }
 }
 
+impl crate::direct::Calls for WorkerCore {
+    const GETS: bool = true;
+    const PUT_BODIES: crate::direct::Bodies = crate::direct::Bodies::Aligned;
+
+    /// Bodies uncopied: a chunk in memory sends its own buffers, a spilled
+    /// one slices of its mapped file; sent bytes are counted.
+    fn get(&self, key: Key) -> std::result::Result<Vec<codec::Message>, Status> {
+        let (c, file) = self
+            .store
+            .get_with_file(&key)
+            .ok_or_else(|| Status::not_found(format!("key '{key}' not held here")))?;
+        let msgs = codec::encode_messages(&c, file.as_ref()).map_err(Status::from)?;
+        let sent: usize = msgs.iter().map(codec::Message::body_len).sum();
+        self.routes
+            .flight_sent
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(msgs)
+    }
+
+    async fn put(
+        self: Arc<Self>,
+        headers: tonic::codegen::http::HeaderMap,
+        msgs: impl Future<Output = std::result::Result<Vec<codec::Message>, Status>> + Send,
+    ) -> std::result::Result<bytes::Bytes, Status> {
+        let after = after_of(headers.get(AFTER_HEADER).map(|v| v.as_bytes()))?;
+        let mut msgs = msgs.await?;
+        let (key, _) = crate::service::put_key(&mut msgs)?;
+        let msgs = msgs.into_iter().map(codec::Message::into_flight_data);
+        let stored = self.store_put(key, msgs.collect(), after).await?;
+        Ok(serde_json::to_vec(&stored).unwrap_or_default().into())
+    }
+}
+
 /// A worker's Flight service.
 #[derive(Clone)]
 pub struct WorkerService(pub Arc<WorkerCore>);
@@ -713,26 +728,15 @@ impl FlightService for WorkerService {
         Ok(Response::new(r))
     }
 
-    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        // Served by `direct::Direct` in a running worker; kept for the trait.
-        let msgs = self.0.get_messages(ticket_key(req.get_ref())?)?;
-        Ok(Response::new(Box::pin(stream::iter(
-            msgs.into_iter().map(|m| Ok(m.into_flight_data())),
-        ))))
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        Err(crate::direct::answered_beneath("DoGet"))
     }
 
     async fn do_put(
         &self,
-        req: Request<Streaming<FlightData>>,
+        _: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        // Served by `direct::Direct` in a running worker; kept for the trait.
-        let after = after_of(req.metadata().get(AFTER_HEADER).map(|v| v.as_bytes()))?;
-        let (key, _, msgs) = crate::service::read_put(req).await?;
-        let stored = self.0.store_put(key, msgs, after).await?;
-        let body = serde_json::to_vec(&stored).unwrap_or_default();
-        Ok(Response::new(Box::pin(stream::iter([Ok(PutResult {
-            app_metadata: body.into(),
-        })]))))
+        Err(crate::direct::answered_beneath("DoPut"))
     }
 
     /// Several chunks in one stream (peers batch small inputs): the first
