@@ -79,7 +79,10 @@ fn the_put_benchmark_runs_in_a_smoke_size() {
         &[&cluster.address, "--mb", "8", "--reps", "1"],
     );
     assert!(text.contains("median of 1: put"), "{text}");
-    assert!(text.contains("pyarrow's own server, the same table: get"), "{text}");
+    assert!(
+        text.contains("pyarrow's own server, the same table: get"),
+        "{text}"
+    );
 }
 
 #[test]

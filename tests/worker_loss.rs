@@ -352,3 +352,47 @@ fn a_killed_workers_files_are_removed_by_the_next_worker_on_its_host() {
         assert!(!d.exists(), "{} outlived its worker", d.display());
     }
 }
+
+#[test]
+fn a_put_to_a_stopped_worker_fails_naming_it_once_it_is_removed() {
+    let mut cluster = TestCluster::start_with(1, &["--heartbeat-timeout", "2"], &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let chunk = || {
+        let values = arrow::array::Float64Array::from(vec![1.5; 100_000]);
+        quiver::chunk::from_array(std::sync::Arc::new(values))
+    };
+    let key = quiver::Key::new("stopped").unwrap();
+    let pid = cluster.worker(0).id();
+    assert!(common::signal(pid, "STOP"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let (client, key, chunk) = (client.clone(), key.clone(), chunk());
+        move || tx.send(client.scatter_as(key, chunk).map(|_| ()))
+    });
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    common::signal(pid, "CONT");
+    let e = got
+        .expect("the put still waits on the stopped worker")
+        .unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains("placing 'stopped' on worker 127.0.0.1:")
+            && e.contains("it was removed from the cluster meanwhile"),
+        "{e}"
+    );
+    // The key was handed back: once the worker is back, it can be put again.
+    let start = Instant::now();
+    loop {
+        match client.scatter_as(key.clone(), chunk()) {
+            Ok(data) => {
+                assert_eq!(data.get().unwrap().num_rows(), 100_000);
+                break;
+            }
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                assert!(!e.to_string().contains("already exists"), "{e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the worker did not come back: {e}"),
+        }
+    }
+}

@@ -786,11 +786,14 @@ impl CenterCore {
         key: Key,
         msgs: Vec<codec::Message>,
     ) -> Result<u64, Status> {
-        let (worker, address, after) = {
+        let (worker, address, after, channel, mut gone) = {
             let mut st = self.lock();
             let target = (st.workers.iter())
                 .min_by_key(|(_, l)| l.status.store.memory_bytes)
-                .map(|(id, l)| (*id, l.info.address.clone(), l.sent))
+                .map(|(id, l)| {
+                    let address = l.info.address.clone();
+                    (*id, address, l.sent, l.channel.clone(), l.gone.subscribe())
+                })
                 .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
             st.scheduler.reserve(&key).map_err(|e| {
                 let why = format!("key '{key}' already exists; release it first");
@@ -799,16 +802,23 @@ impl CenterCore {
             target
         };
         let placed = async {
-            let channel = self.worker_channel(&address).await?;
             // The worker may still hold the key's earlier chunk, its free on the way.
             let after = [(AFTER_HEADER, after.to_string())];
-            let replies = crate::direct::put(channel, msgs, &after).await?;
+            let replies = tokio::select! {
+                replies = crate::direct::put(channel, msgs, &after) => replies?,
+                _ = gone.changed() => {
+                    return Err(Status::unavailable("it was removed from the cluster meanwhile"));
+                }
+            };
             let reply = replies.into_iter().next().unwrap_or_default();
             serde_json::from_slice::<Stored>(&reply)
                 .map(|s| s.nbytes)
-                .map_err(|e| Status::internal(format!("the worker's reply to a put: {e}")))
+                .map_err(|e| Status::internal(format!("its reply to the put: {e}")))
         };
-        let placed = placed.await;
+        let placed = placed.await.map_err(|e| {
+            let why = format!("placing '{key}' on worker {address}: {}", e.message());
+            Status::new(e.code(), why)
+        });
         let mut st = self.lock();
         let nbytes = match placed {
             Ok(nbytes) => nbytes,
