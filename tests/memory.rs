@@ -206,3 +206,29 @@ fn a_put_passes_the_center_as_it_came_and_lands_aligned_and_the_idle_cluster_han
     assert!(c <= 100 * MIB, "the center still holds {} MiB", c / MIB);
     assert!(w <= 100 * MIB, "the worker still holds {} MiB", w / MIB);
 }
+
+#[test]
+fn puts_spread_over_the_workers_by_what_each_holds_spilled_or_not() {
+    // Each 8 MB put spills at once on a 4 MiB worker, leaving it 0 bytes in
+    // memory: placing by memory alone sent every put to the same worker.
+    let cluster = TestCluster::start(2, &["--memory-limit", "4MiB"]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let held: Vec<_> = (0..6)
+        .map(|i| {
+            let values = arrow::array::Float64Array::from(vec![i as f64; 1 << 20]);
+            let data = client.scatter(quiver::chunk::from_array(std::sync::Arc::new(values)));
+            data.unwrap()
+        })
+        .collect();
+    let keys: Vec<usize> = (cluster.worker_statuses().iter())
+        .map(|(_, s)| s.store.keys)
+        .collect();
+    assert_eq!(keys, vec![3, 3], "keys per worker");
+    for (i, data) in held.iter().enumerate() {
+        let got = data.get().unwrap();
+        assert_eq!(got.num_rows(), 1 << 20);
+        let col = got.column(0).as_any();
+        let col = col.downcast_ref::<arrow::array::Float64Array>().unwrap();
+        assert_eq!(col.value(0), i as f64);
+    }
+}

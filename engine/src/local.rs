@@ -370,20 +370,18 @@ impl Backend for EmbeddedBackend {
     }
 
     fn scatter(&self, client: ClientId, key: Key, chunk: Chunk) -> Result<()> {
-        let worker = (0..self.0.workers.len())
-            .min_by_key(|i| self.0.workers[*i].store.stats().memory_bytes)
-            .unwrap_or(0);
         let nbytes = chunk::nbytes(&chunk) as u64;
-        let store = &self.0.workers[worker].store;
+        let worker = self.0.lock().scheduler.reserve(&key, nbytes)?;
+        let store = &self.0.workers[worker as usize].store;
         if store.contains(&key) {
+            self.0.lock().scheduler.unreserve(&key);
             return Err(Error::invalid(&key, "key already exists; release it first"));
         }
-        self.0.lock().scheduler.reserve(&key)?;
         store.put(key.clone(), chunk);
         let r = self.0.handle(Event::Scatter {
             client,
             key: key.clone(),
-            worker: worker as WorkerId,
+            worker,
             nbytes,
         });
         if r.is_err() {

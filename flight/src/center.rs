@@ -788,18 +788,31 @@ impl CenterCore {
     ) -> Result<u64, Status> {
         let (worker, address, after, channel, mut gone) = {
             let mut st = self.lock();
-            let target = (st.workers.iter())
-                .min_by_key(|(_, l)| l.status.store.memory_bytes)
-                .map(|(id, l)| {
-                    let address = l.info.address.clone();
-                    (*id, address, l.sent, l.channel.clone(), l.gone.subscribe())
-                })
-                .ok_or_else(|| Status::unavailable("no worker has joined the cluster"))?;
-            st.scheduler.reserve(&key).map_err(|e| {
-                let why = format!("key '{key}' already exists; release it first");
-                crate::error::with_engine_error(Status::already_exists(why), &e)
-            })?;
-            target
+            let nbytes = msgs.iter().map(codec::Message::body_len).sum::<usize>();
+            let worker = st
+                .scheduler
+                .reserve(&key, nbytes as u64)
+                .map_err(|e| match e {
+                    quiver_engine::Error::Unavailable(why) => Status::unavailable(why),
+                    e => {
+                        let why = format!("key '{key}' already exists; release it first");
+                        crate::error::with_engine_error(Status::already_exists(why), &e)
+                    }
+                })?;
+            let Some(l) = st.workers.get(&worker) else {
+                st.scheduler.unreserve(&key);
+                return Err(Status::unavailable(format!(
+                    "worker {worker} left meanwhile"
+                )));
+            };
+            let address = l.info.address.clone();
+            (
+                worker,
+                address,
+                l.sent,
+                l.channel.clone(),
+                l.gone.subscribe(),
+            )
         };
         let placed = async {
             // The worker may still hold the key's earlier chunk, its free on the way.

@@ -119,6 +119,8 @@ struct WorkerState {
     ahead: usize,
     has: FxHashSet<TaskId>,
     nbytes: u64,
+    /// Bytes of puts placed on it and not yet recorded.
+    putting: u64,
     queue: Queue,
     last_seen: Instant,
     /// Retiring: takes no new tasks.
@@ -153,7 +155,7 @@ pub struct Scheduler {
     root_queue: Queue,
     clients: FxHashMap<ClientId, FxHashMap<TaskId, u32>>,
     /// Keys a driver is putting on a worker ([`Scheduler::reserve`]).
-    reserved: FxHashSet<Key>,
+    reserved: FxHashMap<Key, (WorkerId, u64)>,
     transitions: u64,
     sent_ahead: u64,
 }
@@ -171,7 +173,7 @@ impl Scheduler {
             workers: BTreeMap::new(),
             root_queue: Queue::new(),
             clients: FxHashMap::default(),
-            reserved: FxHashSet::default(),
+            reserved: FxHashMap::default(),
             transitions: 0,
             sent_ahead: 0,
         }
@@ -188,6 +190,7 @@ impl Scheduler {
                     ahead: 0,
                     has: FxHashSet::default(),
                     nbytes: 0,
+                    putting: 0,
                     queue: Queue::new(),
                     last_seen: now,
                     closing: false,
@@ -274,25 +277,43 @@ impl Scheduler {
         self.tasks.get_mut(&id).expect("live task").state = s;
     }
 
-    /// Reserves `key` for a put about to place its data: until
-    /// [`Event::Scatter`] records it, or [`Scheduler::unreserve`] gives it
-    /// up, another put of it and a graph defining it are refused. Else the
-    /// put would land on a key taken meanwhile, its chunk kept by no one.
-    pub fn reserve(&mut self, key: &Key) -> Result<()> {
-        if self.index.contains_key(key) || !self.reserved.insert(key.clone()) {
+    /// Reserves `key` for a put of `nbytes` and picks the worker to place it
+    /// on: the open worker holding the least for its memory limit, counting
+    /// what is being put to it. Until [`Event::Scatter`] records the put, or
+    /// [`Scheduler::unreserve`] gives it up, another put of the key and a
+    /// graph defining it are refused. Else the put would land on a key taken
+    /// meanwhile, its chunk kept by no one.
+    pub fn reserve(&mut self, key: &Key, nbytes: u64) -> Result<WorkerId> {
+        if self.index.contains_key(key) || self.reserved.contains_key(key) {
             return Err(Error::invalid(key, "key already exists; release it first"));
         }
-        Ok(())
+        let fill =
+            |w: &WorkerState| (w.nbytes + w.putting) as f64 / w.info.memory_limit.max(1) as f64;
+        let (&worker, w) = (self.workers.iter_mut())
+            .filter(|(_, w)| !w.closing)
+            .min_by(|(a, x), (b, y)| fill(x).total_cmp(&fill(y)).then(a.cmp(b)))
+            .ok_or_else(|| {
+                Error::Unavailable(
+                    "no worker can take data: none has joined, or all are retiring".into(),
+                )
+            })?;
+        w.putting += nbytes;
+        self.reserved.insert(key.clone(), (worker, nbytes));
+        Ok(worker)
     }
 
     /// Gives up the reservation of a put that failed.
     pub fn unreserve(&mut self, key: &Key) {
-        self.reserved.remove(key);
+        if let Some((worker, nbytes)) = self.reserved.remove(key)
+            && let Some(w) = self.workers.get_mut(&worker)
+        {
+            w.putting -= nbytes;
+        }
     }
 
     fn submit(&mut self, client: ClientId, sub: Submission, out: &mut Vec<Command>) -> Result<()> {
         let Submission { graph, keys } = sub;
-        if let Some(k) = (self.reserved.iter()).find(|k| graph.nodes.contains_key(*k)) {
+        if let Some(k) = (self.reserved.keys()).find(|k| graph.nodes.contains_key(*k)) {
             return Err(Error::invalid(
                 k,
                 format!("key '{k}' is being put; submit once the put is done"),
@@ -361,7 +382,7 @@ impl Scheduler {
         nbytes: u64,
         out: &mut Vec<Command>,
     ) -> Result<()> {
-        self.reserved.remove(&key);
+        self.unreserve(&key);
         if self.index.contains_key(&key) {
             return Err(Error::invalid(&key, "key already exists; release it first"));
         }

@@ -559,8 +559,8 @@ fn scattered_data_lost_with_its_worker_is_an_error_for_its_holder() {
 fn a_key_reserved_for_a_put_is_refused_to_other_puts_and_graphs_until_it_lands() {
     let mut env = Env::new(1, 1);
     let k = Key::from("k");
-    env.s.reserve(&k).unwrap();
-    let e = env.s.reserve(&k).unwrap_err().to_string();
+    assert_eq!(env.s.reserve(&k, 8).unwrap(), 0);
+    let e = env.s.reserve(&k, 8).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
     let mut g = Graph::new();
     g.insert("k", Task::new("arange").arg(3));
@@ -570,7 +570,7 @@ fn a_key_reserved_for_a_put_is_refused_to_other_puts_and_graphs_until_it_lands()
     env.submit(1, seed_graph(2), &["total"]).unwrap();
     // Given up, the key is free again; landed, it is the put's.
     env.s.unreserve(&k);
-    env.s.reserve(&k).unwrap();
+    assert_eq!(env.s.reserve(&k, 8).unwrap(), 0);
     env.stores.get_mut(&0).unwrap().insert("k".into(), 7.0);
     env.event(Event::Scatter {
         client: 1,
@@ -580,14 +580,50 @@ fn a_key_reserved_for_a_put_is_refused_to_other_puts_and_graphs_until_it_lands()
     })
     .unwrap();
     assert_eq!(env.value("k"), 7.0);
-    let e = env.s.reserve(&k).unwrap_err().to_string();
+    let e = env.s.reserve(&k, 8).unwrap_err().to_string();
     assert!(e.contains("already exists"), "{e}");
     env.event(Event::Release {
         client: 1,
         keys: vec![k.clone()],
     })
     .unwrap();
-    env.s.reserve(&k).unwrap();
+    assert_eq!(env.s.reserve(&k, 8).unwrap(), 0);
+}
+
+/// Records the put of `key` (value 1.0) on `worker`.
+fn land(env: &mut Env, key: &str, worker: WorkerId, nbytes: u64) {
+    env.stores.get_mut(&worker).unwrap().insert(key.into(), 1.0);
+    let key = Key::from(key);
+    let event = Event::Scatter {
+        client: 1,
+        key,
+        worker,
+        nbytes,
+    };
+    env.event(event).unwrap();
+}
+
+#[test]
+fn a_put_goes_to_the_open_worker_holding_the_least_counting_puts_under_way() {
+    let mut env = Env::new(3, 1);
+    // Three puts under way at once spread over the three workers.
+    let mut spread: Vec<WorkerId> = ["a", "b", "c"]
+        .iter()
+        .map(|k| env.s.reserve(&Key::from(*k), 100).unwrap())
+        .collect();
+    let c = spread[2];
+    land(&mut env, "a", spread[0], 100);
+    land(&mut env, "b", spread[1], 100);
+    spread.sort_unstable();
+    assert_eq!(spread, vec![0, 1, 2]);
+    // Given up, a put no longer counts: its worker holds the least now.
+    env.s.unreserve(&Key::from("c"));
+    assert_eq!(env.s.reserve(&Key::from("d"), 10).unwrap(), c);
+    // A retiring worker takes none.
+    env.s.unreserve(&Key::from("d"));
+    env.event(Event::Retire { worker: c }).unwrap();
+    let e = env.s.reserve(&Key::from("e"), 10).unwrap();
+    assert!(e != c, "a retiring worker took a put");
 }
 
 #[test]
