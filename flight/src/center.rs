@@ -779,7 +779,8 @@ impl CenterCore {
         s
     }
 
-    /// Places a put chunk on the least loaded worker and holds it for `client`.
+    /// Places a put chunk on the worker the scheduler picks for it and holds
+    /// it for `client`; its size, as the worker stored it.
     async fn place(
         self: Arc<Self>,
         client: ClientId,
