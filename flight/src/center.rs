@@ -25,7 +25,7 @@ use crate::error::{Error, Result, engine_status};
 use crate::memory::{self, IdleTrim};
 use crate::net::{self, FlightClient};
 use crate::protocol::*;
-use crate::service::{BoxStream, descriptor_key, endpoint, json_result, parse, ticket_key};
+use crate::service::{BoxStream, descriptor_key, endpoint, json_result, parse};
 use quiver_engine::scheduler::{
     ClientId, Command, Event, KeyStatus, Scheduler, SchedulerConfig, WorkerId, WorkerInfo,
 };
@@ -293,10 +293,10 @@ impl CenterCore {
 
     /// A client on the link's channel to the current worker at `address`,
     /// with a receiver whose `changed()` fails once that worker is removed.
-    fn linked_client(&self, address: &str) -> Option<(FlightClient, watch::Receiver<()>)> {
+    fn linked_channel(&self, address: &str) -> Option<(Channel, watch::Receiver<()>)> {
         (self.lock().workers.values())
             .find(|l| l.info.address == address)
-            .map(|l| (net::client(l.channel.clone()), l.gone.subscribe()))
+            .map(|l| (l.channel.clone(), l.gone.subscribe()))
     }
 
     fn register(self: &Arc<Self>, reg: Register) -> Result<Registered, Status> {
@@ -422,7 +422,7 @@ impl CenterCore {
     /// (that is the test); one that does not answer within 2 s is removed.
     /// Returns whether it is gone (found dead, or removed before).
     async fn remove_if_dead(self: &Arc<Self>, address: &str, why: &str) -> bool {
-        if self.linked_client(address).is_none() {
+        if self.linked_channel(address).is_none() {
             return true;
         }
         let alive = async {
@@ -455,7 +455,7 @@ impl CenterCore {
         call: F,
     ) -> Result<(T, Vec<String>, usize), Status>
     where
-        F: Fn(FlightClient) -> Fut,
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         const ROUNDS: usize = 3;
@@ -467,9 +467,9 @@ impl CenterCore {
             let mut unreachable = vec![];
             for (i, holder) in holders.iter().enumerate() {
                 let removed = || Status::unavailable("it was removed from the cluster");
-                let answer = match self.linked_client(holder) {
-                    Some((client, mut gone)) => tokio::select! {
-                        answer = call(client) => answer,
+                let answer = match self.linked_channel(holder) {
+                    Some((channel, mut gone)) => tokio::select! {
+                        answer = call(channel) => answer,
                         _ = gone.changed() => Err(removed()),
                     },
                     None => Err(removed()),
@@ -912,13 +912,23 @@ impl CenterCore {
 }
 
 impl crate::direct::Calls for CenterCore {
-    /// A `DoGet` here asks a holder, through the generated service.
-    const GETS: bool = false;
     /// A put is sent on to a worker as the frames it came in.
     const PUT_BODIES: crate::direct::Bodies = crate::direct::Bodies::AsReceived;
 
-    fn get(&self, _: Key) -> Result<Vec<codec::Message>, Status> {
-        Err(crate::direct::answered_beneath("DoGet"))
+    /// The answer of the first holder that answers, passed on frame by
+    /// frame as it comes: the center neither decodes nor copies it.
+    async fn get(
+        self: Arc<Self>,
+        key: Key,
+        headers: http::HeaderMap,
+    ) -> Result<http::Response<tonic::body::Body>, Status> {
+        let timeout = timeout_of(&headers)?;
+        let (answer, _, _) = self
+            .ask_holders(&key, timeout, |channel| {
+                crate::direct::forward_get(channel, key.as_str().as_bytes())
+            })
+            .await?;
+        Ok(answer)
     }
 
     async fn put(
@@ -951,8 +961,8 @@ impl crate::direct::Calls for CenterCore {
 #[derive(Clone)]
 pub struct CenterService(pub Arc<CenterCore>);
 
-fn timeout_of<T>(req: &Request<T>) -> Result<Duration, Status> {
-    match req.metadata().get(TIMEOUT_HEADER) {
+fn timeout_of(headers: &http::HeaderMap) -> Result<Duration, Status> {
+    match headers.get(TIMEOUT_HEADER) {
         None => Ok(DEFAULT_WAIT),
         Some(v) => {
             let text = String::from_utf8_lossy(v.as_bytes());
@@ -1050,7 +1060,7 @@ impl FlightService for CenterService {
         &self,
         req: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let timeout = timeout_of(&req)?;
+        let timeout = timeout_of(req.metadata().as_ref())?;
         let key = descriptor_key(req.get_ref())?;
         let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
         if req.metadata().contains_key(LOCATE_HEADER) {
@@ -1067,9 +1077,12 @@ impl FlightService for CenterService {
             return Ok(Response::new(info));
         }
         let (mut info, holders, answered) = (self.0)
-            .ask_holders(&key, timeout, |mut client| {
+            .ask_holders(&key, timeout, |channel| {
                 let descriptor = descriptor.clone();
-                async move { Ok(client.get_flight_info(descriptor).await?.into_inner()) }
+                async move {
+                    let mut client = net::client(channel);
+                    Ok(client.get_flight_info(descriptor).await?.into_inner())
+                }
             })
             .await?;
         for (_, other) in holders.iter().enumerate().filter(|(i, _)| *i != answered) {
@@ -1094,23 +1107,16 @@ impl FlightService for CenterService {
         let key = descriptor_key(req.get_ref())?;
         let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
         let (schema, _, _) = (self.0)
-            .ask_holders(&key, DEFAULT_WAIT, |mut client| {
+            .ask_holders(&key, DEFAULT_WAIT, |channel| {
                 let descriptor = descriptor.clone();
-                async move { client.get_schema(descriptor).await }
+                async move { net::client(channel).get_schema(descriptor).await }
             })
             .await?;
         Ok(schema)
     }
 
-    async fn do_get(&self, req: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let key = ticket_key(req.get_ref())?;
-        let (stream, _, _) = (self.0)
-            .ask_holders(&key, timeout_of(&req)?, |mut client| {
-                let ticket = Ticket::new(key.to_string());
-                async move { Ok(client.do_get(ticket).await?.into_inner()) }
-            })
-            .await?;
-        Ok(Response::new(Box::pin(stream)))
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        Err(crate::direct::answered_beneath("DoGet"))
     }
 
     async fn do_put(

@@ -6,8 +6,10 @@
 //! is copied once, from the transport's frames into a 64-byte-aligned buffer
 //! of its exact size, where tonic would grow a buffer of its own and the
 //! arrays, landing unaligned in it, would need a second copy; or, to be sent
-//! on, it is kept as those frames, uncopied. A request stream its client cut
-//! off is the transport's error here, where tonic would read it as ended.
+//! on, it is kept as those frames, uncopied; an answer to pass on whole (the
+//! center's `DoGet`) goes on frame by frame as it comes. A request stream its
+//! client cut off is the transport's error here, where tonic would read it as
+//! ended.
 //! Every other call goes through the generated Flight service; both ends
 //! speak ordinary gRPC.
 
@@ -56,13 +58,16 @@ pub enum Bodies {
 
 /// The calls a Flight service answers beneath tonic.
 pub trait Calls: Send + Sync + 'static {
-    /// Whether `DoGet` is answered here; if not, the wrapped service answers it.
-    const GETS: bool;
     /// How a put's large bodies are read.
     const PUT_BODIES: Bodies;
 
-    /// The messages of the chunk `key`, for a `DoGet`.
-    fn get(&self, key: Key) -> Result<Vec<codec::Message>, Status>;
+    /// The answer to a `DoGet` of `key` sent with `headers`: the chunk's
+    /// messages ([`answer`]), or another service's answer passed on.
+    fn get(
+        self: Arc<Self>,
+        key: Key,
+        headers: http::HeaderMap,
+    ) -> impl Future<Output = Result<http::Response<Body>, Status>> + Send;
 
     /// Takes a put sent with `headers`: `msgs` yields its messages once all
     /// have arrived (the key in the first one's descriptor), or why they did
@@ -74,7 +79,7 @@ pub trait Calls: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Bytes, Status>> + Send;
 }
 
-/// Wraps a Flight service, answering `DoPut` (and `DoGet` if `C::GETS`) itself.
+/// Wraps a Flight service, answering `DoGet` and `DoPut` itself.
 pub struct Direct<S, C> {
     inner: S,
     calls: Arc<C>,
@@ -121,7 +126,7 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let calls = self.calls.clone();
         match req.uri().path() {
-            DO_GET if C::GETS => {
+            DO_GET => {
                 Box::pin(
                     async move { Ok(do_get(calls, req).await.unwrap_or_else(Status::into_http)) },
                 )
@@ -144,7 +149,9 @@ async fn do_get(
     req: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
     crate::auth::check_header(req.headers().get("authorization").map(|v| v.as_bytes()))?;
-    let body = Limited::new(req.into_body(), MAX_REQUEST)
+    let (parts, body) = req.into_parts();
+    let req_headers = parts.headers;
+    let body = Limited::new(body, MAX_REQUEST)
         .collect()
         .await
         .map_err(|e| Status::invalid_argument(format!("reading the DoGet request: {e}")))?
@@ -168,7 +175,7 @@ async fn do_get(
         None => return Err(Status::invalid_argument("an empty DoGet request")),
     };
     let key = crate::service::ticket_key(&ticket)?;
-    answer(calls.get(key)?)
+    calls.get(key, req_headers).await
 }
 
 /// What a wrapped service's own `DoGet` or `DoPut` answers: [`Direct`]
@@ -210,7 +217,7 @@ async fn do_put<C: Calls>(
 }
 
 /// A response of `msgs` as gRPC messages, then the trailers of success.
-fn answer(msgs: Vec<codec::Message>) -> Result<http::Response<Body>, Status> {
+pub fn answer(msgs: Vec<codec::Message>) -> Result<http::Response<Body>, Status> {
     let mut frames = Vec::with_capacity(2 * msgs.len() + 1);
     for m in msgs {
         frames.extend(frame(m)?);
@@ -344,6 +351,16 @@ pub async fn put(
     Ok(replies)
 }
 
+/// `DoGet` of `ticket` from the Flight service on `channel`: its answer as
+/// it comes, to pass on whole, once its headers say it is not an error.
+pub async fn forward_get(channel: Channel, ticket: &[u8]) -> Result<http::Response<Body>, Status> {
+    let ticket = Ticket {
+        ticket: Bytes::copy_from_slice(ticket),
+    };
+    let request = Body::new(Full::new(grpc_message(&ticket)));
+    send(channel, DO_GET, &[], request).await
+}
+
 /// Calls `path` on `channel` with `body` and `headers` (and the process's
 /// token); a reader of the answer's messages.
 async fn call(
@@ -352,6 +369,20 @@ async fn call(
     headers: &[(&'static str, String)],
     body: Body,
 ) -> Result<Reader, Status> {
+    let (parts, body) = send(channel, path, headers, body).await?.into_parts();
+    let mut reader = Reader::new(body);
+    reader.headers = parts.headers;
+    Ok(reader)
+}
+
+/// Calls `path` on `channel` with `body` and `headers` (and the process's
+/// token); its answer, unless its headers already say it failed.
+async fn send(
+    channel: Channel,
+    path: &'static str,
+    headers: &[(&'static str, String)],
+    body: Body,
+) -> Result<http::Response<Body>, Status> {
     let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
@@ -371,22 +402,19 @@ async fn call(
         .call(request)
         .await
         .map_err(|e| Status::from_error(e.into()))?;
-    let (parts, body) = response.into_parts();
     // A call refused at once answers with its status in the headers.
-    if let Some(status) = Status::from_header_map(&parts.headers)
+    if let Some(status) = Status::from_header_map(response.headers())
         && status.code() != Code::Ok
     {
         return Err(status);
     }
-    if parts.status != http::StatusCode::OK {
+    if response.status() != http::StatusCode::OK {
         return Err(Status::unknown(format!(
             "{path} answered with HTTP status {}",
-            parts.status
+            response.status()
         )));
     }
-    let mut reader = Reader::new(Body::new(body));
-    reader.headers = parts.headers;
-    Ok(reader)
+    Ok(response.map(Body::new))
 }
 
 /// Reads a gRPC body frame by frame.

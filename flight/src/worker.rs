@@ -615,12 +615,15 @@ impl WorkerCore {
 }
 
 impl crate::direct::Calls for WorkerCore {
-    const GETS: bool = true;
     const PUT_BODIES: crate::direct::Bodies = crate::direct::Bodies::Aligned;
 
     /// Bodies uncopied: a chunk in memory sends its own buffers, a spilled
     /// one slices of its mapped file; sent bytes are counted.
-    fn get(&self, key: Key) -> std::result::Result<Vec<codec::Message>, Status> {
+    async fn get(
+        self: Arc<Self>,
+        key: Key,
+        _: tonic::codegen::http::HeaderMap,
+    ) -> std::result::Result<tonic::codegen::http::Response<tonic::body::Body>, Status> {
         let (c, file) = self
             .store
             .get_with_file(&key)
@@ -630,7 +633,7 @@ impl crate::direct::Calls for WorkerCore {
         self.routes
             .flight_sent
             .fetch_add(sent as u64, Ordering::Relaxed);
-        Ok(msgs)
+        crate::direct::answer(msgs)
     }
 
     async fn put(
