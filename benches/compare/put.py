@@ -1,7 +1,8 @@
 """Puts and gets of one big table through a running Quiver cluster, with
 pyarrow's Flight client (examples/python/quiver_client.py): the scatter path
-(client -> center -> worker) against the fetch (worker -> client), and
-beside them the same table fetched from pyarrow's own Flight server.
+(client -> center -> worker) against the fetch (worker -> client) and the
+fetch through the center (worker -> center -> client), and beside them the
+same table fetched from pyarrow's own Flight server.
 
     python benches/compare/put.py HOST:PORT [--mb 800] [--reps 5]
 
@@ -39,7 +40,7 @@ def main():
     server = Server("grpc://127.0.0.1:0")
     threading.Thread(target=server.serve, daemon=True).start()
     own = flight.connect("grpc://127.0.0.1:%d" % server.port)
-    puts, gets, owns = [], [], []
+    puts, gets, proxied, owns = [], [], [], []
     for i in range(a.reps):
         key = "put-bench-%d" % i
         start = time.perf_counter()
@@ -49,6 +50,12 @@ def main():
         back = c.get(key)
         get = time.perf_counter() - start
         assert back.num_rows == table.num_rows
+        del back
+        start = time.perf_counter()
+        back = c.center.do_get(flight.Ticket(key.encode()), c.options).read_all()
+        via_center = time.perf_counter() - start
+        assert back.num_rows == table.num_rows
+        del back
         c.release([key])
         start = time.perf_counter()
         back = own.do_get(flight.Ticket(b"table")).read_all()
@@ -57,13 +64,16 @@ def main():
         del back
         puts.append(put)
         gets.append(get)
+        proxied.append(via_center)
         owns.append(pyarrow_get)
-        print("round %d: put %.2f s (%.2f GB/s), get %.2f s (%.2f GB/s), from pyarrow's server %.2f s"
-              % (i, put, gb / put, get, gb / get, pyarrow_get))
+        print("round %d: put %.2f s (%.2f GB/s), get %.2f s (%.2f GB/s), through the center %.2f s, "
+              "from pyarrow's server %.2f s" % (i, put, gb / put, get, gb / get, via_center, pyarrow_get))
     server.shutdown()
     put, get, pyarrow_get = statistics.median(puts), statistics.median(gets), statistics.median(owns)
     print("median of %d: put %.2f s (%.2f GB/s), get %.2f s (%.2f GB/s), %.0f MB"
           % (a.reps, put, gb / put, get, gb / get, gb * 1000))
+    via_center = statistics.median(proxied)
+    print("through the center: get %.2f s (%.2f GB/s)" % (via_center, gb / via_center))
     print("pyarrow's own server, the same table: get %.2f s (%.2f GB/s)" % (pyarrow_get, gb / pyarrow_get))
 
 
