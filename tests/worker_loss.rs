@@ -396,3 +396,39 @@ fn a_put_to_a_stopped_worker_fails_naming_it_once_it_is_removed() {
         }
     }
 }
+
+#[test]
+fn a_holder_that_dies_mid_answer_ends_a_get_through_the_center_with_a_clear_error() {
+    let mut cluster = TestCluster::start(1, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    // Larger than the HTTP/2 windows between them, so the worker is still
+    // sending when it dies.
+    let values = arrow::array::Float64Array::from(vec![1.5; 32 << 20]);
+    let data = client
+        .scatter(quiver::chunk::from_array(std::sync::Arc::new(values)))
+        .unwrap();
+    let key = data.key().to_string();
+    let pid = cluster.worker(0).id();
+    let e = cluster.block_on(async {
+        let mut center = quiver::flight::net::connect(&cluster.address)
+            .await
+            .unwrap();
+        let ticket = arrow_flight::Ticket::new(key);
+        let mut stream = center.do_get(ticket).await.unwrap().into_inner();
+        let schema = stream.message().await.unwrap();
+        assert!(schema.is_some(), "the schema comes first");
+        assert!(common::signal(pid, "KILL"));
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the answer ended as if whole"),
+                Err(e) => break e,
+            }
+        }
+    });
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(
+        e.message().contains("its holder") && e.message().contains("127.0.0.1:"),
+        "{e}"
+    );
+}

@@ -455,7 +455,7 @@ impl CenterCore {
         call: F,
     ) -> Result<(T, Vec<String>, usize), Status>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Channel, String) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         const ROUNDS: usize = 3;
@@ -469,7 +469,7 @@ impl CenterCore {
                 let removed = || Status::unavailable("it was removed from the cluster");
                 let answer = match self.linked_channel(holder) {
                     Some((channel, mut gone)) => tokio::select! {
-                        answer = call(channel) => answer,
+                        answer = call(channel, holder.clone()) => answer,
                         _ = gone.changed() => Err(removed()),
                     },
                     None => Err(removed()),
@@ -924,8 +924,8 @@ impl crate::direct::Calls for CenterCore {
     ) -> Result<http::Response<tonic::body::Body>, Status> {
         let timeout = timeout_of(&headers)?;
         let (answer, _, _) = self
-            .ask_holders(&key, timeout, |channel| {
-                crate::direct::forward_get(channel, key.as_str().as_bytes())
+            .ask_holders(&key, timeout, |channel, holder| {
+                crate::direct::forward_get(channel, key.as_str().as_bytes(), holder)
             })
             .await?;
         Ok(answer)
@@ -1077,7 +1077,7 @@ impl FlightService for CenterService {
             return Ok(Response::new(info));
         }
         let (mut info, holders, answered) = (self.0)
-            .ask_holders(&key, timeout, |channel| {
+            .ask_holders(&key, timeout, |channel, _| {
                 let descriptor = descriptor.clone();
                 async move {
                     let mut client = net::client(channel);
@@ -1107,7 +1107,7 @@ impl FlightService for CenterService {
         let key = descriptor_key(req.get_ref())?;
         let descriptor = FlightDescriptor::new_path(vec![key.to_string()]);
         let (schema, _, _) = (self.0)
-            .ask_holders(&key, DEFAULT_WAIT, |channel| {
+            .ask_holders(&key, DEFAULT_WAIT, |channel, _| {
                 let descriptor = descriptor.clone();
                 async move { net::client(channel).get_schema(descriptor).await }
             })

@@ -351,14 +351,62 @@ pub async fn put(
     Ok(replies)
 }
 
-/// `DoGet` of `ticket` from the Flight service on `channel`: its answer as
-/// it comes, to pass on whole, once its headers say it is not an error.
-pub async fn forward_get(channel: Channel, ticket: &[u8]) -> Result<http::Response<Body>, Status> {
+/// `DoGet` of `ticket` from the Flight service of `holder` on `channel`: its
+/// answer as it comes, to pass on whole, once its headers say it is not an
+/// error. Should the answer break off, it ends with a status naming `holder`.
+pub async fn forward_get(
+    channel: Channel,
+    ticket: &[u8],
+    holder: String,
+) -> Result<http::Response<Body>, Status> {
     let ticket = Ticket {
         ticket: Bytes::copy_from_slice(ticket),
     };
     let request = Body::new(Full::new(grpc_message(&ticket)));
-    send(channel, DO_GET, &[], request).await
+    let answer = send(channel, DO_GET, &[], request).await?;
+    Ok(answer.map(|body| {
+        Body::new(Forwarded {
+            body,
+            holder,
+            ended: false,
+        })
+    }))
+}
+
+/// An answer passed on, whose break (its sender gone mid-answer) becomes
+/// trailers of `UNAVAILABLE` naming the sender, not a reset stream.
+struct Forwarded {
+    body: Body,
+    holder: String,
+    ended: bool,
+}
+
+impl http_body::Body for Forwarded {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.ended = true;
+                let why = format!("its holder {} stopped mid-answer: {e}", self.holder);
+                let mut trailers = http::HeaderMap::new();
+                Status::unavailable(why).add_header(&mut trailers)?;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
 }
 
 /// Calls `path` on `channel` with `body` and `headers` (and the process's
