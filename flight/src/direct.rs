@@ -1,17 +1,19 @@
-//! `DoGet` and `DoPut` beneath tonic, both ends. Sending (a `DoGet`'s
-//! answer, a `DoPut`'s stream): each message's IPC body goes to the transport
-//! as the slices it already is (the chunk's own buffers, a slice of its mapped
-//! spill file, or the frames a put arrived in), where tonic's prost encoder
-//! would first copy it into a fresh buffer of its own. Receiving: a large body
-//! is copied once, from the transport's frames into a 64-byte-aligned buffer
-//! of its exact size, where tonic would grow a buffer of its own and the
-//! arrays, landing unaligned in it, would need a second copy; or, to be sent
-//! on, it is kept as those frames, uncopied; an answer to pass on whole (the
-//! center's `DoGet`) goes on frame by frame as it comes. A request stream its
-//! client cut off is the transport's error here, where tonic would read it as
-//! ended.
-//! Every other call goes through the generated Flight service; both ends
-//! speak ordinary gRPC.
+//! `DoGet` and `DoPut` beneath tonic, both ends.
+//!
+//! - Sending (a `DoGet`'s answer, a `DoPut`'s stream): each message's IPC
+//!   body goes to the transport as the slices it already is (the chunk's own
+//!   buffers, a slice of its mapped spill file, or the frames a put arrived
+//!   in), where tonic's prost encoder would first copy it into a fresh buffer.
+//! - Receiving: a large body is copied once, from the transport's frames into
+//!   a 64-byte-aligned buffer of its exact size, where tonic would grow a
+//!   buffer of its own and the arrays, landing unaligned in it, would need a
+//!   second copy. A body to send on is kept as those frames, uncopied.
+//! - Passing on (the center's `DoGet`): a holder's answer goes on frame by
+//!   frame as it comes.
+//!
+//! A request stream its client cut off is the transport's error here, where
+//! tonic would read it as ended. Every other call goes through the generated
+//! Flight service; both ends speak ordinary gRPC.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -150,7 +152,6 @@ async fn do_get(
 ) -> Result<http::Response<Body>, Status> {
     crate::auth::check_header(req.headers().get("authorization").map(|v| v.as_bytes()))?;
     let (parts, body) = req.into_parts();
-    let req_headers = parts.headers;
     let body = Limited::new(body, MAX_REQUEST)
         .collect()
         .await
@@ -175,7 +176,7 @@ async fn do_get(
         None => return Err(Status::invalid_argument("an empty DoGet request")),
     };
     let key = crate::service::ticket_key(&ticket)?;
-    calls.get(key, req_headers).await
+    calls.get(key, parts.headers).await
 }
 
 /// What a wrapped service's own `DoGet` or `DoPut` answers: [`Direct`]
@@ -880,8 +881,9 @@ mod tests {
         ) {
             let len = if big { len + DIRECT_BODY } else { len };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let bodies = if big { Bodies::AsReceived } else { Bodies::Aligned };
-            let _ = rt.block_on(reader(&wire, size).message(len, bodies));
+            for bodies in [Bodies::Aligned, Bodies::AsReceived] {
+                let _ = rt.block_on(reader(&wire, size).message(len, bodies));
+            }
         }
 
         /// A real large message with a few bytes changed: the same.
@@ -904,8 +906,9 @@ mod tests {
                 wire[at] = byte;
             }
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let _ = rt.block_on(reader(&wire, size).message(n - shorter, Bodies::Aligned));
-            let _ = rt.block_on(reader(&wire, size).message(n - shorter, Bodies::AsReceived));
+            for bodies in [Bodies::Aligned, Bodies::AsReceived] {
+                let _ = rt.block_on(reader(&wire, size).message(n - shorter, bodies));
+            }
         }
     }
 }
