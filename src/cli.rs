@@ -467,8 +467,8 @@ fn announce(line: std::fmt::Arguments<'_>) {
 }
 
 /// `quiver local`'s processes, killed and reaped when dropped, and the
-/// directory its workers spill to, removed then (a killed worker leaves its
-/// spill files behind).
+/// directory its workers spill to, removed then, with their shared-memory
+/// directories (a killed worker leaves its files behind).
 struct LocalCluster {
     center: Child,
     /// Worker `i` (named `worker-i`), and when it was last started again if
@@ -555,6 +555,8 @@ impl Drop for LocalCluster {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.spill);
+        // Killed, the workers could not remove their shared-memory directories.
+        worker::sweep_shared_memory();
     }
 }
 

@@ -540,9 +540,27 @@ fn quiver_local_starts_a_cluster_and_stops_it_on_sigterm() {
     let left = spill.join("worker-0").join("worker-0-1");
     std::fs::create_dir_all(&left).unwrap();
     std::fs::write(left.join("c-0.arrow"), b"spilled").unwrap();
+    // Each worker shares memory from a directory named for its pid.
+    let shared = |pid: u32| {
+        let dirs = std::fs::read_dir("/dev/shm")
+            .into_iter()
+            .flatten()
+            .flatten();
+        let of_pid = format!("-{pid}-");
+        (dirs.map(|d| d.file_name().to_string_lossy().into_owned()))
+            .filter(|n| n.starts_with("quiver-worker-") && n.contains(&of_pid))
+            .collect::<Vec<_>>()
+    };
+    let workers: Vec<u32> = (0..3)
+        .map(|i| child_of(local.child.id(), &["--name", &format!("worker-{i}")]).unwrap())
+        .collect();
+    assert!(workers.iter().all(|&w| shared(w).len() == 1));
     assert!(signal(local.child.id(), "TERM"));
     assert!(local.child.wait().unwrap().success());
     assert!(!spill.exists(), "{} is left", spill.display());
+    for w in workers {
+        assert!(shared(w).is_empty(), "{:?} are left", shared(w));
+    }
     // The center (and with it the cluster) is gone.
     let out = Command::new(quiver_bin())
         .args(["status", &address])

@@ -80,6 +80,25 @@ fn after_of(value: Option<&[u8]>) -> Result<Option<u64>, Status> {
         .transpose()
 }
 
+/// Where this host's workers make their shared-memory directories.
+fn shared_memory_dir() -> PathBuf {
+    ["/dev/shm"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// The start of a worker's shared-memory directory's name.
+const SHARED_PREFIX: &str = "quiver-worker-";
+
+/// Removes the shared-memory directories of workers of this host that died
+/// without removing them (a worker removes its own on exit; a killed one
+/// cannot); those of live workers are left alone.
+pub fn sweep_shared_memory() -> Vec<PathBuf> {
+    owned::sweep(&shared_memory_dir(), SHARED_PREFIX)
+}
+
 /// Chunks smaller than this go over Flight even on one host: a file per tiny
 /// chunk costs more than the copy it saves.
 const SHM_MIN_BYTES: u64 = 64 << 10;
@@ -1199,11 +1218,7 @@ pub async fn run(
     tracing::info!(worker, %address, center = %config.center, "worker registered");
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let shm_base = ["/dev/shm"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
+    let shm_base = shared_memory_dir();
     // Absolute, as a same-host peer maps spill files by their path.
     let spill_base =
         std::path::absolute(&config.spill_dir).unwrap_or_else(|_| config.spill_dir.clone());
@@ -1215,7 +1230,7 @@ pub async fn run(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let spill = owned::claim(&spill_base, "worker-", &name);
-    let shared = owned::claim(&shm_base, "quiver-worker-", &format!("quiver-{name}"));
+    let shared = owned::claim(&shm_base, SHARED_PREFIX, &format!("quiver-{name}"));
     // Without a directory of its own, a worker still spills (each spill says
     // why it failed) and shares (straight in the shared-memory directory).
     let spill_dir = spill
