@@ -277,22 +277,15 @@ impl CenterCore {
     /// A client to the worker at `address`: on its link's channel, or a new
     /// connection for an address that is not a worker's now.
     async fn worker_client(&self, address: &str) -> Result<FlightClient, Status> {
-        Ok(net::client(self.worker_channel(address).await?))
+        let channel = match self.linked_channel(address) {
+            Some((channel, _)) => channel,
+            None => net::channel(address).await.map_err(Status::from)?,
+        };
+        Ok(net::client(channel))
     }
 
-    /// The channel to the worker at `address`, as [`Self::worker_client`].
-    async fn worker_channel(&self, address: &str) -> Result<Channel, Status> {
-        let linked = (self.lock().workers.values())
-            .find(|l| l.info.address == address)
-            .map(|l| l.channel.clone());
-        match linked {
-            Some(channel) => Ok(channel),
-            None => net::channel(address).await.map_err(Status::from),
-        }
-    }
-
-    /// A client on the link's channel to the current worker at `address`,
-    /// with a receiver whose `changed()` fails once that worker is removed.
+    /// The link's channel to the current worker at `address`, with a
+    /// receiver whose `changed()` fails once that worker is removed.
     fn linked_channel(&self, address: &str) -> Option<(Channel, watch::Receiver<()>)> {
         (self.lock().workers.values())
             .find(|l| l.info.address == address)

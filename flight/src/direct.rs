@@ -309,11 +309,7 @@ fn piece(done: usize, left: usize) -> usize {
 /// `DoGet` of `ticket` from the Flight service on `channel`, every message
 /// collected; a large body lands in a 64-byte-aligned buffer of its own.
 pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Status> {
-    let ticket = Ticket {
-        ticket: Bytes::copy_from_slice(ticket),
-    };
-    let request = Body::new(Full::new(grpc_message(&ticket)));
-    let mut reader = call(channel, DO_GET, &[], request).await?;
+    let mut reader = call(channel, DO_GET, &[], get_request(ticket)).await?;
     let mut messages = Vec::new();
     while let Some(len) = reader.next_message().await? {
         messages.push(
@@ -325,6 +321,14 @@ pub async fn get(channel: Channel, ticket: &[u8]) -> Result<Vec<FlightData>, Sta
     }
     reader.outcome()?;
     Ok(messages)
+}
+
+/// The body of a `DoGet` of `ticket`: one gRPC message.
+fn get_request(ticket: &[u8]) -> Body {
+    let ticket = Ticket {
+        ticket: Bytes::copy_from_slice(ticket),
+    };
+    Body::new(Full::new(grpc_message(&ticket)))
 }
 
 /// `DoPut` of `msgs` to the Flight service on `channel`, with `headers`,
@@ -360,11 +364,7 @@ pub async fn forward_get(
     ticket: &[u8],
     holder: String,
 ) -> Result<http::Response<Body>, Status> {
-    let ticket = Ticket {
-        ticket: Bytes::copy_from_slice(ticket),
-    };
-    let request = Body::new(Full::new(grpc_message(&ticket)));
-    let answer = send(channel, DO_GET, &[], request).await?;
+    let answer = send(channel, DO_GET, &[], get_request(ticket)).await?;
     Ok(answer.map(|body| {
         Body::new(Forwarded {
             body,
