@@ -590,7 +590,13 @@ impl Reader {
             .map_err(|_| Status::resource_exhausted(format!("no memory for a {n}-byte body")))?;
         let pad = v.as_ptr().align_offset(ALIGN);
         v.resize(pad, 0);
-        self.append(&mut v, n).await?;
+        let mut left = n;
+        while left > 0 {
+            self.more_or_fail().await?;
+            let piece = self.current.split_to(left.min(self.current.len()));
+            crate::uncached::extend(&mut v, &piece);
+            left -= piece.len();
+        }
         Ok(Bytes::from_owner(
             arrow::buffer::Buffer::from_vec(v).slice(pad),
         ))

@@ -5,6 +5,7 @@
 //! - [`protocol`]: every action and JSON body of docs/PROTOCOL.md.
 //! - [`codec`]: chunks as Flight messages, without per-value encoding.
 //! - [`memory`]: resident memory, and the allocator's free memory handed back.
+//! - [`uncached`]: a received body copied into its chunk around the cache.
 //! - [`net`]: tuned gRPC servers and channels (large messages, wide windows).
 //! - [`service`]: what the center's and workers' Flight services share.
 //! - [`center`]: the scheduler process, driving the engine's state machine.
@@ -22,6 +23,7 @@ pub mod net;
 pub mod protocol;
 pub mod service;
 pub mod tls;
+pub mod uncached;
 pub mod worker;
 
 pub use error::{Error, Result};
