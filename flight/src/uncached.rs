@@ -1,11 +1,12 @@
 //! The copy of a received body into its chunk, written around the cache.
 //!
-//! A fetched or put chunk is copied once, out of the transport's frames into
-//! a buffer of its own (docs/PROTOCOL.md: HTTP/2 leaves the body unaligned).
-//! That buffer is fresh memory the size of the chunk, too large to stay in
-//! cache, so ordinary stores first read every line they write. Non-temporal
-//! stores skip that read: on x86-64 they copied into fresh pages at twice the
-//! rate (docs/BENCHMARKS-HISTORY.md, twenty-third session).
+//! A fetched or put chunk is copied once, out of the transport's frames
+//! (where its arrays would lie unaligned) into a 64-byte-aligned buffer of
+//! its own (`direct`). That buffer is fresh memory the size of the chunk, too
+//! large to stay in cache, so ordinary stores first read every line they
+//! write. Non-temporal stores skip that read: on an x86-64 machine they
+//! copied into fresh pages at twice the rate (docs/BENCHMARKS-HISTORY.md,
+//! twenty-third session).
 
 /// Appends `src` to `dst`, as `extend_from_slice` does, with non-temporal
 /// stores on x86-64.
