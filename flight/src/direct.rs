@@ -551,16 +551,17 @@ impl Reader {
             return Ok(self.current.split_to(n));
         }
         let mut out = BytesMut::with_capacity(n);
-        self.append(&mut out, n).await?;
+        self.append(n, |piece| out.put_slice(piece)).await?;
         Ok(out.freeze())
     }
 
-    /// Appends the next `n` bytes to `out`, frame by frame.
-    async fn append(&mut self, out: &mut impl BufMut, mut n: usize) -> Result<(), Status> {
+    /// Hands the next `n` bytes to `put`, frame by frame.
+    async fn append(&mut self, mut n: usize, mut put: impl FnMut(&[u8])) -> Result<(), Status> {
         while n > 0 {
             self.more_or_fail().await?;
             let k = n.min(self.current.len());
-            out.put_slice(&self.current.split_to(k));
+            put(&self.current[..k]);
+            self.current.advance(k);
             n -= k;
         }
         Ok(())
@@ -590,13 +591,8 @@ impl Reader {
             .map_err(|_| Status::resource_exhausted(format!("no memory for a {n}-byte body")))?;
         let pad = v.as_ptr().align_offset(ALIGN);
         v.resize(pad, 0);
-        let mut left = n;
-        while left > 0 {
-            self.more_or_fail().await?;
-            let piece = self.current.split_to(left.min(self.current.len()));
-            crate::uncached::extend(&mut v, &piece);
-            left -= piece.len();
-        }
+        self.append(n, |piece| crate::uncached::extend(&mut v, piece))
+            .await?;
         Ok(Bytes::from_owner(
             arrow::buffer::Buffer::from_vec(v).slice(pad),
         ))
