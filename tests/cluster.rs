@@ -173,6 +173,55 @@ fn tasks_sent_ahead_of_their_inputs_run_or_fail_with_them() {
     assert_eq!(chunk::to_f64(&out[0]).unwrap(), 24.0);
 }
 
+#[test]
+fn a_released_input_goes_as_its_last_reader_ends() {
+    let cluster = TestCluster::start(2, &[]);
+    let client = Client::connect(&cluster.address).unwrap();
+    let y = seed::floor(1, 1, 20_000_000);
+    let dropped = || -> u64 {
+        (cluster.worker_statuses().iter())
+            .map(|(_, s)| s.dropped_by_last_reader)
+            .sum()
+    };
+    // A client stalled for the whole of `y` would release `x` too late: a
+    // later round would not be.
+    for round in 0..3 {
+        let (x, r) = (format!("x-{round}"), format!("r-{round}"));
+        let (z, yk) = (format!("z-{round}"), format!("y-{round}"));
+        let mut g = Graph::new();
+        g.insert(x.as_str(), Task::new("random").arg(1000).kwarg("seed", 1));
+        let held = client.submit(g, &[x.as_str().into()]).unwrap().remove(0);
+        let x_sum: f64 = (held.get().unwrap().column(0))
+            .as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .sum();
+        // `r` reads `x` last, once `y` is made from 20M floats: long after
+        // the release of `x`, sent before the client's next request.
+        let mut g = Graph::new();
+        g.insert(
+            z.as_str(),
+            Task::new("random").arg(20_000_000).kwarg("seed", 0),
+        );
+        g.insert(yk.as_str(), Task::new("sum").arg(Key::from(z.as_str())));
+        let inputs = vec![Key::from(x.as_str()), Key::from(yk.as_str())];
+        g.insert(r.as_str(), Task::new("sum").arg(inputs));
+        let result = client.submit(g, &[r.as_str().into()]).unwrap().remove(0);
+        drop(held);
+        let got = result.get_f64().unwrap();
+        assert!(
+            (got - (x_sum + y)).abs() < 1e-6 * got.abs(),
+            "{got} vs {}",
+            x_sum + y
+        );
+        if dropped() > 0 {
+            assert_eq!(dropped(), 1);
+            return;
+        }
+    }
+    panic!("no input was dropped by its last reader");
+}
+
 /// `THP_enabled` of process `pid` ("self" for this one), if the kernel says.
 #[cfg(target_os = "linux")]
 fn huge_pages(pid: &str) -> Option<String> {

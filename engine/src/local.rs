@@ -258,6 +258,7 @@ impl Embedded {
                 task,
                 inputs,
                 attempt,
+                ..
             } => {
                 // Looked up by key: a gather over thousands of inputs stays linear.
                 let stores: FxHashMap<Key, Arc<ChunkStore>> = inputs

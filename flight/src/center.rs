@@ -156,6 +156,7 @@ impl CenterCore {
             heartbeat_timeout: config.heartbeat_timeout,
             fuse: true,
             pipeline: true,
+            drop_after_last_read: true,
             ..SchedulerConfig::default()
         };
         Arc::new(CenterCore {
@@ -228,6 +229,7 @@ impl CenterCore {
                 task,
                 inputs,
                 attempt,
+                drops,
             } => {
                 let inputs = inputs
                     .into_iter()
@@ -247,6 +249,7 @@ impl CenterCore {
                         task,
                         inputs,
                         attempt,
+                        drops,
                     }));
                 }
             }

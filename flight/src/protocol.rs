@@ -172,6 +172,10 @@ pub struct WorkerStatus {
     /// Paused by memory pressure (one task at a time).
     #[serde(default)]
     pub paused: bool,
+    /// Inputs dropped as the run that read them last succeeded
+    /// ([`RunTask::drops`]), so far.
+    #[serde(default)]
+    pub dropped_by_last_reader: u64,
 }
 
 /// One finished task in a `report`.
@@ -246,6 +250,11 @@ pub struct RunTask<H = u32> {
     /// Which run of this task this is; echoed back if it fails.
     #[serde(default)]
     pub attempt: u32,
+    /// Inputs to drop from the store once this run succeeds: it is their
+    /// last reader, and no other worker holds them. A later run of one of
+    /// these keys here calls its drop off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<Key>,
 }
 
 impl<H> RunTask<H> {
@@ -264,6 +273,7 @@ impl<H> RunTask<H> {
             task: self.task,
             inputs,
             attempt: self.attempt,
+            drops: self.drops,
         })
     }
 }
@@ -512,6 +522,7 @@ mod tests {
             task: Arc::new(Task::new("sum")),
             inputs,
             attempt: 0,
+            drops: vec![],
         };
         let run = Run::new(vec![
             task(vec![(Key::from("x"), vec![a.clone(), b.clone()], 8)]),

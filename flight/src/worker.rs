@@ -153,6 +153,8 @@ pub struct WorkerCore {
     outcomes: mpsc::UnboundedSender<Outcome>,
     routes: Routes,
     running: AtomicUsize,
+    /// Inputs dropped by their last reader ([`RunTask::drops`]), so far.
+    dropped_by_last_reader: AtomicU64,
     peers: Mutex<FxHashMap<String, (Channel, Arc<Semaphore>)>>,
     published: Mutex<FxHashMap<Key, Arc<TempIpcFile>>>,
     shm_dir: PathBuf,
@@ -180,6 +182,8 @@ pub struct WorkerCore {
 struct Local {
     computing: FxHashMap<Key, u32>,
     parked: FxHashMap<Key, Vec<RunTask<Arc<Holder>>>>,
+    /// Inputs a run here drops once it succeeds ([`RunTask::drops`]): input → that run.
+    dropped_by: FxHashMap<Key, Key>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -198,6 +202,7 @@ impl WorkerCore {
             rss_bytes: memory::rss(),
             peak_rss_bytes: memory::peak_rss(),
             paused: self.executor.is_paused(),
+            dropped_by_last_reader: self.dropped_by_last_reader.load(Ordering::Relaxed),
             routes: RouteCounters {
                 flight_sent: r.flight_sent.load(Ordering::Relaxed),
                 flight_received: r.flight_received.load(Ordering::Relaxed),
@@ -351,6 +356,7 @@ impl WorkerCore {
         let fetched = match self.fetch_inputs(&t.inputs, true).await {
             Ok(f) => f,
             Err((msg, unreachable)) => {
+                self.settle_drops(&t.key, &t.drops, false);
                 self.fail(t.key, msg, t.attempt, unreachable);
                 self.running.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -374,6 +380,7 @@ impl WorkerCore {
                     // this outcome, which names the old id.
                     let stored_as = this.id.load(Ordering::Relaxed);
                     this.store.put(t.key.clone(), c);
+                    this.settle_drops(&t.key, &t.drops, true);
                     let micros = start.elapsed().as_micros() as u64;
                     this.unreported.fetch_add(1, Ordering::Relaxed);
                     let _ =
@@ -381,12 +388,38 @@ impl WorkerCore {
                             .send(Outcome::Finished(t.key.clone(), n, micros, stored_as));
                     this.ended(&t.key, true);
                 }
-                Err(e) => this.fail(t.key, e.to_string(), t.attempt, vec![]),
+                Err(e) => {
+                    this.settle_drops(&t.key, &t.drops, false);
+                    this.fail(t.key, e.to_string(), t.attempt, vec![]);
+                }
             }
             // Only now: a retiring worker waits for nothing running and
             // nothing unreported, and the tasks this run woke are running.
             this.running.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Ends the drops run `key` was sent with: once it succeeded, the inputs
+    /// it read last leave the store now, before it is reported.
+    fn settle_drops(&self, key: &Key, drops: &[Key], ok: bool) {
+        if drops.is_empty() {
+            return;
+        }
+        let mine: Vec<Key> = {
+            let mut local = lock(&self.local);
+            let dropped_by = &mut local.dropped_by;
+            let mine = drops.iter().filter(|d| dropped_by.get(*d) == Some(key));
+            let mine: Vec<Key> = mine.cloned().collect();
+            for d in &mine {
+                dropped_by.remove(d);
+            }
+            mine
+        };
+        if ok {
+            self.free(&mine);
+            self.dropped_by_last_reader
+                .fetch_add(mine.len() as u64, Ordering::Relaxed);
+        }
     }
 
     /// Reports a run that failed, then ends it.
@@ -405,6 +438,11 @@ impl WorkerCore {
             let mut local = lock(&self.local);
             for t in &tasks {
                 *local.computing.entry(t.key.clone()).or_default() += 1;
+                // A fresh run of a key: an older run's drop of it is off.
+                local.dropped_by.remove(&t.key);
+                for d in &t.drops {
+                    local.dropped_by.insert(d.clone(), t.key.clone());
+                }
             }
         }
         for t in tasks {
@@ -1250,6 +1288,7 @@ pub async fn run(
         outcomes: tx,
         routes: Routes::default(),
         running: AtomicUsize::new(0),
+        dropped_by_last_reader: AtomicU64::new(0),
         peers: Mutex::default(),
         published: Mutex::default(),
         shm_dir,

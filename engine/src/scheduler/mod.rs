@@ -58,6 +58,9 @@ pub struct SchedulerConfig {
     pub pipeline: bool,
     /// A task sent to this many workers that died is failed, not retried.
     pub allowed_deaths: u32,
+    /// Send a run with the inputs it reads last (see `Command::Run::drops`),
+    /// so a worker frees them as the run ends, not a round trip later.
+    pub drop_after_last_read: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +71,7 @@ impl Default for SchedulerConfig {
             fuse: false,
             pipeline: false,
             allowed_deaths: 3,
+            drop_after_last_read: false,
         }
     }
 }
@@ -190,6 +194,9 @@ pub enum Command {
         inputs: Vec<Input>,
         /// How many times this task was sent to run before (0 the first time).
         attempt: u32,
+        /// Inputs to drop from the worker's store once this run succeeds: it
+        /// is their last reader, and they live on that worker only.
+        drops: Vec<Key>,
     },
     /// Drop a key from a worker's store.
     Free {

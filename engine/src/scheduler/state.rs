@@ -74,6 +74,10 @@ struct TaskState {
     deaths: u32,
     /// Sent to its worker before an input was computed there (pipelined).
     ahead: bool,
+    /// The run this key was sent with as a drop (see [`Scheduler::drops`]):
+    /// the one worker holding or computing it drops it once that run
+    /// succeeds, so to any other task it is as good as gone.
+    doomed_by: Option<TaskId>,
 }
 
 impl TaskState {
@@ -96,11 +100,17 @@ impl TaskState {
             attempts: 0,
             deaths: 0,
             ahead: false,
+            doomed_by: None,
         }
     }
 
     fn needed(&self) -> bool {
         self.holds > 0 || self.waiters > 0
+    }
+
+    /// In memory for any task to read: not on its way out with its last reader.
+    fn available(&self) -> bool {
+        self.state == State::Memory && self.doomed_by.is_none()
     }
 
     fn pending(&self) -> bool {
@@ -158,6 +168,9 @@ pub struct Scheduler {
     reserved: FxHashMap<Key, (WorkerId, u64)>,
     transitions: u64,
     sent_ahead: u64,
+    /// Keys whose one copy went with their last reader during this event:
+    /// recomputed if something asked for them meanwhile, else forgotten.
+    regrow: Vec<TaskId>,
 }
 
 impl Scheduler {
@@ -176,12 +189,25 @@ impl Scheduler {
             reserved: FxHashMap::default(),
             transitions: 0,
             sent_ahead: 0,
+            regrow: Vec::new(),
         }
     }
 
     /// Applies one event at time `now`, appending the resulting commands to `out`.
     /// Only a refused submission or scatter returns an error; nothing changes then.
     pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Command>) -> Result<()> {
+        let r = self.apply(event, now, out);
+        while let Some(id) = self.regrow.pop() {
+            match self.tasks.get(&id) {
+                Some(t) if t.state == State::Released && t.needed() => self.need(id, out),
+                Some(_) => self.maybe_forget(id),
+                None => {}
+            }
+        }
+        r
+    }
+
+    fn apply(&mut self, event: Event, now: Instant, out: &mut Vec<Command>) -> Result<()> {
         match event {
             Event::AddWorker { worker, info } => {
                 let w = WorkerState {
@@ -205,7 +231,7 @@ impl Scheduler {
                 worker,
                 key,
                 nbytes,
-            } => self.replicated(worker, &key, nbytes),
+            } => self.replicated(worker, &key, nbytes, out),
             Event::Heartbeat { worker } => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.last_seen = now;
@@ -263,7 +289,7 @@ impl Scheduler {
                 // run there failed: that input's own failure, or its rerun, decides.
                 let current = t.state == State::Processing(worker) && t.attempts == attempt + 1;
                 if current && !t.ahead {
-                    self.unassign(id, worker);
+                    self.unassign(id, worker, out);
                     self.err(id, Arc::from(error), out);
                     self.fill(worker, out);
                 }
@@ -274,7 +300,11 @@ impl Scheduler {
 
     fn set(&mut self, id: TaskId, s: State) {
         self.transitions += 1;
-        self.tasks.get_mut(&id).expect("live task").state = s;
+        let t = self.tasks.get_mut(&id).expect("live task");
+        t.state = s;
+        if !matches!(s, State::Memory | State::Processing(_)) {
+            t.doomed_by = None;
+        }
     }
 
     /// Reserves `key` for a put of `nbytes` and picks the worker to place it
@@ -359,7 +389,9 @@ impl Scheduler {
             self.need(id, out);
             let t = &self.tasks[&id];
             match t.state {
-                State::Memory => out.push(Command::Done { key: k.clone() }),
+                State::Memory if t.doomed_by.is_none() => {
+                    out.push(Command::Done { key: k.clone() })
+                }
                 State::Erred => out.push(Command::Failed {
                     key: k.clone(),
                     error: t.error.as_deref().unwrap_or("failed").to_string(),
@@ -466,7 +498,7 @@ impl Scheduler {
                 let dt = self.tasks.get_mut(&d).expect("dependency is live");
                 dt.waiters += 1;
                 match dt.state {
-                    State::Memory => {}
+                    State::Memory if dt.doomed_by.is_none() => {}
                     State::Erred => failed = Some(dt.key.clone()),
                     State::Released => {
                         missing += 1;
@@ -528,6 +560,7 @@ impl Scheduler {
         for d in &t.deps {
             let dt = &self.tasks[d];
             match dt.state {
+                _ if dt.doomed_by.is_some() => return,
                 State::Processing(w) if on.is_none_or(|x| x == w) => on = Some(w),
                 State::Memory => {}
                 _ => return,
@@ -680,6 +713,7 @@ impl Scheduler {
             .insert(id);
         let t = self.tasks.get_mut(&id).expect("live task");
         t.attempts += 1;
+        let drops = self.drops(id, worker);
         let t = &self.tasks[&id];
         let inputs = t
             .deps
@@ -699,6 +733,7 @@ impl Scheduler {
             task: t.task.clone().expect("only tasks with lineage run"),
             inputs,
             attempt: t.attempts - 1,
+            drops,
         });
         if self.config.pipeline {
             for i in 0..self.tasks[&id].dependents.len() {
@@ -708,12 +743,74 @@ impl Scheduler {
         }
     }
 
-    fn unassign(&mut self, id: TaskId, worker: WorkerId) {
+    /// The inputs of `id`, about to run on `worker`, that it may drop once it
+    /// has succeeded (each marked `doomed_by` it): those with lineage that
+    /// only this run still needs and that live or are computed on `worker`
+    /// alone. Else a freed input would wait for the round trip of this run's
+    /// report, and the worker would make its next result in fresh memory.
+    fn drops(&mut self, id: TaskId, worker: WorkerId) -> Vec<Key> {
+        if !self.config.drop_after_last_read {
+            return vec![];
+        }
+        let mut drops = Vec::new();
+        for i in 0..self.tasks[&id].deps.len() {
+            let d = self.tasks[&id].deps[i];
+            let dt = self.tasks.get_mut(&d).expect("dependency is live");
+            let here = match dt.state {
+                State::Memory => dt.who_has == [worker],
+                State::Processing(w) => w == worker,
+                _ => false,
+            };
+            let last = dt.waiters == 1 && dt.holds == 0 && dt.doomed_by.is_none();
+            if here && last && dt.task.is_some() {
+                dt.doomed_by = Some(id);
+                drops.push(dt.key.clone());
+            }
+        }
+        drops
+    }
+
+    /// `id` no longer runs on `worker` as far as the scheduler knows (it
+    /// ended, failed, was cancelled or placed again): an input it was sent
+    /// to drop is gone from there, or is made to go.
+    fn unassign(&mut self, id: TaskId, worker: WorkerId, out: &mut Vec<Command>) {
         let t = self.tasks.get_mut(&id).expect("live task");
         let ahead = std::mem::take(&mut t.ahead);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.processing.remove(&id);
             w.ahead -= usize::from(ahead);
+        }
+        for i in 0..self.tasks[&id].deps.len() {
+            let d = self.tasks[&id].deps[i];
+            let dt = &self.tasks[&d];
+            // One still being computed goes once computed (see `finished`).
+            if dt.doomed_by == Some(id) && dt.state == State::Memory {
+                self.drop_copy(d, worker, out);
+            }
+        }
+    }
+
+    /// The copy of doomed `id` on `worker` is gone: the run it was sent to
+    /// drop with dropped it, or this `Free` does. With no copy left it is
+    /// released, and made again at the end of the event if someone asked for
+    /// it meanwhile (they count it as missing).
+    fn drop_copy(&mut self, id: TaskId, worker: WorkerId, out: &mut Vec<Command>) {
+        let t = self.tasks.get_mut(&id).expect("live task");
+        t.doomed_by = None;
+        if let Some(i) = t.who_has.iter().position(|w| *w == worker) {
+            t.who_has.swap_remove(i);
+            if let Some(ws) = self.workers.get_mut(&worker) {
+                ws.has.remove(&id);
+                ws.nbytes -= t.nbytes;
+            }
+            out.push(Command::Free {
+                worker,
+                key: t.key.clone(),
+            });
+        }
+        if t.state == State::Memory && t.who_has.is_empty() {
+            self.set(id, State::Released);
+            self.regrow.push(id);
         }
     }
 
@@ -729,7 +826,10 @@ impl Scheduler {
         match state {
             State::Memory => {
                 let t = self.tasks.get_mut(&id).expect("live");
-                if !t.who_has.contains(&worker) {
+                if t.doomed_by.is_some() {
+                    // Its one copy is on its way out: another would not be.
+                    out.push(Command::Free { worker, key });
+                } else if !t.who_has.contains(&worker) {
                     t.who_has.push(worker);
                     let w = self.workers.get_mut(&worker).expect("checked");
                     w.has.insert(id);
@@ -742,7 +842,7 @@ impl Scheduler {
                 out.push(Command::Free { worker, key });
                 return;
             }
-            State::Processing(w) => self.unassign(id, w),
+            State::Processing(w) => self.unassign(id, w, out),
             State::Waiting | State::Ready(_) => {} // recomputation raced an old run: take it
         }
         self.set(id, State::Memory);
@@ -753,7 +853,8 @@ impl Scheduler {
         t.who_has = vec![worker];
         t.nbytes = nbytes;
         t.missing = 0;
-        if t.holds > 0 {
+        let doomed = t.doomed_by;
+        if t.holds > 0 && doomed.is_none() {
             out.push(Command::Done { key });
         }
         // By index rather than over a copy: neither list changes meanwhile.
@@ -768,9 +869,12 @@ impl Scheduler {
                 continue;
             };
             if ut.state == State::Waiting {
-                ut.missing -= 1;
-                if ut.missing == 0 {
-                    self.make_ready(u, out);
+                // Those waiting on a doomed key wait for it to be made again.
+                if doomed.is_none() {
+                    ut.missing -= 1;
+                    if ut.missing == 0 {
+                        self.make_ready(u, out);
+                    }
                 }
             } else if let (true, State::Processing(w)) = (ut.ahead, ut.state) {
                 // Sent ahead: one input fewer to wait for; with none left, it takes a slot.
@@ -780,6 +884,15 @@ impl Scheduler {
                     self.workers.get_mut(&w).expect("live").ahead -= 1;
                 }
             }
+        }
+        // Doomed by a run that no longer runs there: nothing will read it.
+        if let Some(r) = doomed
+            && self
+                .tasks
+                .get(&r)
+                .is_none_or(|rt| rt.state != State::Processing(worker))
+        {
+            self.drop_copy(id, worker, out);
         }
         self.maybe_release(id, out);
         self.fill(worker, out);
@@ -795,7 +908,7 @@ impl Scheduler {
             }
             let holding_deps = t.pending();
             if let State::Processing(w) = t.state {
-                self.unassign(id, w);
+                self.unassign(id, w, out);
             }
             self.set(id, State::Erred);
             let t = self.tasks.get_mut(&id).expect("live");
@@ -853,7 +966,7 @@ impl Scheduler {
                 }
                 state @ (State::Waiting | State::Ready(_) | State::Processing(_)) => {
                     if let State::Processing(w) = state {
-                        self.unassign(id, w);
+                        self.unassign(id, w, out);
                     }
                     self.set(id, State::Released);
                     for i in 0..self.tasks[&id].deps.len() {
@@ -962,12 +1075,12 @@ impl Scheduler {
         });
         for &id in &redo {
             if let State::Processing(other) = self.tasks[&id].state {
-                self.unassign(id, other);
+                self.unassign(id, other, out);
             }
             let missing = self.tasks[&id]
                 .deps
                 .iter()
-                .filter(|d| self.tasks[d].state != State::Memory)
+                .filter(|d| !self.tasks[d].available())
                 .count();
             self.tasks.get_mut(&id).expect("live").missing = missing as u32;
             self.set(id, State::Waiting);

@@ -66,6 +66,12 @@ struct Env {
     failed: Vec<(Key, String)>,
     runs: Vec<(WorkerId, Key)>,
     next_worker: WorkerId,
+    /// As a worker keeps them: (worker, input) → the run that drops it.
+    drops: FxHashMap<(WorkerId, Key), Key>,
+    /// Keys dropped by their last reader whose `Free` has not come yet.
+    dropped: Vec<(WorkerId, Key)>,
+    /// Inputs runs were sent to drop, so far.
+    drops_sent: usize,
 }
 
 impl Env {
@@ -84,6 +90,9 @@ impl Env {
             failed: vec![],
             runs: vec![],
             next_worker: 0,
+            drops: FxHashMap::default(),
+            dropped: vec![],
+            drops_sent: 0,
         };
         for _ in 0..workers {
             env.add_worker(nthreads);
@@ -119,8 +128,15 @@ impl Env {
                     task,
                     inputs,
                     attempt,
+                    drops,
                 } => {
                     assert!(self.stores.contains_key(&worker), "run on unknown worker");
+                    // A fresh run of a key: an older run's drop of it is off.
+                    self.drops.remove(&(worker, key.clone()));
+                    for d in drops {
+                        self.drops_sent += 1;
+                        self.drops.insert((worker, d), key.clone());
+                    }
                     self.runs.push((worker, key.clone()));
                     self.running.push((worker, key, task, inputs, attempt));
                 }
@@ -129,10 +145,14 @@ impl Env {
                         .stores
                         .get_mut(&worker)
                         .expect("free on unknown worker");
+                    let dropped = (self.dropped.iter()).position(|d| *d == (worker, key.clone()));
                     assert!(
-                        store.remove(&key).is_some(),
+                        store.remove(&key).is_some() || dropped.is_some(),
                         "{key} freed on {worker} twice or never stored"
                     );
+                    if let Some(i) = dropped {
+                        self.dropped.swap_remove(i);
+                    }
                 }
                 Command::Done { key } => self.done.push(key),
                 Command::Failed { key, error } => self.failed.push((key, error)),
@@ -209,7 +229,17 @@ impl Env {
             .unwrap();
             return;
         };
-        self.stores.get_mut(&worker).unwrap().insert(key.clone(), v);
+        let store = self.stores.get_mut(&worker).unwrap();
+        store.insert(key.clone(), v);
+        let mine: Vec<(WorkerId, Key)> = (self.drops.iter())
+            .filter(|((w, _), r)| *w == worker && **r == key)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in mine {
+            self.drops.remove(&d);
+            store.remove(&d.1);
+            self.dropped.push(d);
+        }
         self.event(Event::TaskFinished {
             worker,
             key,
@@ -683,8 +713,9 @@ proptest! {
         kill_at in prop::option::of(0usize..30),
         fuse in any::<bool>(),
         pipeline in any::<bool>(),
+        drop_after_last_read in any::<bool>(),
     ) {
-        let config = SchedulerConfig { fuse, pipeline, ..Default::default() };
+        let config = SchedulerConfig { fuse, pipeline, drop_after_last_read, ..Default::default() };
         let mut env = Env::with_config(workers, 2, config);
         let mut g = Graph::new();
         for (i, d) in deps.iter().enumerate() {
@@ -982,4 +1013,106 @@ fn a_pipelined_task_fails_with_its_input_and_waits_again_when_that_input_is_redo
     env.add_worker(2);
     env.run_all();
     assert_eq!(env.value("c"), 5.0);
+}
+
+fn dropping() -> Env {
+    let config = SchedulerConfig {
+        pipeline: true,
+        drop_after_last_read: true,
+        ..Default::default()
+    };
+    Env::with_config(1, 1, config)
+}
+
+/// The pool's seed on one single-slot worker: arrays `x-i` held by the
+/// client, their sums `s-i`, then the arrays released.
+fn pool_seed(env: &mut Env, n: usize) {
+    let mut arrays = Graph::new();
+    let mut sums = Graph::new();
+    let (mut xs, mut ss) = (vec![], vec![]);
+    for i in 0..n {
+        let (x, s) = (format!("x-{i}"), format!("s-{i}"));
+        arrays.insert_literal(x.as_str(), i as f64);
+        sums.insert(s.as_str(), sum_of(std::slice::from_ref(&x)));
+        xs.push(x);
+        ss.push(s);
+    }
+    let xs: Vec<&str> = xs.iter().map(String::as_str).collect();
+    let ss: Vec<&str> = ss.iter().map(String::as_str).collect();
+    env.submit(1, arrays, &xs).unwrap();
+    env.submit(1, sums, &ss).unwrap();
+    let keys = xs.iter().map(|x| Key::from(*x)).collect();
+    env.event(Event::Release { client: 1, keys }).unwrap();
+}
+
+#[test]
+fn a_run_drops_the_inputs_it_reads_last_when_it_succeeds() {
+    let mut env = dropping();
+    pool_seed(&mut env, 4);
+    // x-0 and s-0 went out while x-0 was held: s-0 drops nothing. Each later
+    // sum goes out ahead of its array with that array to drop.
+    assert_eq!(env.drops_sent, 0);
+    env.finish(0);
+    env.finish(0);
+    let sent: Vec<_> = env.drops.iter().collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let ((_, x), s) = sent[0];
+    assert_eq!(x.to_string().replace('x', "s"), s.to_string());
+    env.run_all();
+    assert_eq!(env.drops_sent, 3);
+    assert!(env.dropped.is_empty(), "each drop was followed by a free");
+    for i in 0..4 {
+        assert_eq!(env.value(&format!("s-{i}")), i as f64 + 1.0);
+    }
+    assert_eq!(env.in_memory(), 4, "only the sums stay");
+
+    // Off by default (the embedded cluster frees at once anyway).
+    let mut env = Env::new(1, 1);
+    pool_seed(&mut env, 4);
+    env.run_all();
+    assert_eq!(env.drops_sent, 0);
+}
+
+#[test]
+fn a_key_asked_for_while_its_last_reader_drops_it_is_made_again() {
+    for (computed, cancelled) in [(false, false), (true, false), (false, true), (true, true)] {
+        let case = format!("computed {computed}, cancelled {cancelled}");
+        let mut env = dropping();
+        pool_seed(&mut env, 2);
+        env.finish(0);
+        env.finish(0);
+        // s-1 is out with x-1 to drop; x-1 is being computed.
+        assert_eq!(env.drops.len(), 1, "{case}");
+        if computed {
+            let i = env
+                .running
+                .iter()
+                .position(|r| r.1 == "x-1".into())
+                .unwrap();
+            env.finish(i);
+        }
+        // A client that still knows the released name asks for it again.
+        let mut g = Graph::new();
+        g.insert("late", sum_of(&["x-1".into()]));
+        env.submit(2, g, &["late", "x-1"]).unwrap();
+        if cancelled {
+            // The reader is cancelled, but its worker runs it all the same.
+            env.event(Event::Release {
+                client: 1,
+                keys: vec!["s-1".into()],
+            })
+            .unwrap();
+        }
+        assert!(
+            env.done.iter().all(|k| *k != "x-1".into()),
+            "{case}: done too early"
+        );
+        env.run_all();
+        let x1_runs = env.runs.iter().filter(|r| r.1 == "x-1".into()).count();
+        assert_eq!(x1_runs, 2, "{case}: made again");
+        assert_eq!(env.value("late"), 2.0, "{case}");
+        assert_eq!(env.value("x-1"), 1.0, "{case}");
+        let done = env.done.iter().filter(|k| **k == "x-1".into()).count();
+        assert_eq!(done, 1, "{case}");
+    }
 }

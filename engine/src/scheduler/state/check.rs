@@ -28,6 +28,18 @@ impl Scheduler {
             let held: u32 = self.clients.values().filter_map(|c| c.get(&id)).sum();
             assert_eq!(t.holds, held, "{k}: holds");
             let in_memory = |d: &TaskId| self.tasks[d].state == State::Memory;
+            let available = |d: &TaskId| self.tasks[d].available();
+            if let Some(r) = t.doomed_by {
+                match t.state {
+                    State::Memory => {
+                        assert_eq!(t.who_has.len(), 1, "{k}: doomed with several copies");
+                        let there = State::Processing(t.who_has[0]);
+                        assert_eq!(self.tasks[&r].state, there, "{k}: doomed by no run there");
+                    }
+                    State::Processing(_) => {}
+                    s => panic!("{k}: doomed while {s:?}"),
+                }
+            }
             match t.state {
                 State::Memory => {
                     assert!(!t.who_has.is_empty(), "{k}: in memory nowhere");
@@ -46,12 +58,12 @@ impl Scheduler {
             }
             match t.state {
                 State::Waiting => {
-                    let missing = t.deps.iter().filter(|d| !in_memory(d)).count() as u32;
+                    let missing = t.deps.iter().filter(|d| !available(d)).count() as u32;
                     assert_eq!(t.missing, missing, "{k}: missing");
                     assert!(missing > 0, "{k}: waiting on nothing");
                 }
                 State::Ready(on) => {
-                    assert!(t.deps.iter().all(in_memory), "{k}: ready without inputs");
+                    assert!(t.deps.iter().all(available), "{k}: ready without inputs");
                     if let Some(w) = on {
                         assert!(
                             self.workers.contains_key(&w),

@@ -14,7 +14,7 @@ impl Scheduler {
             return KeyStatus::Unknown;
         };
         match t.state {
-            State::Memory => KeyStatus::Memory(t.who_has.clone()),
+            State::Memory if t.doomed_by.is_none() => KeyStatus::Memory(t.who_has.clone()),
             State::Erred => KeyStatus::Erred(t.error.as_deref().unwrap_or("failed").to_string()),
             State::Released if !t.needed() => KeyStatus::Unknown,
             _ => KeyStatus::Pending,
@@ -30,7 +30,7 @@ impl Scheduler {
     pub fn settled(&self, key: &Key) -> Option<Result<Vec<WorkerId>>> {
         let in_the_making = (self.index.get(key)).is_some_and(|id| {
             let t = &self.tasks[id];
-            !matches!(t.state, State::Memory | State::Erred) && t.needed()
+            !(t.available() || t.state == State::Erred) && t.needed()
         });
         if in_the_making {
             return None;

@@ -34,7 +34,13 @@ impl Scheduler {
     }
 
     /// `worker` now holds a copy of `key` too (a retiring peer handed it over).
-    pub(super) fn replicated(&mut self, worker: WorkerId, key: &Key, nbytes: u64) {
+    pub(super) fn replicated(
+        &mut self,
+        worker: WorkerId,
+        key: &Key,
+        nbytes: u64,
+        out: &mut Vec<Command>,
+    ) {
         let Some(&id) = self.index.get(key) else {
             return;
         };
@@ -42,7 +48,13 @@ impl Scheduler {
             return;
         };
         let t = self.tasks.get_mut(&id).expect("indexed task is live");
-        if t.state == State::Memory && !t.who_has.contains(&worker) {
+        if t.doomed_by.is_some() {
+            // Its one copy goes with its last reader; a second would linger.
+            out.push(Command::Free {
+                worker,
+                key: key.clone(),
+            });
+        } else if t.state == State::Memory && !t.who_has.contains(&worker) {
             t.who_has.push(worker);
             w.has.insert(id);
             w.nbytes += nbytes;
@@ -58,7 +70,7 @@ impl Scheduler {
         w.has
             .iter()
             .map(|id| &self.tasks[id])
-            .filter(|t| t.who_has.len() == 1 && t.needed())
+            .filter(|t| t.who_has.len() == 1 && t.needed() && t.doomed_by.is_none())
             .map(|t| (t.key.clone(), t.nbytes))
             .collect()
     }
