@@ -184,7 +184,12 @@ pub fn evaluate(
                 Value::Chunk(input(k).ok_or_else(|| Error::KeyNotFound { key: k.clone() })?)
             }
             Arg::Literal(v) => literal(v),
-            Arg::Task(t) => Value::Chunk(evaluate(ops, t, input)?),
+            // A fused task's result is read here and dropped, never shared:
+            // private memory spares it shared pages, which get no huge pages
+            // (seed on `quiver local`, graph 1.19 -> 1.10x embedded). An op
+            // that passes its buffers on, as `slice` does, leaves its result
+            // private too: a co-located peer then maps a copy in a file.
+            Arg::Task(t) => Value::Chunk(crate::shm::private(|| evaluate(ops, t, input))?),
             Arg::List(items) => Value::List(
                 items
                     .iter()
@@ -206,4 +211,33 @@ pub fn evaluate(
             .unwrap_or_else(|| "unknown panic".into());
         Err(Error::op(&task.op, format!("panicked: {msg}")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Signature;
+
+    #[test]
+    fn a_fused_task_makes_its_result_in_private_memory() {
+        crate::shm::enable();
+        let mut ops = OpRegistry::builtin();
+        // 1 where the op's large allocations would land in shared memory.
+        ops.register("probe", Signature::any(), |_, _| {
+            let shared = crate::shm::tests::shared_here();
+            Ok(crate::chunk::scalar(if shared { 1.0 } else { 0.0 }))
+        });
+        let none = |_: &Key| None;
+        let stored = Task::new("probe");
+        let fused = Task::new("sum").arg(Arg::Task(Box::new(Task::new("probe"))));
+        // Run on threads of their own: the flag is per thread.
+        let run = |t: Task| {
+            let ops = &ops;
+            std::thread::scope(|s| s.spawn(move || evaluate(ops, &t, &none).unwrap()).join())
+                .map(|c| crate::chunk::to_f64(&c).unwrap())
+                .unwrap()
+        };
+        assert_eq!(run(stored), 1.0, "a result to store is born shared");
+        assert_eq!(run(fused), 0.0, "a fused result, read once, is private");
+    }
 }

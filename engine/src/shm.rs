@@ -713,7 +713,7 @@ fn import_unchecked(e: &Exported) -> Result<Chunk> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -783,20 +783,21 @@ mod tests {
         }
     }
 
+    /// Whether a large allocation on this thread lands in a region.
+    pub(crate) fn shared_here() -> bool {
+        let a = SharedAlloc(std::alloc::System);
+        let big = Layout::from_size_align(2 * MIN_BYTES, 64).expect("layout");
+        // SAFETY: the pointer is freed once, with its layout.
+        unsafe {
+            let p = a.alloc(big);
+            let shared = region_at(p).is_some();
+            a.dealloc(p, big);
+            shared
+        }
+    }
+
     #[test]
     fn a_private_thread_allocates_privately_for_good_and_others_do_not() {
-        /// Whether a large allocation on this thread lands in a region.
-        fn shared_here() -> bool {
-            let a = SharedAlloc(std::alloc::System);
-            let big = Layout::from_size_align(2 * MIN_BYTES, 64).expect("layout");
-            // SAFETY: the pointer is freed once, with its layout.
-            unsafe {
-                let p = a.alloc(big);
-                let shared = region_at(p).is_some();
-                a.dealloc(p, big);
-                shared
-            }
-        }
         enable();
         let io = std::thread::spawn(|| {
             private_thread();
