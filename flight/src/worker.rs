@@ -356,7 +356,6 @@ impl WorkerCore {
         let fetched = match self.fetch_inputs(&t.inputs, true).await {
             Ok(f) => f,
             Err((msg, unreachable)) => {
-                self.settle_drops(&t.key, &t.drops, false);
                 self.fail(t.key, msg, t.attempt, unreachable);
                 self.running.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -380,7 +379,7 @@ impl WorkerCore {
                     // this outcome, which names the old id.
                     let stored_as = this.id.load(Ordering::Relaxed);
                     this.store.put(t.key.clone(), c);
-                    this.settle_drops(&t.key, &t.drops, true);
+                    this.drop_read_last(&t.key, &t.drops);
                     let micros = start.elapsed().as_micros() as u64;
                     this.unreported.fetch_add(1, Ordering::Relaxed);
                     let _ =
@@ -388,10 +387,7 @@ impl WorkerCore {
                             .send(Outcome::Finished(t.key.clone(), n, micros, stored_as));
                     this.ended(&t.key, true);
                 }
-                Err(e) => {
-                    this.settle_drops(&t.key, &t.drops, false);
-                    this.fail(t.key, e.to_string(), t.attempt, vec![]);
-                }
+                Err(e) => this.fail(t.key, e.to_string(), t.attempt, vec![]),
             }
             // Only now: a retiring worker waits for nothing running and
             // nothing unreported, and the tasks this run woke are running.
@@ -399,9 +395,10 @@ impl WorkerCore {
         });
     }
 
-    /// Ends the drops run `key` was sent with: once it succeeded, the inputs
-    /// it read last leave the store now, before it is reported.
-    fn settle_drops(&self, key: &Key, drops: &[Key], ok: bool) {
+    /// Drops the inputs run `key` read last (its [`RunTask::drops`]) now
+    /// that it succeeded, before it is reported; not those a later run of
+    /// their own key here has called off.
+    fn drop_read_last(&self, key: &Key, drops: &[Key]) {
         if drops.is_empty() {
             return;
         }
@@ -415,11 +412,9 @@ impl WorkerCore {
             }
             mine
         };
-        if ok {
-            self.free(&mine);
-            self.dropped_by_last_reader
-                .fetch_add(mine.len() as u64, Ordering::Relaxed);
-        }
+        self.free(&mine);
+        self.dropped_by_last_reader
+            .fetch_add(mine.len() as u64, Ordering::Relaxed);
     }
 
     /// Reports a run that failed, then ends it.
@@ -500,6 +495,10 @@ impl WorkerCore {
                 }
                 _ => local.computing.remove(key).is_some(),
             };
+            if !ok {
+                // A failed run drops nothing: the center frees what it read.
+                local.dropped_by.retain(|_, r| r != key);
+            }
             if ok || last {
                 local.parked.remove(key)
             } else {
