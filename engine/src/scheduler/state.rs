@@ -74,6 +74,8 @@ struct TaskState {
     deaths: u32,
     /// Sent to its worker before an input was computed there (pipelined).
     ahead: bool,
+    /// Its current run was sent with inputs to drop ([`Scheduler::drops`]).
+    dropping: bool,
     /// The run this key was sent with as a drop (see [`Scheduler::drops`]):
     /// the one worker holding or computing it drops it once that run
     /// succeeds, so to any other task it is as good as gone.
@@ -100,6 +102,7 @@ impl TaskState {
             attempts: 0,
             deaths: 0,
             ahead: false,
+            dropping: false,
             doomed_by: None,
         }
     }
@@ -714,6 +717,8 @@ impl Scheduler {
         let t = self.tasks.get_mut(&id).expect("live task");
         t.attempts += 1;
         let drops = self.drops(id, worker);
+        let t = self.tasks.get_mut(&id).expect("live task");
+        t.dropping = !drops.is_empty();
         let t = &self.tasks[&id];
         let inputs = t
             .deps
@@ -776,9 +781,13 @@ impl Scheduler {
     fn unassign(&mut self, id: TaskId, worker: WorkerId, out: &mut Vec<Command>) {
         let t = self.tasks.get_mut(&id).expect("live task");
         let ahead = std::mem::take(&mut t.ahead);
+        let dropping = std::mem::take(&mut t.dropping);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.processing.remove(&id);
             w.ahead -= usize::from(ahead);
+        }
+        if !dropping {
+            return;
         }
         for i in 0..self.tasks[&id].deps.len() {
             let d = self.tasks[&id].deps[i];
